@@ -1,0 +1,142 @@
+"""The metric interface and the evaluation context shared by every metric of one evaluation.
+
+A metric is a function of an ``EvalContext`` registered with its direction (higher is better),
+the families it applies to, and a static ``check`` run at ``bench validate`` time. The context
+computes what metrics need (test reconstructions, samples, codes) once, lazily, in large
+batches under ``torch.inference_mode``: adding a metric never touches the training loop.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from bench.data import ImageData, to_float
+from bench.registry import Registry
+
+if TYPE_CHECKING:
+    from bench.models import GenerativeModel
+    from bench.suite import EvalConfig, Suite
+
+ALL_FAMILIES = ("ae", "vae", "gan")
+
+
+@dataclass(frozen=True)
+class Result:
+    """A metric value with how it was computed; ``extra`` holds companion values (e.g. a KL)."""
+
+    value: float
+    provenance: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    fn: Callable[[EvalContext], Result | float]
+    higher_is_better: bool
+    families: tuple[str, ...]
+    description: str
+    check: Callable[[Suite], list[str]] = lambda suite: []
+
+    def applies_to(self, family: str) -> bool:
+        return family in self.families
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def register_metric(
+    name: str,
+    *,
+    higher_is_better: bool,
+    families: tuple[str, ...] = ALL_FAMILIES,
+    description: str,
+    check: Callable[[Suite], list[str]] | None = None,
+) -> Callable[[Callable[[EvalContext], Result | float]], Callable[[EvalContext], Result | float]]:
+    """Decorator registering a metric function under ``name``."""
+
+    def deco(fn):
+        METRICS.add(name, Metric(name, fn, higher_is_better, families, description, check or (lambda s: [])))
+        return fn
+
+    return deco
+
+
+class EvalContext:
+    """What metrics of one evaluation share: the model in eval mode, the data, cached tensors."""
+
+    def __init__(
+        self, model: GenerativeModel, data: ImageData, cfg: EvalConfig, seed: int, device: torch.device
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.cfg = cfg
+        self.seed = seed
+        self.device = device
+
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+    def _batched(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        bs = self.cfg.batch_size
+        return torch.cat([fn(to_float(x[i : i + bs]).to(self.device)) for i in range(0, len(x), bs)])
+
+    @functools.cached_property
+    def test_uint8(self) -> torch.Tensor:
+        """The test images used for reconstruction metrics: the first ``eval.n_test`` (default all)."""
+        return self.data.test_x[: self.cfg.n_test] if self.cfg.n_test else self.data.test_x
+
+    @functools.cached_property
+    def test_images(self) -> torch.Tensor:
+        return self._batched(lambda x: x, self.test_uint8)  # (N, C, H, W) in [0, 1]
+
+    @functools.cached_property
+    def reconstructions(self) -> torch.Tensor:
+        with torch.inference_mode():
+            return self._batched(self.model.reconstruct, self.test_uint8).clamp_(0, 1)
+
+    def codes(self, split: str) -> torch.Tensor:
+        """Deterministic codes (N, d) of a whole split."""
+        x = self.data.train_x if split == "train" else self.data.test_x
+        with torch.inference_mode():
+            return self._batched(lambda b: self.model.encode(b).flatten(1), x)
+
+    def samples(self, n: int) -> torch.Tensor:
+        """n samples (n, C, H, W) in [0, 1], from a generator seeded by the run seed (reproducible)."""
+        g = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        bs = self.cfg.batch_size
+        with torch.inference_mode():
+            return torch.cat([self.model.sample(min(bs, n - i), g) for i in range(0, n, bs)]).clamp_(0, 1)
+
+    @property
+    def recon_provenance(self) -> dict[str, Any]:
+        return {"split": "test", "n": len(self.test_uint8), "pixel_range": "[0, 1]"}
+
+
+def evaluate(
+    model: GenerativeModel, data: ImageData, cfg: EvalConfig, seed: int, device: torch.device
+) -> dict[str, Result]:
+    """Compute every requested metric that applies to the model's family.
+
+    Metrics that do not apply are absent from the result (reported as n/a, never as 0).
+    """
+    was_training = model.training
+    model.eval()
+    ctx = EvalContext(model, data, cfg, seed, device)
+    out: dict[str, Result] = {}
+    try:
+        for name in cfg.metrics:
+            metric = METRICS.get(name)
+            if not metric.applies_to(model.family):
+                continue
+            r = metric.fn(ctx)
+            out[name] = r if isinstance(r, Result) else Result(float(r))
+    finally:
+        model.train(was_training)
+    return out

@@ -1,0 +1,104 @@
+"""The contract every model honours, and the model registry.
+
+A model is an ``nn.Module`` that declares its family (ae | vae | gan), its step kind
+(reconstruction | adversarial: which strategy of the one training loop drives it) and a
+pydantic ``Params`` class. Variants are registry entries that pre-set parameters of a class
+(``vae-conv`` with ``beta: 4`` is a beta-VAE); nothing outside this package names a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from bench.registry import Registry
+
+Family = Literal["ae", "vae", "gan"]
+StepKind = Literal["reconstruction", "adversarial"]
+
+
+class ModelParams(BaseModel):
+    """Parameters common to every model: the optimiser (Adam) settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(1e-3, gt=0, le=1)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class GenerativeModel(nn.Module):
+    """Base class. Images in and out are float tensors (B, C, H, W) in [0, 1]."""
+
+    family: ClassVar[Family]
+    step_kind: ClassVar[StepKind]
+    Params: ClassVar[type[ModelParams]] = ModelParams
+
+    def __init__(self, params: ModelParams, image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.params = params
+        self.image_shape = image_shape
+
+    # --- generation: every family can sample
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- encoder families (ae, vae)
+    @property
+    def has_encoder(self) -> bool:
+        return self.family in ("ae", "vae")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The deterministic code of x (the mean for a VAE): what probes and compression use."""
+        raise NotImplementedError(f"{type(self).__name__} has no encoder")
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no decoder")
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def latent_bits(self) -> int | None:
+        """Bits needed to store one image's code; None for models without an encoder."""
+        return None
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups for the reconstruction step's optimiser (override for per-group decay)."""
+        return [{"params": list(self.parameters())}]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its class and the parameters this variant pre-sets."""
+
+    cls: type[GenerativeModel]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def family(self) -> Family:
+        return self.cls.family
+
+    def make_params(self, overrides: dict[str, Any]) -> ModelParams:
+        """Validate the variant's defaults with the suite's overrides (pydantic errors propagate)."""
+        return self.cls.Params(**{**self.defaults, **overrides})
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def register(name: str, cls: type[GenerativeModel], description: str = "", **defaults: Any) -> None:
+    """Register ``cls`` under ``name`` with pre-set parameters; defaults are validated now."""
+    entry = ModelEntry(cls, defaults, description)
+    entry.make_params({})  # a bad default is a bug in bench, caught at import
+    MODELS.add(name, entry)
+
+
+def build_model(name: str, params: dict[str, Any], image_shape: tuple[int, int, int]) -> GenerativeModel:
+    entry = MODELS.get(name)
+    return entry.cls(entry.make_params(params), image_shape)

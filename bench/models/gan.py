@@ -1,0 +1,143 @@
+"""GANs: one class; the loss and the discriminator penalty are parameters.
+
+The adversarial step of the training loop calls ``d_loss`` on every step and ``g_loss`` every
+``n_critic`` steps; one budget step is one discriminator update on one batch of real images, so
+a budget in images means the same thing for every family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
+
+from bench.models.base import GenerativeModel, ModelParams, register
+from bench.models.nets import BACKBONES, make_backbone
+
+Tensor = torch.Tensor
+
+# name -> (discriminator loss(real_out, fake_out), generator loss(fake_out)); outputs are logits
+GAN_LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    # non-saturating (Goodfellow et al. 2014, the variant everyone trains)
+    "ns": (lambda r, f: F.softplus(-r).mean() + F.softplus(f).mean(), lambda f: F.softplus(-f).mean()),
+    # minimax: G minimises log(1 - D(G(z)))
+    "mm": (lambda r, f: F.softplus(-r).mean() + F.softplus(f).mean(), lambda f: -F.softplus(f).mean()),
+    # least squares (Mao et al. 2017), a-b-c = 0-1-1
+    "ls": (
+        lambda r, f: 0.5 * ((r - 1) ** 2).mean() + 0.5 * (f**2).mean(),
+        lambda f: 0.5 * ((f - 1) ** 2).mean(),
+    ),
+    "hinge": (lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(), lambda f: -f.mean()),
+    "wgan": (lambda r, f: f.mean() - r.mean(), lambda f: -f.mean()),
+}
+
+
+class GANParams(ModelParams):
+    lr: float = Field(2e-4, gt=0, le=1)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    backbone: str = "infogan"
+    z_dim: int = Field(64, ge=1, le=4096)
+    z_dist: Literal["normal", "uniform"] = "uniform"
+    loss: Literal["ns", "mm", "ls", "hinge", "wgan"] = "ns"
+    n_critic: int = Field(1, ge=1, le=100, description="discriminator steps per generator step")
+    penalty: Literal["none", "gp", "dragan", "clip"] = "none"
+    gp_lambda: float = Field(10.0, ge=0)
+    clip: float = Field(0.01, gt=0)
+    d_batch_norm: bool = True
+    d_hidden: tuple[int, ...] = (500, 250)
+    g_hidden: tuple[int, ...] = (400, 800)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        BACKBONES.get(v)
+        return v
+
+    @model_validator(mode="after")
+    def _penalty_fits(self):
+        if self.penalty in ("gp", "dragan") and self.d_batch_norm and self.backbone != "mlp":
+            raise ValueError(f"penalty {self.penalty!r} needs d_batch_norm: false (batch norm mixes samples)")
+        return self
+
+
+def gradient_penalty(critic: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:
+    """E[(||grad_x critic(x)||_2 - 1)^2] at ``points`` (Gulrajani et al. 2017)."""
+    points = points.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(points).sum(), points, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+class GAN(GenerativeModel):
+    family = "gan"
+    step_kind = "adversarial"
+    Params = GANParams
+
+    def __init__(self, params: GANParams, image_shape):
+        super().__init__(params, image_shape)
+        bb = make_backbone(
+            params.backbone,
+            d_hidden=params.d_hidden,
+            g_hidden=params.g_hidden,
+            d_batch_norm=params.d_batch_norm,
+        )
+        self.generator = bb.generator(image_shape, params.z_dim)
+        self.discriminator = bb.discriminator(image_shape)
+        self._d_loss, self._g_loss = GAN_LOSSES[params.loss]
+
+    @property
+    def n_critic(self) -> int:
+        return self.params.n_critic
+
+    def sample_z(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        device = next(self.parameters()).device
+        if self.params.z_dist == "uniform":
+            return torch.rand(n, self.params.z_dim, generator=generator, device=device) * 2 - 1
+        return torch.randn(n, self.params.z_dim, generator=generator, device=device)
+
+    def d_loss(self, x: Tensor, z: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            fake = self.generator(z)
+        real_out, fake_out = self.discriminator(x), self.discriminator(fake)
+        loss = self._d_loss(real_out, fake_out)
+        out = {"d_loss": loss}
+        p = self.params
+        if p.penalty == "gp":  # on random interpolates of real and fake
+            eps = torch.rand(x.shape[0], 1, 1, 1, device=x.device)
+            gp = gradient_penalty(self.discriminator, eps * x + (1 - eps) * fake)
+            out["gp"], loss = gp, loss + p.gp_lambda * gp
+        elif p.penalty == "dragan":  # around perturbed real data (Kodali et al. 2017)
+            noisy = x + 0.5 * x.std() * torch.rand_like(x)
+            gp = gradient_penalty(self.discriminator, noisy)
+            out["gp"], loss = gp, loss + p.gp_lambda * gp
+        out["loss"] = loss
+        return out
+
+    def g_loss(self, z: Tensor) -> dict[str, Tensor]:
+        loss = self._g_loss(self.discriminator(self.generator(z)))
+        return {"g_loss": loss}
+
+    @torch.no_grad()
+    def after_d_step(self) -> None:
+        if self.params.penalty == "clip":  # WGAN weight clipping (Arjovsky et al. 2017)
+            for w in self.discriminator.parameters():
+                w.clamp_(-self.params.clip, self.params.clip)
+
+    def sample(self, n, generator=None):
+        return self.generator(self.sample_z(n, generator))
+
+
+register(
+    "gan-mlp",
+    GAN,
+    "the source design: G 100-400-800-784 (tanh), D 784-500-250-1 (leaky ReLU), NS loss",
+    backbone="mlp",
+    z_dim=100,
+    z_dist="normal",
+    d_batch_norm=False,
+)
+register(
+    "dcgan", GAN, "InfoGAN-style conv nets of Lucic et al. 2018, NS loss, z=64 ~ U(-1,1)", backbone="infogan"
+)

@@ -1,0 +1,149 @@
+"""Shared backbones, so that variants of a family differ in their objective, not their networks.
+
+A backbone builds four networks for a given image shape:
+  encoder(out_dim)        (B, C, H, W) in [0, 1] -> (B, out_dim)
+  decoder(latent_dim)     (B, latent_dim)        -> (B, C, H, W) in [0, 1]
+  discriminator()         (B, C, H, W)           -> (B,) logits / critic values
+  generator(z_dim)        (B, z_dim)             -> (B, C, H, W) in [0, 1]
+Every image-producing network ends in a map onto [0, 1], so every model speaks one pixel range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.registry import Registry
+
+Shape = tuple[int, int, int]
+
+
+class Reshape(nn.Module):
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+class TanhToUnit(nn.Module):
+    """tanh mapped onto [0, 1]: keeps the source design's tanh output in bench's pixel range."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(x) + 1) * 0.5
+
+
+def _mlp(sizes: list[int], act: type[nn.Module], **act_kw) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(a, b), act(**act_kw)]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return layers
+
+
+@dataclass(frozen=True)
+class MLP:
+    """Fully connected nets; widths come from the model's parameters (the source design's nets)."""
+
+    enc_hidden: tuple[int, ...] = (128,)
+    dec_hidden: tuple[int, ...] = (128,)
+    d_hidden: tuple[int, ...] = (500, 250)
+    g_hidden: tuple[int, ...] = (400, 800)
+    d_batch_norm: bool = False  # MLP discriminators carry no batch norm
+
+    def encoder(self, shape: Shape, out_dim: int) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), *_mlp([math.prod(shape), *self.enc_hidden, out_dim], nn.ReLU))
+
+    def decoder(self, shape: Shape, latent_dim: int) -> nn.Module:
+        layers = _mlp([latent_dim, *self.dec_hidden, math.prod(shape)], nn.ReLU)
+        return nn.Sequential(*layers, nn.Sigmoid(), Reshape(*shape))
+
+    def discriminator(self, shape: Shape) -> nn.Module:
+        layers = _mlp([math.prod(shape), *self.d_hidden, 1], nn.LeakyReLU, negative_slope=0.2)
+        return nn.Sequential(nn.Flatten(), *layers, nn.Flatten(0))
+
+    def generator(self, shape: Shape, z_dim: int) -> nn.Module:
+        layers = _mlp([z_dim, *self.g_hidden, math.prod(shape)], nn.ReLU)
+        return nn.Sequential(*layers, TanhToUnit(), Reshape(*shape))
+
+
+@dataclass(frozen=True)
+class InfoGAN:
+    """The nets of Lucic et al. 2018 ("Are GANs Created Equal?"), shared by every GAN there.
+
+    D: conv64(4,s2) lReLU conv128(4,s2) BN lReLU FC1024 BN lReLU FC1
+    G: FC1024 BN ReLU FC(7*7*128) BN ReLU deconv64(4,s2) BN ReLU deconv1(4,s2) sigmoid
+    The encoder of the conv autoencoders is D's trunk with a ``out_dim`` head, the decoder is G.
+    Works for any H, W divisible by 4.
+    """
+
+    d_batch_norm: bool = True
+    width: int = 64
+
+    def _trunk(self, shape: Shape, out_dim: int) -> nn.Module:
+        c, h, w = shape
+        bn = self.d_batch_norm
+        k = self.width
+        return nn.Sequential(
+            nn.Conv2d(c, k, 4, 2, 1),  # (B, 64, H/2, W/2)
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(k, 2 * k, 4, 2, 1, bias=not bn),  # (B, 128, H/4, W/4)
+            nn.BatchNorm2d(2 * k) if bn else nn.Identity(),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(2 * k * (h // 4) * (w // 4), 1024, bias=not bn),
+            nn.BatchNorm1d(1024) if bn else nn.Identity(),
+            nn.LeakyReLU(0.2),
+            nn.Linear(1024, out_dim),
+        )
+
+    def encoder(self, shape: Shape, out_dim: int) -> nn.Module:
+        return self._trunk(shape, out_dim)
+
+    def discriminator(self, shape: Shape) -> nn.Module:
+        return nn.Sequential(self._trunk(shape, 1), nn.Flatten(0))
+
+    def generator(self, shape: Shape, z_dim: int) -> nn.Module:
+        c, h, w = shape
+        k = self.width
+        return nn.Sequential(
+            nn.Linear(z_dim, 1024, bias=False),
+            nn.BatchNorm1d(1024),
+            nn.ReLU(),
+            nn.Linear(1024, 2 * k * (h // 4) * (w // 4), bias=False),
+            nn.BatchNorm1d(2 * k * (h // 4) * (w // 4)),
+            nn.ReLU(),
+            Reshape(2 * k, h // 4, w // 4),  # (B, 128, H/4, W/4)
+            nn.ConvTranspose2d(2 * k, k, 4, 2, 1, bias=False),  # (B, 64, H/2, W/2)
+            nn.BatchNorm2d(k),
+            nn.ReLU(),
+            nn.ConvTranspose2d(k, c, 4, 2, 1),  # (B, C, H, W)
+            nn.Sigmoid(),
+        )
+
+    def decoder(self, shape: Shape, latent_dim: int) -> nn.Module:
+        return self.generator(shape, latent_dim)
+
+
+BACKBONES: Registry[type] = Registry("backbone")
+BACKBONES.add("mlp", MLP)
+BACKBONES.add("infogan", InfoGAN)
+
+
+def make_backbone(name: str, **options) -> MLP | InfoGAN:
+    """Build backbone ``name`` from the options it understands (the others belong to other nets)."""
+    import dataclasses
+
+    cls = BACKBONES.get(name)
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(
+        **{
+            k: (tuple(v) if isinstance(v, list) else v)
+            for k, v in options.items()
+            if k in known and v is not None
+        }
+    )

@@ -1,0 +1,399 @@
+"""The suite file: schema, validation with file + field-path errors, and expansion into runs.
+
+Everything a suite can get wrong is found here, before any data is read or any run is created
+in the tracking store. ``load_suite`` raises ``SuiteError`` carrying every problem at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import bench
+
+BUDGET_KINDS = ("steps", "epochs", "images", "seconds")
+BIG = 10**12  # larger budgets or sizes are typos, not plans
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(Strict):
+    name: str
+    root: str | None = None
+    train_size: int | None = Field(None, ge=1, le=10**8)
+    test_size: int | None = Field(None, ge=1, le=10**8)
+
+
+class BudgetConfig(Strict):
+    """Exactly one of steps | epochs | images | seconds, plus the batch size."""
+
+    steps: int | None = Field(None, ge=1, le=BIG)
+    epochs: int | None = Field(None, ge=1, le=10**6)
+    images: int | None = Field(None, ge=1, le=BIG)
+    seconds: float | None = Field(None, gt=0, le=10**8)
+    batch_size: int = Field(64, ge=1, le=65536)
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in BUDGET_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of {', '.join(BUDGET_KINDS)} (got {', '.join(given) or 'none'})"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in BUDGET_KINDS if getattr(self, k) is not None)
+
+    @property
+    def amount(self) -> float:
+        return getattr(self, self.kind)
+
+
+class EvalConfig(Strict):
+    metrics: list[str] = Field(default_factory=lambda: ["recon_mse", "psnr", "ssim", "compression_ratio"])
+    every: int | None = Field(
+        None, ge=1, le=BIG, description="evaluate every N steps (and always at the end)"
+    )
+    batch_size: int = Field(500, ge=1, le=65536)
+    n_test: int | None = Field(None, ge=1, le=10**8, description="test images for reconstruction metrics")
+    n_samples: int = Field(10000, ge=2, le=10**7, description="generated samples for generation metrics")
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dup = sorted({m for m in v if v.count(m) > 1})
+        if dup:
+            raise ValueError(f"metric listed twice: {', '.join(dup)}")
+        return v
+
+
+class ModelConfig(BaseModel):
+    """``name`` (registry key), optional ``label``; every other key is a model parameter."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+    label: str | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class TrackingConfig(Strict):
+    uri: str | None = None
+    log_every: int = Field(50, ge=1, le=10**6, description="steps between loss logs")
+
+
+class ReportConfig(Strict):
+    baseline: str | None = None
+
+
+class Suite(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    description: str = ""
+    dataset: DatasetConfig
+    budget: BudgetConfig
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=1000)
+    device: str = "auto"
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    models: list[ModelConfig] = Field(min_length=1)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct")
+        if any(s < 0 or s >= 2**32 for s in v):
+            raise ValueError("seeds must be in [0, 2**32)")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N (got {v!r})")
+        return v
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class FieldError:
+    loc: str
+    msg: str
+
+
+class SuiteError(Exception):
+    """Every problem found in one suite file; ``str`` gives ``<file>: <field.path>: <message>`` lines."""
+
+    def __init__(self, file: str, errors: list[FieldError]) -> None:
+        self.file = file
+        self.errors = errors
+        super().__init__("\n".join(f"{file}: {e.loc}: {e.msg}" for e in errors))
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def _pydantic_errors(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[FieldError]:
+    out = []
+    for e in err.errors():
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        out.append(FieldError(_loc(prefix + tuple(e["loc"])), msg.removeprefix("Value error, ")))
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_suite_dict(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SuiteError(str(p), [FieldError("(file)", f"cannot read: {e.strerror or e}")]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SuiteError(
+            str(p), [FieldError("(file)", f"not valid YAML{where}: {getattr(e, 'problem', e)}")]
+        ) from None
+    if not isinstance(raw, dict):
+        raise SuiteError(
+            str(p), [FieldError("(top level)", f"a suite is a mapping of keys, got {type(raw).__name__}")]
+        )
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
+    """Apply ``--set dotted.key=value`` (value parsed as YAML); list items by index (models.0.beta)."""
+    raw = json.loads(json.dumps(raw, default=str))  # deep copy
+    errors = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            errors.append(FieldError(f"--set {item}", "expected dotted.key=value"))
+            continue
+        parts = key.split(".")
+        node: Any = raw
+        try:
+            for part in parts[:-1]:
+                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+            leaf = parts[-1]
+            val = yaml.safe_load(value)
+            if isinstance(node, list):
+                node[int(leaf)] = val
+            else:
+                if parts[:-1] == ["budget"] and leaf in BUDGET_KINDS:  # a new budget kind replaces the old
+                    for k in BUDGET_KINDS:
+                        node.pop(k, None)
+                node[leaf] = val
+        except (ValueError, IndexError, TypeError, AttributeError, yaml.YAMLError):
+            errors.append(FieldError(f"--set {key}", "no such place in the suite"))
+    if errors:
+        raise SuiteError(file, errors)
+    return raw
+
+
+def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
+    """Read, override and fully validate a suite file; raises ``SuiteError`` listing every problem."""
+    file = str(path)
+    raw = apply_overrides(read_suite_dict(path), overrides or [], file)
+    return validate_suite(raw, file)
+
+
+def validate_suite(raw: dict[str, Any], file: str = "<suite>") -> Suite:
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as e:
+        errors = _pydantic_errors(e)
+        errors += _semantic_errors_partial(raw)
+        raise SuiteError(file, _dedupe(errors)) from None
+    errors = _semantic_errors(suite)
+    if errors:
+        raise SuiteError(file, errors)
+    return suite
+
+
+def _dedupe(errors: list[FieldError]) -> list[FieldError]:
+    seen, out = set(), []
+    for e in errors:
+        if (e.loc, e.msg) not in seen:
+            seen.add((e.loc, e.msg))
+            out.append(e)
+    return out
+
+
+def _semantic_errors_partial(raw: dict[str, Any]) -> list[FieldError]:
+    """Registry checks on the parts of a structurally broken file that can still be read."""
+    models = raw.get("models")
+    return _model_errors(models) if isinstance(models, list) else []
+
+
+def _model_errors(models: list[Any]) -> list[FieldError]:
+    """Unknown model names and invalid model parameters, with their field paths."""
+    from bench.models import MODELS
+
+    errors = []
+    for i, m in enumerate(models):
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str):
+            continue
+        if m["name"] not in MODELS:
+            errors.append(FieldError(f"models.{i}.name", MODELS.unknown_message(m["name"])))
+            continue
+        params = {k: v for k, v in m.items() if k not in ("name", "label")}
+        try:
+            MODELS.get(m["name"]).make_params(params)
+        except ValidationError as e:
+            errors += _pydantic_errors(e, ("models", i))
+    return errors
+
+
+def _semantic_errors(suite: Suite) -> list[FieldError]:
+    """Checks that need the registries: names, model parameters, metric applicability."""
+    from bench.data import DATASETS
+    from bench.metrics import METRICS
+    from bench.models import MODELS
+
+    errors: list[FieldError] = []
+    if suite.dataset.name not in DATASETS:
+        errors.append(FieldError("dataset.name", DATASETS.unknown_message(suite.dataset.name)))
+    errors += _model_errors([m.model_dump() for m in suite.models])
+
+    labels = [m.display for m in suite.models]
+    for i, lab in enumerate(labels):
+        if labels.index(lab) != i:
+            errors.append(
+                FieldError(f"models.{i}.label", f"label {lab!r} is used twice; give each model a label")
+            )
+        elif "/" in lab:
+            errors.append(FieldError(f"models.{i}.label", "labels cannot contain '/'"))
+
+    families = {MODELS.get(m.name).family for m in suite.models if m.name in MODELS}
+    for i, name in enumerate(suite.eval.metrics):
+        if name not in METRICS:
+            errors.append(FieldError(f"eval.metrics.{i}", METRICS.unknown_message(name)))
+            continue
+        metric = METRICS.get(name)
+        if families and not families & set(metric.families):
+            errors.append(
+                FieldError(
+                    f"eval.metrics.{i}",
+                    f"{name!r} applies to {'/'.join(metric.families)} models and the suite has none",
+                )
+            )
+        for problem in metric.check(suite):
+            errors.append(FieldError(f"eval.metrics.{i}", problem))
+
+    if suite.report.baseline is not None and suite.report.baseline not in labels:
+        errors.append(FieldError("report.baseline", f"{suite.report.baseline!r} is not a model label"))
+    if suite.tracking.uri is not None:
+        problem = check_tracking_uri(suite.tracking.uri)
+        if problem:
+            errors.append(FieldError("tracking.uri", problem))
+    return errors
+
+
+def check_tracking_uri(uri: str) -> str | None:
+    """A syntax check of an MLflow tracking URI (reachability is checked by ``bench run``)."""
+    if re.match(r"^(sqlite|postgresql|mysql|mssql)(\+\w+)?://", uri):
+        return None
+    if re.match(r"^(https?|databricks|file)://?", uri) or re.match(r"^[\w./~-]+$", uri):
+        return None
+    return f"{uri!r} is not an MLflow tracking URI (use sqlite:///file.db, http://host:port, or a folder)"
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a model variant, a seed, and everything shared with the suite."""
+
+    suite: Suite
+    index: int  # position of the model in the suite
+    label: str
+    model: str
+    params: dict[str, Any]  # resolved: the variant's defaults and the suite's overrides, validated
+    seed: int
+
+    @property
+    def family(self) -> str:
+        from bench.models import MODELS
+
+        return MODELS.get(self.model).family
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.label}/seed{self.seed}"
+
+    def resolved(self) -> dict[str, Any]:
+        """Everything that determines this run's results, as plain data."""
+        s = self.suite
+        return {
+            "suite": s.name,
+            "label": self.label,
+            "model": self.model,
+            "family": self.family,
+            "params": self.params,
+            "seed": self.seed,
+            "dataset": s.dataset.model_dump(),
+            "budget": s.budget.model_dump(exclude_none=True),
+            "eval": s.eval.model_dump(),
+            "device": s.device,
+        }
+
+    @property
+    def config_hash(self) -> str:
+        """Identity of the run for resuming: resolved config + code version."""
+        blob = json.dumps({"run": self.resolved(), "bench": bench.__version__}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def expand(suite: Suite) -> list[RunSpec]:
+    """Suite -> run specs, seed-major (so a suite stopped early has covered every model)."""
+    from bench.models import MODELS
+
+    params = [MODELS.get(m.name).make_params(m.params).model_dump(mode="json") for m in suite.models]
+    return [
+        RunSpec(suite, i, m.display, m.name, params[i], seed)
+        for seed in suite.seeds
+        for i, m in enumerate(suite.models)
+    ]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists are kept as their JSON text."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else v
+    return out

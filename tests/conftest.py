@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny suites and a real MLflow sqlite store in a temp folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def tiny_suite(**over) -> dict:
+    """A suite that trains in seconds on the synthetic data; keyword arguments replace top-level keys."""
+    suite = {
+        "name": "tiny",
+        "dataset": {"name": "synthetic", "train_size": 256, "test_size": 64},
+        "budget": {"steps": 6, "batch_size": 32},
+        "seeds": [0],
+        "device": "cpu",
+        "eval": {"metrics": ["recon_mse", "psnr", "ssim", "compression_ratio"], "batch_size": 64},
+        "models": [{"name": "ae-mlp"}, {"name": "vae-mlp"}, {"name": "gan-mlp"}],
+        "tracking": {"log_every": 2},
+    }
+    suite.update(over)
+    return suite
+
+
+@pytest.fixture
+def write_suite(tmp_path: Path):
+    def write(data: dict | str, name: str = "suite.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    """A fresh MLflow sqlite store URI inside the test's temp folder."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,0 +1,74 @@
+"""Reconstruction metrics against values computed by hand, and their invariances."""
+
+import math
+
+import pytest
+import torch
+
+from bench.data import load_dataset
+from bench.metrics import METRICS, evaluate
+from bench.models import build_model
+from bench.suite import EvalConfig
+
+
+class Shift(torch.nn.Module):
+    """A fake autoencoder whose reconstruction is x + delta (clamped): known errors."""
+
+    family = "ae"
+    has_encoder = True
+
+    def __init__(self, delta):
+        super().__init__()
+        self.delta = delta
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def reconstruct(self, x):
+        return (x + self.delta).clamp(0, 1)
+
+    def latent_bits(self):
+        return 16 * 32
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic", train_size=64, test_size=40)
+
+
+def run(model, data, metrics, batch_size=500):
+    return evaluate(model, data, EvalConfig(metrics=metrics, batch_size=batch_size), 0, torch.device("cpu"))
+
+
+def test_recon_mse_and_psnr_by_hand(data):
+    res = run(Shift(0.1), data, ["recon_mse", "psnr"])
+    x = data.test_x.double() / 255
+    err = ((x + 0.1).clamp(0, 1) - x) ** 2
+    assert res["recon_mse"].value == pytest.approx(err.mean().item(), rel=1e-5)
+    per_image = 10 * torch.log10(1 / err.flatten(1).mean(1))
+    assert res["psnr"].value == pytest.approx(per_image.mean().item(), rel=1e-4)
+    assert res["recon_mse"].provenance == {"split": "test", "n": 40, "pixel_range": "[0, 1]"}
+
+
+def test_ssim_is_one_for_perfect_reconstruction_and_drops_with_error(data):
+    perfect = run(Shift(0.0), data, ["ssim"])["ssim"].value
+    worse = run(Shift(0.2), data, ["ssim"])["ssim"].value
+    assert perfect == pytest.approx(1.0, abs=1e-5) and worse < 0.95
+
+
+def test_metrics_do_not_depend_on_eval_batch_size(data):
+    a = run(Shift(0.05), data, ["recon_mse", "psnr", "ssim"], batch_size=7)
+    b = run(Shift(0.05), data, ["recon_mse", "psnr", "ssim"], batch_size=500)
+    for k in a:
+        assert a[k].value == pytest.approx(b[k].value, rel=1e-6)
+
+
+def test_compression_ratio_counts_float_codes_as_32_bits(data):
+    model = build_model("ae-mlp", {}, data.image_shape)
+    r = run(model, data, ["compression_ratio"])["compression_ratio"]
+    assert r.value == pytest.approx(784 * 8 / (64 * 32)) and r.provenance["code_bits"] == 2048
+
+
+def test_metrics_that_do_not_apply_are_absent_not_zero(data):
+    gan = build_model("gan-mlp", {}, data.image_shape)
+    assert run(gan, data, ["recon_mse", "compression_ratio"]) == {}
+    assert not METRICS.get("recon_mse").applies_to("gan")
+    assert not math.isnan(run(Shift(0.1), data, ["recon_mse"])["recon_mse"].value)

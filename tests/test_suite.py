@@ -1,0 +1,96 @@
+"""Suite schema: valid files load; each kind of mistake is rejected with its field path."""
+
+from pathlib import Path
+
+import pytest
+from conftest import tiny_suite
+
+from bench.suite import SuiteError, expand, load_suite
+
+SUITES = sorted(Path(__file__).parent.parent.joinpath("suites").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SUITES, ids=lambda p: p.name)
+def test_shipped_suites_validate(path):
+    suite = load_suite(path)
+    assert suite.name and expand(suite)
+
+
+def errors_of(write_suite, data) -> list[str]:
+    path = write_suite(data)
+    with pytest.raises(SuiteError) as e:
+        load_suite(path)
+    lines = str(e.value).splitlines()
+    assert all(line.startswith(f"{path}: ") for line in lines), lines
+    return [line.removeprefix(f"{path}: ") for line in lines]
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"budjet": {"steps": 1}}, "budjet: unknown key"),
+        ({"budget": {"steps": 10, "epochs": 1}}, "budget: give exactly one of"),
+        ({"budget": {"batch_size": 8}}, "budget: give exactly one of"),
+        ({"budget": {"steps": 0}}, "budget.steps: Input should be greater than or equal to 1"),
+        ({"budget": {"steps": "many"}}, "budget.steps: Input should be a valid integer"),
+        ({"seeds": [1, 1]}, "seeds: seeds must be distinct"),
+        ({"models": []}, "models: List should have at least 1 item"),
+        (
+            {"models": [{"name": "vae-cnv"}]},
+            "models.0.name: unknown model 'vae-cnv'; did you mean 'vae-conv'",
+        ),
+        ({"models": [{"name": "vae-conv", "betta": 2}]}, "models.0.betta: unknown key"),
+        (
+            {"models": [{"name": "vae-conv", "beta": -1}]},
+            "models.0.beta: Input should be greater than or equal to 0",
+        ),
+        (
+            {"models": [{"name": "ae-mlp"}, {"name": "ae-mlp"}]},
+            "models.1.label: label 'ae-mlp' is used twice",
+        ),
+        ({"dataset": {"name": "cifar"}}, "dataset.name: unknown dataset 'cifar'"),
+        (
+            {"eval": {"metrics": ["recon_mes"]}},
+            "eval.metrics.0: unknown metric 'recon_mes'; did you mean 'recon_mse'",
+        ),
+        ({"device": "gpu"}, "device: device must be"),
+    ],
+)
+def test_mistakes_name_their_field(write_suite, change, expected):
+    errors = errors_of(write_suite, tiny_suite(**change))
+    assert any(e.startswith(expected) or expected in e for e in errors), errors
+
+
+def test_every_error_is_listed_at_once(write_suite):
+    errors = errors_of(write_suite, tiny_suite(budjet=1, seeds=[1, 1], models=[{"name": "nope"}]))
+    assert {e.split(":")[0] for e in errors} >= {"budjet", "seeds", "models.0.name"}
+
+
+def test_metric_that_fits_no_model_is_rejected(write_suite):
+    errors = errors_of(write_suite, tiny_suite(models=[{"name": "gan-mlp"}], eval={"metrics": ["recon_mse"]}))
+    assert errors == ["eval.metrics.0: 'recon_mse' applies to ae/vae models and the suite has none"]
+
+
+def test_not_a_mapping_and_not_yaml(write_suite):
+    assert errors_of(write_suite, "- a\n- b\n") == ["(top level): a suite is a mapping of keys, got list"]
+    assert errors_of(write_suite, "name: [unclosed\n")[0].startswith("(file): not valid YAML at line")
+
+
+def test_overrides_apply_before_validation(write_suite):
+    path = write_suite(tiny_suite())
+    suite = load_suite(path, ["budget.images=1000", "models.1.beta=4", "seeds=[3, 4]"])
+    assert suite.budget.kind == "images" and suite.budget.images == 1000  # a new kind replaces the old
+    assert suite.models[1].params == {"beta": 4}
+    assert [s.seed for s in expand(suite)] == [3, 3, 3, 4, 4, 4]
+    with pytest.raises(SuiteError, match="budget.stepz: unknown key"):
+        load_suite(path, ["budget.stepz=3"])
+
+
+def test_run_specs_resolve_variant_defaults(write_suite):
+    suite = load_suite(write_suite(tiny_suite(models=[{"name": "vae-conv", "label": "beta4", "beta": 4}])))
+    (spec,) = expand(suite)
+    assert (
+        spec.params["beta"] == 4 and spec.params["backbone"] == "infogan" and spec.run_name == "beta4/seed0"
+    )
+    other = load_suite(write_suite(tiny_suite(models=[{"name": "vae-conv", "label": "beta4", "beta": 2}])))
+    assert expand(other)[0].config_hash != spec.config_hash
