@@ -180,10 +180,14 @@ class RunLogger:
             torch.save(state, path)
             self.file(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def flush(self) -> None:
+        """Wait until every asynchronously logged loss is in the store."""
         for op in self._pending_ops:
             op.wait()
         self._pending_ops.clear()
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
         if self._monitor is not None:
             try:
                 self._monitor.finish()

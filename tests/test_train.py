@@ -38,11 +38,15 @@ def test_budget_stops_exactly(data, budget, steps, images):
     assert logged[-1] == steps  # the last interval is flushed
 
 
-def test_seconds_budget_stops_within_one_step(data):
+def test_seconds_budget_stops_at_the_first_step_past_it(data, monkeypatch):
+    import types
+
+    clock = iter(range(10**6))  # a fake clock: every reading is 0.05 s after the previous one
+    monkeypatch.setattr("bench.train.time", types.SimpleNamespace(perf_counter=lambda: next(clock) * 0.05))
     t = trainer(data, seconds=0.3, batch_size=16)
     p = t.run()
-    assert p.train_seconds >= 0.3 and p.step > 1
-    assert p.train_seconds - 0.3 < p.train_seconds / (p.step - 1) * 2  # overshoot at most ~one step
+    # each step reads the clock twice (start, end): 0.05 s a step, so 0.3 s is reached after 6 steps
+    assert p.step == 6 and p.train_seconds == pytest.approx(0.3)
 
 
 @pytest.mark.parametrize("name", ["ae-mlp", "gan-mlp"])

@@ -1,0 +1,201 @@
+"""Benchmark bench's training path against what a user would otherwise write.
+
+Prints a markdown table. Each comparison runs both sides in this process, interleaved
+(A B A B ...), and reports the median of the repeats, so a busy machine slows both sides alike.
+
+    python benchmarks/harness.py                 # every section, CPU
+    python benchmarks/harness.py --only overhead --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.data import load_dataset, to_float
+from bench.models import build_model
+from bench.suite import BudgetConfig
+from bench.train import STEP_KINDS, Trainer
+
+
+def images_per_s(fn: Callable[[], int]) -> float:
+    t0 = time.perf_counter()
+    n = fn()
+    return n / (time.perf_counter() - t0)
+
+
+def interleaved(a: Callable[[], int], b: Callable[[], int], repeats: int) -> tuple[float, float]:
+    """Median images/s of a and b, measured alternately."""
+    ra, rb = [], []
+    for _ in range(repeats):
+        ra.append(images_per_s(a))
+        rb.append(images_per_s(b))
+    return statistics.median(ra), statistics.median(rb)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_steps(name: str, steps: int, device: torch.device) -> int:
+    """Conv nets take ~100x longer per step than the MLPs on a CPU: measure them over fewer steps."""
+    return steps if name.endswith("mlp") or device.type == "cuda" else max(10, steps // 10)
+
+
+# ----------------------------------------------------------------------------- 1. overhead
+
+
+def bare_loop(model, data, steps: int, batch_size: int, device) -> int:
+    """The loop a user writes: shuffled index batches from the resident tensor, one step each."""
+    step = STEP_KINDS[model.step_kind](model)
+    n = len(data.train_x)
+    perm = torch.randperm(n, device=device)
+    seen = 0
+    for s in range(steps):
+        idx = perm[(s * batch_size) % n : (s * batch_size) % n + batch_size]
+        x = to_float(data.train_x[idx])
+        step(model, x, s)
+        seen += len(idx)
+    sync(device)
+    return seen
+
+
+def bench_loop(model, data, steps: int, batch_size: int, device, on_log=None) -> int:
+    trainer = Trainer(model, data, BudgetConfig(steps=steps, batch_size=batch_size), seed=0, log_every=50)
+    p = trainer.run(on_log=on_log or (lambda s, v: None))
+    sync(device)
+    return p.images
+
+
+def section_overhead(data, device, steps: int, repeats: int) -> list[str]:
+    rows = ["| model | bare loop (img/s) | bench loop (img/s) | ratio | target |", "|---|---|---|---|---|"]
+    for name in ("ae-mlp", "vae-conv", "dcgan"):
+        n_steps = model_steps(name, steps, device)
+        torch.manual_seed(0)
+        m_bare = build_model(name, {}, data.image_shape).to(device)
+        m_bench = build_model(name, {}, data.image_shape).to(device)
+        bare_loop(m_bare, data, 3, 64, device)  # warm-up
+        bench_loop(m_bench, data, 3, 64, device)
+        a, b = interleaved(
+            lambda: bare_loop(m_bare, data, n_steps, 64, device),
+            lambda: bench_loop(m_bench, data, n_steps, 64, device),
+            repeats,
+        )
+        rows.append(f"| {name} | {a:,.0f} | {b:,.0f} | {b / a:.3f} | ≥ 0.97 |")
+    return rows
+
+
+# ----------------------------------------------------------------------------- 2. data path
+
+
+def torchvision_fashion(tmp: Path):
+    """torchvision's FashionMNIST dataset over the same IDX files, as its examples use it."""
+    import gzip
+    import shutil
+
+    from torchvision import datasets, transforms
+
+    src = Path("/usr/share/datasets/fashion-mnist")
+    raw = tmp / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in src.glob("*.gz"):
+        with gzip.open(f) as fin, open(raw / f.stem, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+    return datasets.FashionMNIST(str(tmp), train=True, download=False, transform=transforms.ToTensor())
+
+
+def section_data(steps: int, repeats: int) -> list[str]:
+    from torch.utils.data import DataLoader
+
+    device = torch.device("cpu")
+    data = load_dataset("fashion-mnist")
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = torchvision_fashion(Path(tmp))
+        torch.manual_seed(0)
+        m_a = build_model("ae-mlp", {}, data.image_shape)
+        m_b = build_model("ae-mlp", {}, data.image_shape)
+        step_a = STEP_KINDS["reconstruction"](m_a)
+
+        def loader_loop() -> int:
+            loader = DataLoader(ds, batch_size=64, shuffle=True)
+            seen = 0
+            for s, (x, _) in enumerate(loader):
+                if s == steps:
+                    break
+                step_a(m_a, x, s)
+                seen += len(x)
+            return seen
+
+        a, b = interleaved(loader_loop, lambda: bench_loop(m_b, data, steps, 64, device), repeats)
+    return [
+        "| data path (ae-mlp, CPU, batch 64) | img/s |",
+        "|---|---|",
+        f"| torchvision dataset + DataLoader + ToTensor | {a:,.0f} |",
+        f"| bench: resident uint8 tensor, index batches | {b:,.0f} |",
+        f"| speed-up (target ≥ 5×) | {b / a:.1f}× |",
+    ]
+
+
+# ----------------------------------------------------------------------------- 3. tracking
+
+
+def section_tracking(data, device, steps: int, repeats: int) -> list[str]:
+    from bench.tracking import Tracker
+
+    rows = ["| model | logging off (img/s) | MLflow logging on (img/s) | overhead | target |", "|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db")
+        parent = tracker.start_suite("tracking-bench", "name: tracking-bench\n", 1)
+        for name in ("ae-mlp", "dcgan"):
+            n_steps = model_steps(name, steps, device)
+            torch.manual_seed(0)
+            m_off = build_model(name, {}, data.image_shape).to(device)
+            m_on = build_model(name, {}, data.image_shape).to(device)
+            run = tracker.start_run(parent, {"label": name}, name)
+
+            def on() -> int:
+                n = bench_loop(m_on, data, n_steps, 64, device, on_log=run.losses)
+                run.flush()
+                return n
+
+            a, b = interleaved(lambda: bench_loop(m_off, data, n_steps, 64, device), on, repeats)
+            run.finish()
+            rows.append(f"| {name} | {a:,.0f} | {b:,.0f} | {100 * (a / b - 1):.2f}% | ≤ 2% |")
+        parent.finish()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=["overhead", "data", "tracking"], action="append")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=200, help="steps per measurement (conv models use a tenth)")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    sections = args.only or ["overhead", "data", "tracking"]
+    data = load_dataset("fashion-mnist").to(device)
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    if "overhead" in sections:
+        print("### Harness overhead\n")
+        print("\n".join(section_overhead(data, device, args.steps, args.repeats)), "\n")
+    if "data" in sections:
+        print("### Data path\n")
+        print("\n".join(section_data(args.steps, args.repeats)), "\n")
+    if "tracking" in sections:
+        print("### Tracking overhead\n")
+        print("\n".join(section_tracking(data, device, args.steps, args.repeats)), "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
