@@ -64,13 +64,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         _err(f"{args.suite}: tracking.uri: {e}")
         return EXIT_BAD_INPUT
 
+    from bench.hooks import default_hooks
     from bench.report import markdown_table, write_report
     from bench.runner import resolve_device, run_suite
 
     device = resolve_device(suite.device)
     resolved_yaml = yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)
     try:
-        outcomes = run_suite(suite, resolved_yaml, tracker, device)
+        outcomes = run_suite(suite, resolved_yaml, tracker, device, default_hooks(progress=True))
     except KeyboardInterrupt:
         _err("interrupted: the current run is marked KILLED; finished runs are kept in the store")
         return 130
@@ -78,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary, paths = write_report(tracker, [suite.name], out)
     print()
     print(markdown_table(summary))
-    print(f"report: {paths[0]} (and {paths[1].name}, {paths[2].name})")
+    _print_report_paths(paths)
     ui_uri = "" if args.tracking_uri is None and suite.tracking.uri is None else f" --tracking-uri '{uri}'"
     print(f"browse the runs: bench ui{ui_uri}")
     failed = [o for o in outcomes if o.status != "FINISHED"]
@@ -104,8 +105,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("reports") / "+".join(args.suites))
     summary, paths = write_report(tracker, args.suites, out)
     print(markdown_table(summary))
-    print(f"report: {paths[0]}")
+    _print_report_paths(paths)
     return EXIT_OK
+
+
+def _print_report_paths(paths: list[Path]) -> None:
+    """Where the report is: the HTML page first (what people open), then the rest."""
+    html = next((p for p in paths if p.suffix == ".html"), paths[0])
+    print(f"report: {html} (open it in a browser; works offline)")
+    print(f"        {', '.join(p.name for p in paths if p != html)} in {html.parent}")
+    print("        also logged under report/ of the suite's parent run in the tracking store")
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.data import ImageData, load_dataset
+from bench.grids import reconstruction_grid, sample_grid
+from bench.hooks import RunContext, SuiteHooks, default_hooks
 from bench.metrics import evaluate
 from bench.models import build_model
 from bench.suite import RunSpec, Suite, expand, flatten
@@ -37,16 +39,14 @@ class RunOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def image_grid(images: torch.Tensor, nrow: int = 8):
-    """(N, C, H, W) in [0, 1] -> (H', W', 3) uint8 numpy grid, for MLflow images."""
-    from torchvision.utils import make_grid
+def run_suite(
+    suite: Suite, suite_yaml: str, tracker: Tracker, device: torch.device, hooks: SuiteHooks | None = None
+) -> list[RunOutcome]:
+    """Run every (model, seed) of the suite; returns one outcome per run, in order.
 
-    grid = make_grid(images[: nrow * nrow].float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
-    return (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-
-
-def run_suite(suite: Suite, suite_yaml: str, tracker: Tracker, device: torch.device) -> list[RunOutcome]:
-    """Run every (model, seed) of the suite; returns one outcome per run, in order."""
+    ``hooks`` sees the suite as it goes (progress, step-indexed images): ``default_hooks()`` if None.
+    """
+    hooks = hooks if hooks is not None else default_hooks()
     data = load_dataset(
         suite.dataset.name, suite.dataset.root, suite.dataset.train_size, suite.dataset.test_size
     )
@@ -55,15 +55,17 @@ def run_suite(suite: Suite, suite_yaml: str, tracker: Tracker, device: torch.dev
     parent = tracker.start_suite(suite.name, suite_yaml, len(specs))
     parent.params({"dataset.checksum": data.checksum, "dataset.source": data.source, "device": str(device)})
     outcomes: list[RunOutcome] = []
+    hooks.suite_started(suite, len(specs))
     try:
-        for i, spec in enumerate(specs, 1):
-            log.info("[%d/%d] %s", i, len(specs), spec.run_name)
-            outcome = run_one(spec, data_dev, tracker, parent, device)
+        for spec in specs:
+            outcome = run_one(spec, data_dev, tracker, parent, device, hooks)
             outcomes.append(outcome)
-            log.info("[%d/%d] %s: %s %s", i, len(specs), spec.run_name, outcome.status, outcome.reason)
+            hooks.run_finished(outcome)
     except KeyboardInterrupt:
         parent.finish("KILLED")
         raise
+    finally:
+        hooks.suite_finished(outcomes)
     failed = sum(o.status != "FINISHED" for o in outcomes)
     parent.tags({"bench.finished": len(outcomes) - failed, "bench.failed": failed})
     parent.finish("FINISHED" if not failed else "FAILED")
@@ -71,7 +73,12 @@ def run_suite(suite: Suite, suite_yaml: str, tracker: Tracker, device: torch.dev
 
 
 def run_one(
-    spec: RunSpec, data: ImageData, tracker: Tracker, parent: RunLogger, device: torch.device
+    spec: RunSpec,
+    data: ImageData,
+    tracker: Tracker,
+    parent: RunLogger,
+    device: torch.device,
+    hooks: SuiteHooks | None = None,
 ) -> RunOutcome:
     """Train and evaluate one run, logging as it goes."""
     suite = spec.suite
@@ -93,14 +100,24 @@ def run_one(
     run.params(flatten(spec.resolved()))
     run.text("config.json", json.dumps(spec.resolved(), indent=2, default=str))
 
+    hooks = hooks or SuiteHooks()
+
+    def on_log(step: int, losses: dict[str, float]) -> None:
+        run.losses(step, losses)
+        hooks.logged(step, losses)
+
     def on_eval(step: int) -> None:
-        run.results(step, evaluate(model, data, suite.eval, spec.seed, device))
+        results = evaluate(model, data, suite.eval, spec.seed, device)
+        run.results(step, results)
+        hooks.evaluated(step, results)
 
     trainer = Trainer(model, data, suite.budget, spec.seed, suite.tracking.log_every, suite.eval.every)
+    hooks.run_started(RunContext(spec, run, model, data, trainer, device))
     try:
-        progress = trainer.run(on_log=run.losses, on_eval=on_eval)
+        progress = trainer.run(on_log=on_log, on_eval=on_eval)
         results = evaluate(model, data, suite.eval, spec.seed, device)
         run.results(progress.step, results)
+        hooks.evaluated(progress.step, results)
         run.metrics(progress.step, cost_metrics(progress, n_params, device))
         log_artifacts(run, model, data, spec, device)
     except Diverged as e:
@@ -135,15 +152,9 @@ def cost_metrics(progress: Progress, n_params: int, device: torch.device) -> dic
 
 def log_artifacts(run: RunLogger, model, data: ImageData, spec: RunSpec, device: torch.device) -> None:
     """Sample grid, reconstruction grid (encoder families), state_dict and the spec to rebuild it."""
-    model.eval()
-    g = torch.Generator(device=device).manual_seed(spec.seed + 2)
-    with torch.inference_mode():
-        run.image("samples.png", image_grid(model.sample(64, g)))
-        if model.has_encoder:
-            x = data.test_x[:32].float().div(255).to(device)
-            rec = model.reconstruct(x).clamp(0, 1)
-            pairs = torch.stack([x, rec], 1).flatten(0, 1)  # originals and reconstructions interleaved
-            run.image("reconstructions.png", image_grid(pairs, nrow=8))
+    run.image("samples.png", sample_grid(model, spec.seed, device))
+    if model.has_encoder:
+        run.image("reconstructions.png", reconstruction_grid(model, data, device))
     run.torch_state("model/state_dict.pt", model.state_dict())
     run.text(
         "model/spec.json",

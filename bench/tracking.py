@@ -54,6 +54,8 @@ class Tracker:
         # start and stop of its system-metrics thread, at INFO level: keep the console for bench
         for name in ("alembic", "mlflow"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # and a progress bar for every artifact a report downloads (unless the user asked for them)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = uri
         self.client: MlflowClient = MlflowClient(tracking_uri=uri)
 
@@ -103,6 +105,30 @@ class Tracker:
         return self.client.search_runs(
             [exp], filter_string=f"tags.`bench.kind` = '{kind}'", max_results=50000
         )
+
+    def latest_suite_run(self, experiment: str) -> Any | None:
+        """The most recent parent run (``bench.kind=suite``) of a suite, or None."""
+        parents = sorted(self.runs(experiment, kind="suite"), key=lambda r: r.info.start_time)
+        return parents[-1] if parents else None
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """Every logged (step, value) of one metric of one run, in step order."""
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+    def artifact_bytes(self, run_id: str, path: str) -> bytes | None:
+        """The content of one artifact, or None when the run has no such file."""
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                local = self.client.download_artifacts(run_id, path, d)
+            except Exception:  # MLflow raises several types for a missing artifact
+                return None
+            p = Path(local)
+            return p.read_bytes() if p.is_file() else None
+
+    def log_files(self, run_id: str, paths: list[Path], artifact_path: str) -> None:
+        """Log local files under ``artifact_path`` of a run (finished runs included)."""
+        for p in paths:
+            self.client.log_artifact(run_id, str(p), artifact_path)
 
 
 class RunLogger:

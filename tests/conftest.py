@@ -40,3 +40,33 @@ def write_suite(tmp_path: Path):
 def store(tmp_path: Path) -> str:
     """A fresh MLflow sqlite store URI inside the test's temp folder."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def report_suite() -> dict:
+    """Three families over two seeds, plus a variant that really diverges (its loss overflows)."""
+    return tiny_suite(
+        name="reportsuite",
+        seeds=[0, 1],
+        eval={"every": 3, "metrics": ["recon_mse", "psnr", "ssim", "compression_ratio"], "batch_size": 64},
+        models=[
+            {"name": "ae-mlp"},
+            {"name": "vae-mlp"},
+            {"name": "gan-mlp"},
+            {"name": "vae-mlp", "label": "vae-overflow", "beta": 1.0e39, "recon_loss": "mse"},
+        ],
+        report={"baseline": "vae-mlp"},
+    )
+
+
+@pytest.fixture(scope="session")
+def report_store(tmp_path_factory) -> tuple[str, Path]:
+    """A real store after the real ``bench run`` of ``report_suite()`` (one label fails every seed)."""
+    from bench.cli import main
+
+    root = tmp_path_factory.mktemp("report_store")
+    path = root / "suite.yaml"
+    path.write_text(yaml.safe_dump(report_suite(), sort_keys=False))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    rc = main(["run", str(path), "--tracking-uri", uri, "--out", str(root / "run_report")])
+    assert rc == 1  # the overflowing variant failed; the others finished
+    return uri, root

@@ -19,7 +19,7 @@ def test_run_then_report(tmp_path, write_suite, store, capsys):
     rc = main(["run", str(path), "--tracking-uri", store, "--out", str(tmp_path / "r1")])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "| ae-mlp | ae | 2 |" in printed and "bench ui --tracking-uri" in printed
+    assert "| ae-mlp (baseline) | ae | 2 |" in printed and "bench ui --tracking-uri" in printed
 
     client = MlflowClient(store)
     exp = client.get_experiment_by_name("tiny")

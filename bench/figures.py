@@ -1,0 +1,326 @@
+"""The report's figures (matplotlib, PNG), drawn from what ``bench.report`` read from the store.
+
+Each figure is drawn for whatever metrics the runs have; a figure whose inputs are missing is
+skipped with a note that says why (the report shows the note instead of an empty plot).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from bench.stats import pareto_front
+
+if TYPE_CHECKING:
+    from bench.report import GridImage, Report, Summary
+
+# the "main generation metric" of the quality-against-cost figure: the first of these present,
+# else the first registered metric that applies to GANs
+MAIN_GENERATION_METRICS = ("fid", "fid_domain", "kid", "kid_domain", "fld", "is_domain", "inception_score")
+DPI = 110
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    name: str  # file name in the report folder
+    title: str
+    caption: str
+
+
+class Skip(Exception):
+    """A figure that cannot be drawn from these runs; the message says why."""
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "figure.facecolor": "white",
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.titlesize": 11,
+            "axes.labelsize": 10,
+            "legend.fontsize": 8,
+            "legend.frameon": False,
+            "font.size": 9,
+        }
+    )
+    return plt
+
+
+def _colors(summary: Summary) -> dict[str, str]:
+    """One colour per row, the same in every figure (table order)."""
+    keys = [summary.key(r) for _, r in summary.table.iterrows()]
+    return {k: f"C{i % 10}" for i, k in enumerate(keys)}
+
+
+def _arrow(metric: str) -> str:
+    from bench.metrics import METRICS
+
+    return ("↑" if METRICS.get(metric).higher_is_better else "↓") if metric in METRICS else ""
+
+
+def _grid(plt, n: int, ncols: int = 3, w: float = 4.2, h: float = 3.0):
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=DPI)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _band(ax, hist: pd.DataFrame, color: str, label: str | None) -> None:
+    """Mean over seeds at each step, with the min-max range over seeds as a band."""
+    g = hist.groupby("step")["value"].agg(["mean", "min", "max", "count"]).sort_index()
+    ax.plot(g.index, g["mean"], color=color, label=label, marker="o" if len(g) < 15 else None, ms=3, lw=1.5)
+    if (g["count"] > 1).any():
+        ax.fill_between(g.index, g["min"], g["max"], color=color, alpha=0.18, lw=0)
+
+
+def metric_curves(rep: Report, path: Path) -> FigureFile:
+    s, hist = rep.summary, rep.history
+    metrics = [m for m in s.metrics if not hist.empty and (hist.key == m).any()]
+    if not metrics:
+        raise Skip("metrics against training progress: no metric history in the store")
+    plt = _plt()
+    colors = _colors(s)
+    fig, axes = _grid(plt, len(metrics))
+    for ax, m in zip(axes, metrics):
+        for _, row in s.table.iterrows():
+            h = hist[(hist.suite == row.suite) & (hist.label == row.label) & (hist.key == m)]
+            if len(h):
+                _band(ax, h, colors[s.key(row)], s.key(row))
+        ax.set_title(f"{m} {_arrow(m)}")
+        ax.set_xlabel("training step")
+    handles = {}
+    for ax in axes:  # one legend for the figure: a metric's panel may lack the models it does not apply to
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    order = [k for k in colors if k in handles]
+    fig.legend([handles[k] for k in order], order, loc="outside upper center", ncols=min(len(order), 6))
+    _save(fig, path)
+    return FigureFile(
+        path.name,
+        "Metrics against training progress",
+        "Each metric at every evaluation (every `eval.every` steps, and at the end of the budget): "
+        "the line is the mean over seeds, the band the range (min to max) over seeds.",
+    )
+
+
+def loss_curves(rep: Report, path: Path) -> FigureFile:
+    s, hist = rep.summary, rep.history
+    losses = hist[hist.key.str.startswith("train/")] if not hist.empty else hist
+    rows = [r for _, r in s.table.iterrows() if ((losses.suite == r.suite) & (losses.label == r.label)).any()]
+    if not rows:
+        raise Skip("loss curves: no training losses in the store")
+    plt = _plt()
+    fig, axes = _grid(plt, len(rows), ncols=3, w=4.2, h=2.8)
+    for ax, row in zip(axes, rows):
+        mine = losses[(losses.suite == row.suite) & (losses.label == row.label)]
+        for i, key in enumerate(dict.fromkeys(mine.key)):
+            _band(ax, mine[mine.key == key], f"C{i % 10}", key.removeprefix("train/"))
+        ax.set_title(f"{s.key(row)} ({row.family})")
+        ax.set_xlabel("training step")
+        ax.legend(loc="best")
+    _save(fig, path)
+    return FigureFile(
+        path.name,
+        "Training losses",
+        "Per model: each training loss (mean over its log interval), mean over seeds with the "
+        "min-max band over seeds.",
+    )
+
+
+def _points(s: Summary, xcol: str, ycol: str) -> pd.DataFrame:
+    t = s.table
+    need = [f"{xcol}_mean", f"{ycol}_mean"]
+    if any(c not in t for c in need):
+        return t.iloc[0:0]
+    return t[t[need[0]].notna() & t[need[1]].notna()]
+
+
+def _scatter(ax, s: Summary, pts: pd.DataFrame, xcol: str, ycol: str, colors: dict[str, str]) -> None:
+    for _, r in pts.iterrows():
+        xe, ye = r[f"{xcol}_ci95"], r[f"{ycol}_ci95"]
+        ax.errorbar(
+            r[f"{xcol}_mean"],
+            r[f"{ycol}_mean"],
+            xerr=xe if math.isfinite(xe) else None,
+            yerr=ye if math.isfinite(ye) else None,
+            fmt="o",
+            color=colors[s.key(r)],
+            ms=6,
+            capsize=3,
+            label=s.key(r),
+        )
+        ax.annotate(
+            s.key(r),
+            (r[f"{xcol}_mean"], r[f"{ycol}_mean"]),
+            xytext=(6, 4),
+            textcoords="offset points",
+            fontsize=8,
+        )
+
+
+def _log_if_wide(ax, values: pd.Series, axis: str) -> None:
+    v = values[values > 0]
+    if len(v) > 1 and v.max() / v.min() > 20:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+
+
+def rate_distortion(rep: Report, path: Path) -> FigureFile:
+    from bench.metrics import METRICS
+
+    s = rep.summary
+    if "compression_ratio" not in s.metrics or "recon_mse" not in s.metrics:
+        raise Skip("rate-distortion: needs both compression_ratio and recon_mse in the suite's metrics")
+    pts = _points(s, "compression_ratio", "recon_mse")
+    if pts.empty:
+        raise Skip("rate-distortion: no model has both compression_ratio and recon_mse")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    _scatter(ax, s, pts, "compression_ratio", "recon_mse", _colors(s))
+    x, y = pts["compression_ratio_mean"].tolist(), pts["recon_mse_mean"].tolist()
+    front = pareto_front(
+        x, y, METRICS.get("compression_ratio").higher_is_better, METRICS.get("recon_mse").higher_is_better
+    )
+    fx, fy = [x[i] for i in front], [y[i] for i in front]
+    ax.plot(fx, fy, ls="--", color="0.35", lw=1, zorder=0, label="Pareto front")
+    ax.scatter(fx, fy, s=170, facecolors="none", edgecolors="0.2", lw=1.2, zorder=3)
+    _log_if_wide(ax, pts["compression_ratio_mean"], "x")
+    _log_if_wide(ax, pts["recon_mse_mean"], "y")
+    ax.set_xlabel("compression ratio ↑ (input bits / code bits)")
+    ax.set_ylabel("recon_mse ↓")
+    ax.set_title("Rate–distortion")
+    ax.legend(loc="best")
+    _save(fig, path)
+    names = ", ".join(s.key(pts.iloc[i]) for i in front)
+    return FigureFile(
+        path.name,
+        "Rate–distortion",
+        "Compression ratio against reconstruction error, mean over seeds with 95% intervals; circled and "
+        f"joined: the Pareto front (no other model compresses more and reconstructs better): {names}.",
+    )
+
+
+def main_generation_metric(s: Summary) -> str | None:
+    from bench.metrics import METRICS
+
+    present = [m for m in s.metrics if s.table[f"{m}_mean"].notna().any()]
+    for m in MAIN_GENERATION_METRICS:
+        if m in present:
+            return m
+    return next((m for m in present if "gan" in METRICS.get(m).families), None)
+
+
+def quality_vs_cost(rep: Report, path: Path) -> FigureFile:
+    from bench.report import reference_row
+
+    s = rep.summary
+    m = main_generation_metric(s)
+    if m is None:
+        raise Skip(
+            "quality against cost: no generation metric (fid, fid_domain, kid_domain, ...) in these runs"
+        )
+    pts = _points(s, "train_seconds", m)
+    if pts.empty:
+        raise Skip(f"quality against cost: no model has both {m} and train_seconds")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    _scatter(ax, s, pts, "train_seconds", m, _colors(s))
+    for suite in dict.fromkeys(pts.suite):
+        ref = reference_row(s, suite)
+        if ref is not None and m in ref and pd.notna(ref[m]):
+            name = "real data" + (f" ({suite})" if s.multi_suite else "")
+            ax.axhline(float(ref[m]), ls=":", color="0.3", lw=1, label=name)
+    _log_if_wide(ax, pts["train_seconds_mean"], "x")
+    ax.set_xlabel("training seconds (wall clock of the optimisation steps)")
+    ax.set_ylabel(f"{m} {_arrow(m)}")
+    ax.set_title(f"{m} against training cost")
+    ax.legend(loc="best")
+    _save(fig, path)
+    return FigureFile(
+        path.name,
+        "Quality against cost",
+        f"The main generation metric ({m}) at the end of the budget against training seconds, mean over "
+        "seeds with 95% intervals; the dotted line, where present, is the real-data reference.",
+    )
+
+
+def image_panel(images: list[GridImage], s: Summary, path: Path, title: str, caption: str) -> FigureFile:
+    import matplotlib.image as mpimg
+
+    if not images:
+        raise Skip(f"{title.lower()}: no grid images in the store")
+    plt = _plt()
+    fig, axes = _grid(plt, len(images), ncols=4, w=2.9, h=3.15)
+    for ax, im in zip(axes, images):
+        ax.imshow(mpimg.imread(io.BytesIO(im.png)), interpolation="nearest")
+        name = f"{im.suite}/{im.label}" if s.multi_suite else im.label
+        ax.set_title(f"{name} (seed {im.seed})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        for side in ax.spines.values():
+            side.set_visible(False)
+    _save(fig, path)
+    return FigureFile(path.name, title, caption)
+
+
+def make_figures(rep: Report, out_dir: Path) -> tuple[list[FigureFile], list[str]]:
+    """Draw every figure that these runs support; return them and a note for each one skipped."""
+    jobs = [
+        ("curves.png", metric_curves),
+        ("losses.png", loss_curves),
+        ("rate_distortion.png", rate_distortion),
+        ("quality_vs_cost.png", quality_vs_cost),
+        (
+            "samples.png",
+            lambda r, p: image_panel(
+                r.grids["samples"],
+                r.summary,
+                p,
+                "Samples",
+                "64 samples per model at the end of its budget. Within a suite every model shows the same "
+                "seed, and models of one family with the same latent size decode the same latent draws.",
+            ),
+        ),
+        (
+            "reconstructions.png",
+            lambda r, p: image_panel(
+                r.grids["reconstructions"],
+                r.summary,
+                p,
+                "Reconstructions",
+                "The same 32 test images for every model, each followed by its reconstruction "
+                "(originals in odd columns).",
+            ),
+        ),
+    ]
+    figures, notes = [], []
+    for name, draw in jobs:
+        try:
+            figures.append(draw(rep, out_dir / name))
+        except Skip as e:
+            notes.append(f"Not drawn: {e}.")
+    return figures, notes

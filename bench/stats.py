@@ -1,0 +1,77 @@
+"""The statistics of a comparison over training seeds.
+
+Mean with a Student-t confidence interval, Welch's unequal-variance t-test against a baseline,
+and the Pareto front of a two-objective trade-off. scipy does the distribution work; this
+module decides what is defined (two or more seeds, some spread) and returns NaN otherwise, so a
+report never shows an interval or a p-value that the data cannot support.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    a = np.asarray(list(values), dtype=float)
+    return a[np.isfinite(a)]
+
+
+def ci_half_width(values: Sequence[float], confidence: float = 0.95) -> float:
+    """Half-width of the two-sided Student-t interval of the mean: t_{(1+c)/2, n-1} * s / sqrt(n).
+
+    NaN for fewer than two values (no spread to estimate); 0 when every value is equal.
+    """
+    from scipy import stats
+
+    a = _finite(values)
+    n = len(a)
+    if n < 2:
+        return math.nan
+    s = float(np.std(a, ddof=1))
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * s / math.sqrt(n)
+
+
+@dataclass(frozen=True)
+class Welch:
+    """Welch's two-sided t-test of equal means without assuming equal variances."""
+
+    t: float
+    df: float
+    p: float
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return math.isfinite(self.p) and self.p < alpha
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
+    """Welch's t-test of ``a`` against ``b``; NaN when a side has under two values or neither varies."""
+    from scipy import stats
+
+    x, y = _finite(a), _finite(b)
+    if len(x) < 2 or len(y) < 2 or (np.var(x) == 0 and np.var(y) == 0):
+        return Welch(math.nan, math.nan, math.nan)
+    r = stats.ttest_ind(x, y, equal_var=False)
+    return Welch(float(r.statistic), float(r.df), float(r.pvalue))
+
+
+def pareto_front(xs: Sequence[float], ys: Sequence[float], x_higher: bool, y_higher: bool) -> list[int]:
+    """Indices of the points no other point dominates (at least as good on both axes, better on one).
+
+    NaN points are never on the front. Returned in increasing x.
+    """
+    sx, sy = (1 if x_higher else -1), (1 if y_higher else -1)
+    pts = [(sx * x, sy * y) for x, y in zip(xs, ys)]
+    ok = [i for i, (x, y) in enumerate(pts) if math.isfinite(x) and math.isfinite(y)]
+    front = []
+    for i in ok:
+        xi, yi = pts[i]
+        dominated = any(
+            pts[j][0] >= xi and pts[j][1] >= yi and (pts[j][0] > xi or pts[j][1] > yi) for j in ok if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: xs[i])

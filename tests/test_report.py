@@ -1,0 +1,265 @@
+"""The comparison report from a real store written by the real ``bench run`` (one variant diverges):
+files, statistics, failures, the baseline, artifacts in the store, the HTML page in headless
+Chromium, and ``bench ui`` on the same store."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+from scipy import stats as sps
+
+LABELS = ["ae-mlp", "vae-mlp", "gan-mlp", "vae-overflow"]
+FIGURES = ["curves.png", "losses.png", "rate_distortion.png", "samples.png", "reconstructions.png"]
+
+
+@pytest.fixture(scope="module")
+def report_dir(report_store) -> Path:
+    """``bench report`` in another process: everything comes from the store."""
+    uri, root = report_store
+    out = root / "report"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "report",
+            "reportsuite",
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "report.html" in proc.stdout
+    return out
+
+
+def test_report_files(report_dir):
+    for name in ["report.md", "results.csv", "runs.csv", "report.html", *FIGURES]:
+        assert (report_dir / name).stat().st_size > 0, name
+    for name in FIGURES:
+        with Image.open(report_dir / name) as im:
+            assert im.width > 200 and im.height > 200
+    md = (report_dir / "report.md").read_text()
+    for name in FIGURES:
+        assert f"]({name})" in md
+    # no generation metric in this suite: the figure is skipped with its reason, not drawn empty
+    assert not (report_dir / "quality_vs_cost.png").exists()
+    assert "Not drawn: quality against cost: no generation metric" in md
+
+
+def test_one_row_per_model_in_suite_order(report_dir):
+    table = pd.read_csv(report_dir / "results.csv")
+    assert list(table.label) == LABELS
+    assert list(table.family) == ["ae", "vae", "gan", "vae"]
+
+
+def test_failed_runs_are_shown_as_failed(report_dir):
+    table = pd.read_csv(report_dir / "results.csv").set_index("label")
+    assert table.loc["vae-overflow", "seeds"] == 0 and table.loc["vae-overflow", "failed"] == 2
+    assert math.isnan(table.loc["vae-overflow", "recon_mse_mean"])
+    runs = pd.read_csv(report_dir / "runs.csv")
+    failed = runs[runs.label == "vae-overflow"]
+    assert list(failed.status) == ["FAILED", "FAILED"]
+    assert failed.failure_reason.str.contains("non-finite loss").all()
+
+    md = (report_dir / "report.md").read_text()
+    assert "| vae-overflow | vae | 0 (+2 failed) | — |" in md
+    assert "## Runs that did not finish" in md
+    assert "| reportsuite | vae-overflow | 0 | FAILED | non-finite loss" in md
+    html = (report_dir / "report.html").read_text()
+    assert 'id="failed"' in html and "non-finite loss" in html and "2 failed" in html
+
+
+def test_confidence_intervals_and_welch_from_the_runs(report_dir):
+    runs = pd.read_csv(report_dir / "runs.csv")
+    table = pd.read_csv(report_dir / "results.csv").set_index("label")
+    t1 = math.tan(math.pi * (0.975 - 0.5))  # t_{0.975, 1}: Student t with 1 df is the Cauchy distribution
+    for label in ["ae-mlp", "vae-mlp"]:
+        a, b = runs[runs.label == label].sort_values("seed").recon_mse
+        # two seeds: sd / sqrt(2) = |a - b| / 2
+        assert table.loc[label, "recon_mse_ci95"] == pytest.approx(t1 * abs(a - b) / 2, rel=1e-9)
+        assert table.loc[label, "recon_mse_mean"] == pytest.approx((a + b) / 2)
+    # Welch's test of ae-mlp against the baseline vae-mlp, by hand
+    x = runs[runs.label == "ae-mlp"].recon_mse.to_numpy()
+    y = runs[runs.label == "vae-mlp"].recon_mse.to_numpy()
+    vx, vy = x.var(ddof=1) / 2, y.var(ddof=1) / 2
+    t = (x.mean() - y.mean()) / math.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx**2 + vy**2)
+    p = 2 * sps.t.sf(abs(t), df)
+    assert table.loc["ae-mlp", "recon_mse_p"] == pytest.approx(p, rel=1e-6)
+    assert bool(table.loc["ae-mlp", "recon_mse_significant"]) == (p < 0.05)
+    assert math.isnan(table.loc["vae-mlp", "recon_mse_p"])  # the baseline is not tested against itself
+    assert math.isnan(table.loc["gan-mlp", "recon_mse_p"])  # n/a for GANs
+    # best per column, by direction: lower recon_mse, higher psnr
+    best_mse = table[["recon_mse_mean"]].dropna().idxmin().iloc[0]
+    assert table.loc[best_mse, "recon_mse_best"] and table.recon_mse_best.sum() == 1
+    best_psnr = table[["psnr_mean"]].dropna().idxmax().iloc[0]
+    assert table.loc[best_psnr, "psnr_best"]
+    # equal compression ratios: nobody is "best"
+    assert table.loc["ae-mlp", "compression_ratio_mean"] == table.loc["vae-mlp", "compression_ratio_mean"]
+    assert not table.compression_ratio_best.any()
+
+
+def test_baseline_comes_from_the_stored_suite(report_dir):
+    table = pd.read_csv(report_dir / "results.csv")
+    assert list(table.baseline) == [False, True, False, False]
+    md = (report_dir / "report.md").read_text()
+    assert "| vae-mlp (baseline) | vae | 2 |" in md
+    assert "baseline `vae-mlp`" in md
+    assert "report:\n  baseline: vae-mlp" in md  # the resolved suite config is in the report
+
+
+def test_report_is_logged_to_the_latest_parent_run(report_dir, report_store):
+    client = MlflowClient(report_store[0])
+    exp = client.get_experiment_by_name("reportsuite")
+    parents = client.search_runs([exp.experiment_id], "tags.`bench.kind` = 'suite'")
+    assert len(parents) == 1
+    logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
+    for name in ["report.md", "results.csv", "runs.csv", "report.html", *FIGURES]:
+        assert f"report/{name}" in logged
+
+
+def test_step_indexed_images(report_store):
+    client = MlflowClient(report_store[0])
+    exp = client.get_experiment_by_name("reportsuite")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], "tags.`bench.kind` = 'run'")}
+
+    def steps(run, key: str) -> list[int]:
+        files = [Path(a.path).name for a in client.list_artifacts(run.info.run_id, "images")]
+        # images/<key>+step+<step>+timestamp+<ms>+<uuid>.png (and a compressed .webp of each)
+        return sorted(
+            int(f.split("+")[2]) for f in files if f.startswith(f"{key}+step+") and f.endswith(".png")
+        )
+
+    for name in ["ae-mlp/seed0", "vae-mlp/seed1"]:
+        assert steps(runs[name], "samples") == [3, 6]  # every eval.every steps and at the end
+        assert steps(runs[name], "reconstructions") == [3, 6]
+    assert steps(runs["gan-mlp/seed0"], "samples") == [3, 6]
+    assert steps(runs["gan-mlp/seed0"], "reconstructions") == []  # no encoder
+    # the last step-indexed grid is the run's samples.png: same latent draws at every evaluation
+    run = runs["ae-mlp/seed0"]
+    last = next(
+        a.path
+        for a in client.list_artifacts(run.info.run_id, "images")
+        if a.path.endswith(".png") and "samples+step+6+" in a.path
+    )
+    d = Path(client.download_artifacts(run.info.run_id, last))
+    final = Path(client.download_artifacts(run.info.run_id, "samples.png"))
+    with Image.open(d) as a, Image.open(final) as b:
+        assert a.size == b.size and a.convert("RGB").tobytes() == b.convert("RGB").tobytes()
+
+
+# --------------------------------------------------------------------------- the HTML page, in a browser
+
+
+def _browser():
+    from browser import CHROMIUM, Chromium
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
+    pytest.importorskip("websocket", reason="websocket-client is not installed (pip install -e '.[dev]')")
+    return Chromium()
+
+
+def test_html_report_in_headless_chromium(report_dir):
+    with _browser() as b:
+        b.open((report_dir / "report.html").as_uri())
+        images = b.evaluate(
+            "Array.from(document.images)"
+            ".map(i => ({src: i.src.slice(0, 22), ok: i.complete, w: i.naturalWidth}))"
+        )
+        # every figure but the two grid panels, then each model's grids (3 sample, 2 reconstruction)
+        figures = [
+            p for p in report_dir.glob("*.png") if p.name not in ("samples.png", "reconstructions.png")
+        ]
+        assert len(figures) >= 3 and len(images) == len(figures) + 3 + 2
+        assert all(i["ok"] and i["w"] > 0 for i in images), images
+        assert all(i["src"].startswith("data:image/png;base64") for i in images)
+        assert b.evaluate("document.querySelectorAll('script[src], link[href], [src^=http]').length") == 0
+        labels = (
+            "Array.from(document.querySelectorAll('#results-table tbody tr.model td:first-child strong'))"
+            ".map(e => e.textContent)"
+        )
+        assert b.evaluate(labels) == LABELS  # one row per model
+        assert b.evaluate("document.querySelectorAll('#results-table tbody tr').length") == len(LABELS)
+        assert b.evaluate("document.querySelectorAll('#failed tbody tr, table.failed tbody tr').length") == 2
+
+        # the table sorts: recon_mse ascending, models without a value last; again for descending
+        table = pd.read_csv(report_dir / "results.csv").set_index("label")
+        order = table.recon_mse_mean.dropna().sort_values()
+        col = b.evaluate(
+            "Array.from(document.querySelectorAll('#results-table thead th'))"
+            ".findIndex(th => th.textContent.startsWith('recon_mse'))"
+        )
+        assert col > 0
+        click = f"document.querySelectorAll('#results-table thead th')[{col}].click()"
+        b.evaluate(click)
+        assert b.evaluate(labels)[:2] == list(order.index)
+        assert set(b.evaluate(labels)[2:]) == {"gan-mlp", "vae-overflow"}
+        b.evaluate(click)
+        assert b.evaluate(labels)[:2] == list(order.index[::-1])
+        assert b.errors == []
+        if os.environ.get("BENCH_SCREENSHOT"):  # for looking at the page by eye
+            b.screenshot(Path(os.environ["BENCH_SCREENSHOT"]))
+
+
+# --------------------------------------------------------------------------- bench ui
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bench_ui_answers_and_lists_the_suite(report_store):
+    uri = report_store[0]
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the MLflow server and its workers stop with it
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search"
+        body = json.dumps({"max_results": 100}).encode()
+        names, deadline = None, time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    names = [e["name"] for e in json.load(r).get("experiments", [])]
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert names is not None, f"bench ui did not answer on port {port}: {proc.poll()=}"
+        assert "reportsuite" in names
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
