@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ui_uri = "" if args.tracking_uri is None and suite.tracking.uri is None else f" --tracking-uri '{uri}'"
     print(f"browse the runs: bench ui{ui_uri}")
     skipped = sum(o.skipped for o in outcomes)
-    resumed = sum(o.resumed_from is not None for o in outcomes)
+    resumed = sum(bool(o.resumed_from) for o in outcomes)  # from step 0 it is trained, not resumed
     print(
         f"{len(outcomes)} runs: {len(outcomes) - skipped - resumed} trained, {resumed} resumed from a "
         f"checkpoint, {skipped} skipped (finished earlier; --restart trains them again)"

@@ -103,9 +103,11 @@ class StopRequest:
 
 @dataclass
 class Resume:
+    """An unfinished run to continue: from its checkpoint, or from step 0 when it has none."""
+
     run_id: str
     step: int
-    state: dict
+    state: dict | None
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8):
@@ -193,7 +195,7 @@ def run_suite(
                 "bench.finished": len(done) - failed,
                 "bench.failed": failed,
                 "bench.skipped": sum(o.skipped for o in done),
-                "bench.resumed": sum(o.resumed_from is not None for o in done),
+                "bench.resumed": sum(bool(o.resumed_from) for o in done),
             }
         )
         parent.finish("FINISHED" if not failed else "FAILED")
@@ -241,10 +243,17 @@ def run_or_skip(
         return RunOutcome(spec, "FINISHED", r.info.run_id, metrics=dict(r.data.metrics), skipped=True)
     resume = None if restart else find_resume(folder, tracker, spec)
     # we hold the claim, so a RUNNING run of this config on this machine has lost its process
-    for r in runs:
-        if r.info.status == "RUNNING" and (resume is None or r.info.run_id != resume.run_id):
-            if not process_alive(r.data.tags):
-                tracker.close_stale(r, "its bench process ended before its first checkpoint (killed)")
+    ended = [
+        r
+        for r in runs
+        if r.info.status == "KILLED" or (r.info.status == "RUNNING" and not process_alive(r.data.tags))
+    ]
+    if resume is None and ended and not restart:
+        # interrupted before its first checkpoint: train it again from step 0, in the same MLflow run
+        resume = Resume(ended[0].info.run_id, 0, None)
+    for r in ended:
+        if r.info.status == "RUNNING" and r.info.run_id != (resume.run_id if resume else None):
+            tracker.close_stale(r, "its bench process ended without closing it (killed)")
     return run_one(spec, data, tracker, parent, device, folder, resume, stop)
 
 
@@ -286,10 +295,21 @@ def run_one(
     n_params = sum(p.numel() for p in model.parameters())
     trainer = Trainer(model, data, suite.budget, spec.seed, suite.tracking.log_every, suite.eval.every)
     if resume is not None:
-        trainer.load_state_dict(resume.state["trainer"])
+        if resume.state is not None:
+            trainer.load_state_dict(resume.state["trainer"])
         run = tracker.resume_run(resume.run_id, offline_dir=folder.offline)
         run.tags({"bench.resumed_from_step": resume.step})
-        log.info("%s: resuming run %s from its checkpoint at step %d", spec.run_name, run.run_id, resume.step)
+        if resume.state is None:  # it may have died before logging its config
+            folder.clear_checkpoint()
+            run.params(flatten(spec.resolved()))
+            run.text("config.json", json.dumps(spec.resolved(), indent=2, default=str))
+            log.info(
+                "%s: run %s stopped before its first checkpoint; training it again", spec.run_name, run.run_id
+            )
+        else:
+            log.info(
+                "%s: resuming run %s from its checkpoint at step %d", spec.run_name, run.run_id, resume.step
+            )
     else:
         folder.clear_checkpoint()
         run = tracker.start_run(

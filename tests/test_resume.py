@@ -168,6 +168,7 @@ def test_kill_9_then_rerun_skips_finished_and_resumes_the_interrupted_run(scenar
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     assert int(run.data.tags["bench.resumed_from_step"]) == k["ckpt_step"] > 0
     assert run.data.metrics["budget_steps"] == 160
+    assert "failure_reason" not in run.data.tags  # the Ctrl-C's reason went with the resume
     assert "1 resumed from a checkpoint, 1 skipped" in last["stdout"]
     assert "first/seed0: skipped (finished earlier)" in last["stderr"]
     # the run finished, so its checkpoint is gone; the suite runs left open were closed
@@ -204,6 +205,13 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(scenario):
 
 def small(**over) -> dict:
     return tiny_suite(models=[{"name": "ae-mlp"}], **over)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_restart_trains_everything_again(tmp_path, write_suite, store, capsys):
@@ -246,3 +254,34 @@ def test_checkpoints_are_loaded_with_weights_only(tmp_path, write_suite, store, 
         [client.get_experiment_by_name("tiny").experiment_id], "tags.`bench.kind` = 'run'"
     )
     assert run.info.status == "FINISHED" and "bench.resumed_from_step" not in run.data.tags
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_trained_again_in_the_same_run(
+    tmp_path, write_suite, store, one_thread
+):
+    path = write_suite(small(budget={"steps": 300, "batch_size": 32}, checkpoint={"every": None}))
+    (spec,) = expand(load_suite(path))
+    started = bench_home(store) / "runs" / spec.config_hash / "run.json"  # written once the run exists
+    proc = subprocess.Popen(
+        bench("run", str(path), "--tracking-uri", store),
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while not started.exists() and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    (killed,) = client.search_runs([exp], "tags.`bench.kind` = 'run'")
+    assert killed.info.status == "RUNNING"
+
+    torch.set_num_threads(1)
+    assert main(["run", str(path), "--tracking-uri", store, "--out", str(tmp_path / "rep")]) == 0
+    (run,) = client.search_runs([exp], "tags.`bench.kind` = 'run'")  # still one run: no duplicate
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["bench.resumed_from_step"] == "0" and run.data.metrics["budget_steps"] == 300
+    assert run.data.params["params.latent_dim"] == "64"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(2, 301, 2))  # every interval once, whatever the killed run logged
