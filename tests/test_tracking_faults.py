@@ -126,7 +126,8 @@ def test_two_processes_share_one_sqlite_store(tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err
-        assert "database is locked" not in err and "Traceback" not in err, err
+        # no lock failure: a busy store may be retried (and says so), but nothing fails or crashes
+        assert "Traceback" not in err and "FAILED" not in err and "did not answer" not in err, err
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("shared")
     runs = client.search_runs([exp.experiment_id], "tags.`bench.kind` = 'run'")
