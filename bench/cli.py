@@ -1,4 +1,4 @@
-"""`bench run | validate | report | list | ui`: one small handler per verb.
+"""`bench run | validate | report | list | ui | relog`: one small handler per verb.
 
 Exit codes: 0 success; 1 some run failed; 2 bad input (suite, data, tracking store), with
 nothing written. Heavy imports (torch, mlflow) happen inside the handlers.
@@ -49,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.device:
         suite = suite.model_copy(update={"device": args.device})
     uri = resolve_uri(args.tracking_uri, suite.tracking.uri)
+    where = _uri_source(args, suite)
     # 2. data and store must be there before a run is created
     try:
         load_dataset(
@@ -57,24 +58,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     except DataError as e:
         _err(f"{args.suite}: dataset: {e}")
         return EXIT_BAD_INPUT
-    tracker = Tracker(uri)
+    tracker = Tracker(uri, retry_seconds=suite.tracking.retry_seconds)
     try:
         tracker.check()
     except TrackingError as e:
-        _err(f"{args.suite}: tracking.uri: {e}")
+        _err(f"{where}: {e}")
         return EXIT_BAD_INPUT
 
     from bench.hooks import default_hooks
     from bench.report import markdown_table, write_report
-    from bench.runner import resolve_device, run_suite
+    from bench.runner import StoreLost, resolve_device, run_suite
 
     device = resolve_device(suite.device)
     resolved_yaml = yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)
     try:
-        outcomes = run_suite(suite, resolved_yaml, tracker, device, default_hooks(progress=True))
+        outcomes = run_suite(
+            suite, resolved_yaml, tracker, device, default_hooks(progress=True), restart=args.restart
+        )
     except KeyboardInterrupt:
-        _err("interrupted: the current run is marked KILLED; finished runs are kept in the store")
+        _err(
+            "interrupted: the current run is marked KILLED and keeps its checkpoint; finished runs are "
+            "kept. Run the same command again to resume."
+        )
         return 130
+    except StoreLost as e:
+        _store_lost_message(e, args, uri)
+        return EXIT_RUN_FAILED
+    except TrackingError as e:
+        _err(f"{where}: {e}")
+        return EXIT_BAD_INPUT
     out = Path(args.out or Path("reports") / suite.name)
     summary, paths = write_report(tracker, [suite.name], out)
     print()
@@ -82,10 +94,78 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_report_paths(paths)
     ui_uri = "" if args.tracking_uri is None and suite.tracking.uri is None else f" --tracking-uri '{uri}'"
     print(f"browse the runs: bench ui{ui_uri}")
+    skipped = sum(o.skipped for o in outcomes)
+    resumed = sum(bool(o.resumed_from) for o in outcomes)  # from step 0 it is trained, not resumed
+    print(
+        f"{len(outcomes)} runs: {len(outcomes) - skipped - resumed} trained, {resumed} resumed from a "
+        f"checkpoint, {skipped} skipped (finished earlier; --restart trains them again)"
+    )
     failed = [o for o in outcomes if o.status != "FINISHED"]
     for o in failed:
         _err(f"run {o.spec.run_name} {o.status}: {o.reason}")
     return EXIT_RUN_FAILED if failed else EXIT_OK
+
+
+def _uri_source(args: argparse.Namespace, suite) -> str:
+    """Where the tracking URI came from, for error messages."""
+    import os
+
+    if args.tracking_uri:
+        return "--tracking-uri"
+    if suite.tracking.uri:
+        return f"{args.suite}: tracking.uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return "$MLFLOW_TRACKING_URI"
+    return "tracking store (default)"
+
+
+def _store_lost_message(e, args: argparse.Namespace, uri: str) -> None:
+    _err(str(e))
+    kept = [o for o in e.outcomes if o.offline]
+    for o in kept:
+        _err(
+            f"run {o.spec.run_name} ({o.status}) went on without the store: its results and checkpoint "
+            f"are kept in {o.offline}"
+        )
+    flag = f" --tracking-uri '{uri}'" if args.tracking_uri else ""
+    if kept:
+        folders = " ".join(str(o.offline) for o in kept)
+        _err(f"when the store answers again, re-log them with: bench relog {folders}{flag}")
+        _err(
+            "or run the same `bench run` again: it re-logs them itself, skips finished runs and does the rest"
+        )
+    else:
+        _err(
+            "nothing is lost: finished runs are in the store; run the same `bench run` again when it answers"
+        )
+
+
+def cmd_relog(args: argparse.Namespace) -> int:
+    from bench.journal import JOURNAL, read_journal, relog
+    from bench.tracking import Tracker, TrackingError
+
+    code = EXIT_OK
+    for given in args.folders:
+        folder = Path(given)
+        if not (folder / JOURNAL).is_file() and (folder / "offline" / JOURNAL).is_file():
+            folder = folder / "offline"  # the run folder was given
+        try:
+            head = read_journal(folder)[0]
+        except (OSError, ValueError) as e:
+            _err(str(e))
+            code = EXIT_BAD_INPUT
+            continue
+        uri = args.tracking_uri or head["uri"]
+        tracker = Tracker(uri, retry_seconds=args.retry_seconds)
+        try:
+            tracker.check()
+            run_id = relog(folder, tracker)
+        except TrackingError as e:
+            _err(f"{folder}: {e}")
+            code = EXIT_BAD_INPUT
+            continue
+        print(f"{folder}: re-logged into run {run_id} of {uri}")
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -175,7 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite field")
     r.add_argument("--device", help="auto, cpu, cuda, cuda:N (overrides the suite)")
     r.add_argument("--out", help="report folder (default reports/<suite name>)")
+    r.add_argument(
+        "--restart",
+        action="store_true",
+        help="train every run from scratch (default: skip finished runs, resume interrupted ones)",
+    )
     r.set_defaults(fn=cmd_run)
+
+    rl = sub.add_parser("relog", help="send what runs kept offline (store unreachable) to the store")
+    rl.add_argument(
+        "folders", nargs="+", metavar="FOLDER", help="a run's offline folder, as printed by bench run"
+    )
+    rl.add_argument("--tracking-uri", help="where to send it (default: the store the run was writing to)")
+    rl.add_argument("--retry-seconds", type=float, default=30.0, help=argparse.SUPPRESS)
+    rl.set_defaults(fn=cmd_relog)
 
     v = sub.add_parser("validate", help="check a suite file without training")
     v.add_argument("suite")

@@ -218,15 +218,39 @@ class IdxDataset:
         )
 
     def _download(self, root: str | None) -> dict[str, Path] | None:
+        """Download through torchvision into a temporary folder, and move the files into place
+        only when every one arrived: a failed or interrupted download leaves nothing behind."""
+        import shutil
+        import tempfile
+
         import torchvision
 
         target = Path(root or os.environ.get("BENCH_DATA_DIR") or "~/.cache/bench/data").expanduser()
         cls = getattr(torchvision.datasets, self.folder)
+        created: Path | None = None  # the topmost folder this download creates, removed if it fails
+        if not target.exists():
+            created = target
+            while not created.parent.exists():
+                created = created.parent
+        tmp: Path | None = None
+        ok = False
         try:
-            cls(str(target), train=True, download=True)
-            cls(str(target), train=False, download=True)
+            target.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target))
+            cls(str(tmp), train=True, download=True)
+            cls(str(tmp), train=False, download=True)
+            dest = target / self.folder / "raw"
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in (tmp / self.folder / "raw").iterdir():
+                os.replace(f, dest / f.name)
+            ok = True
         except Exception:  # no network, proxy refused, server gone: fall through to the clear error
             return None
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if not ok and created is not None and not any(p.is_file() for p in created.rglob("*")):
+                shutil.rmtree(created, ignore_errors=True)
         return self.find(str(target))
 
 

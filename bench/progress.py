@@ -49,6 +49,7 @@ class ProgressReporter(SuiteHooks):
         self._run_bar: Any = None
         self._redirect: Any = None
         self._t0 = 0.0
+        self._done0 = 0.0
         self._next_line = 0.0  # budget fraction of the next plain progress line
         self._losses: dict[str, float] = {}
 
@@ -67,7 +68,8 @@ class ProgressReporter(SuiteHooks):
 
     def _eta(self, done: float, total: float) -> float:
         elapsed = time.perf_counter() - self._t0
-        return elapsed / done * (total - done) if done > 0 else math.inf
+        done_here = done - self._done0
+        return elapsed / done_here * (total - done) if done_here > 0 else math.inf
 
     def _name(self) -> str:
         return f"[{self.index}/{self.n_runs}] {self.ctx.spec.run_name}"
@@ -95,6 +97,7 @@ class ProgressReporter(SuiteHooks):
         self.ctx = ctx
         self.index += 1
         self._t0 = time.perf_counter()
+        self._done0 = self._done(ctx.trainer.progress.step)  # a resumed run starts past 0
         self._next_line = 0.1
         self._losses = {}
         total, unit = self._total()
@@ -148,6 +151,17 @@ class ProgressReporter(SuiteHooks):
         log.info("%s: %s", self._name(), ", ".join(p for p in parts if p))
 
     def run_finished(self, outcome) -> None:
+        if getattr(outcome, "skipped", False):  # finished by an earlier `bench run`: never started here
+            self.index += 1
+            self.finished += 1
+            msg = f"[{self.index}/{self.n_runs}] {outcome.spec.run_name}: skipped (finished earlier)"
+            if self.bars:
+                self._suite_bar.write(msg, file=self.stream)
+                self._suite_bar.set_postfix_str(self._counts(), refresh=False)
+                self._suite_bar.update(1)
+            else:
+                log.info(msg)
+            return
         if outcome.status == "FINISHED":
             self.finished += 1
         else:

@@ -1,6 +1,17 @@
 """Execute a suite: for each run spec, build the model, train it under the budget, evaluate it,
-and record everything in the tracking store. A failed run is a state, not a number: it ends
-FAILED with its reason and the suite goes on.
+and record everything in the tracking store.
+
+The life of a run (keyed by its config hash, see ``bench.checkpoint``):
+
+1. claim it (a lock in its local folder), so that two ``bench run`` on one store never train
+   the same run; a run claimed by another process is left to it and revisited at the end;
+2. skip it when the store already holds a FINISHED run with the same config hash;
+3. resume it when its folder holds a checkpoint of an unfinished run of this store, else start
+   a new run; checkpoints are written every ``checkpoint.every`` steps;
+4. end it FINISHED, or FAILED with a ``failure_reason`` tag (divergence or an error: the suite
+   goes on with the next run), or KILLED when interrupted (Ctrl-C, SIGTERM: the run is
+   checkpointed first and the suite stops), or offline when the store stopped answering (the
+   run finishes, its results wait in its folder to be re-logged, and the suite stops).
 """
 
 from __future__ import annotations
@@ -8,18 +19,26 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from bench.checkpoint import CheckpointError, RunFolder, bench_home, lock_holder
 from bench.data import ImageData, load_dataset
 from bench.grids import reconstruction_grid, sample_grid
 from bench.hooks import RunContext, SuiteHooks, default_hooks
 from bench.metrics import evaluate
 from bench.models import build_model
 from bench.suite import RunSpec, Suite, expand, flatten
-from bench.tracking import RunLogger, Tracker
-from bench.train import Diverged, Progress, Trainer
+from bench.tracking import RunLogger, Tracker, TrackingLost, process_alive
+from bench.train import Diverged, Interrupted, Progress, Trainer
 
 log = logging.getLogger("bench")
 
@@ -37,14 +56,75 @@ class RunOutcome:
     run_id: str
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False  # finished by an earlier `bench run`: not trained again
+    resumed_from: int | None = None  # the checkpoint step it continued from
+    offline: Path | None = None  # the store was lost: what it logged waits here to be re-logged
+
+
+class StoreLost(Exception):
+    """The tracking store stopped answering; the suite stopped. Holds the outcomes so far."""
+
+    def __init__(self, message: str, outcomes: list[RunOutcome]) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
+
+
+class StopRequest:
+    """First Ctrl-C (or SIGTERM): finish the current step, checkpoint, stop. Second: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning(
+            "%s: stopping after the current step; the run is checkpointed and `bench run` resumes it "
+            "(press Ctrl-C again to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    @contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in old:
+            signal.signal(s, self._handle)
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+@dataclass
+class Resume:
+    """An unfinished run to continue: from its checkpoint, or from step 0 when it has none."""
+
+    run_id: str
+    step: int
+    state: dict | None
 
 
 def run_suite(
-    suite: Suite, suite_yaml: str, tracker: Tracker, device: torch.device, hooks: SuiteHooks | None = None
+    suite: Suite,
+    suite_yaml: str,
+    tracker: Tracker,
+    device: torch.device,
+    hooks: SuiteHooks | None = None,
+    restart: bool = False,
 ) -> list[RunOutcome]:
     """Run every (model, seed) of the suite; returns one outcome per run, in order.
 
-    ``hooks`` sees the suite as it goes (progress, step-indexed images): ``default_hooks()`` if None.
+    ``hooks`` sees the suite as it goes (progress, step-indexed images): ``default_hooks()`` if
+    None. Raises ``KeyboardInterrupt`` when stopped (the current run checkpointed and KILLED)
+    and ``StoreLost`` when the tracking store stopped answering.
     """
     hooks = hooks if hooks is not None else default_hooks()
     data = load_dataset(
@@ -52,24 +132,152 @@ def run_suite(
     )
     data_dev = data.to(device)
     specs = expand(suite)
+    home = bench_home(tracker.uri)
+    close_stale_suites(tracker, suite.name)
     parent = tracker.start_suite(suite.name, suite_yaml, len(specs))
     parent.params({"dataset.checksum": data.checksum, "dataset.source": data.source, "device": str(device)})
-    outcomes: list[RunOutcome] = []
+    if restart:
+        parent.tags({"bench.restart": "true"})
+    outcomes: dict[int, RunOutcome] = {}
+    stop = StopRequest()
+
+    def one(i: int, spec: RunSpec, folder: RunFolder) -> RunOutcome:
+        outcome = run_or_skip(spec, folder, data_dev, tracker, parent, device, restart, stop, hooks)
+        if outcome.offline:
+            log.warning("%s: finished offline; its results wait in %s", spec.run_name, outcome.offline)
+        outcomes[i] = outcome
+        hooks.run_finished(outcome)
+        return outcome
+
     hooks.suite_started(suite, len(specs))
     try:
-        for spec in specs:
-            outcome = run_one(spec, data_dev, tracker, parent, device, hooks)
-            outcomes.append(outcome)
-            hooks.run_finished(outcome)
+        with stop.installed():
+            deferred: list[tuple[int, RunSpec, RunFolder]] = []
+            for i, spec in enumerate(specs):
+                if stop():
+                    raise KeyboardInterrupt
+                folder = RunFolder(home, spec.config_hash)
+                claim = folder.try_claim()
+                if claim is None:
+                    log.info(
+                        "[%d/%d] %s: being trained by %s; coming back to it at the end",
+                        i + 1,
+                        len(specs),
+                        spec.run_name,
+                        lock_holder(folder.claim_file),
+                    )
+                    deferred.append((i, spec, folder))
+                    continue
+                with claim:
+                    if one(i, spec, folder).offline:
+                        break
+            else:
+                for i, spec, folder in deferred:  # wait for the other process, then check its work
+                    claim = folder.wait_claim(stop)
+                    if claim is None:
+                        raise KeyboardInterrupt
+                    with claim:
+                        if one(i, spec, folder).offline:
+                            break
     except KeyboardInterrupt:
-        parent.finish("KILLED")
+        _finish_quietly(parent, "KILLED")
         raise
+    except TrackingLost as e:
+        raise StoreLost(str(e), [outcomes[i] for i in sorted(outcomes)]) from None
     finally:
-        hooks.suite_finished(outcomes)
-    failed = sum(o.status != "FINISHED" for o in outcomes)
-    parent.tags({"bench.finished": len(outcomes) - failed, "bench.failed": failed})
-    parent.finish("FINISHED" if not failed else "FAILED")
-    return outcomes
+        hooks.suite_finished([outcomes[i] for i in sorted(outcomes)])
+    done = [outcomes[i] for i in sorted(outcomes)]
+    lost = [o for o in done if o.offline]
+    if lost:
+        raise StoreLost(lost[0].reason, done)
+    failed = sum(o.status != "FINISHED" for o in done)
+    try:
+        parent.tags(
+            {
+                "bench.finished": len(done) - failed,
+                "bench.failed": failed,
+                "bench.skipped": sum(o.skipped for o in done),
+                "bench.resumed": sum(bool(o.resumed_from) for o in done),
+            }
+        )
+        parent.finish("FINISHED" if not failed else "FAILED")
+    except TrackingLost as e:  # every run is in the store; only the suite run stays open
+        raise StoreLost(str(e), done) from None
+    return done
+
+
+def _finish_quietly(run: RunLogger, status: str) -> None:
+    try:
+        run.finish(status)
+    except Exception as e:  # the store may be what failed
+        log.warning("could not mark the suite run %s: %s", status, e)
+
+
+def close_stale_suites(tracker: Tracker, suite_name: str) -> None:
+    """Suite runs left RUNNING by a bench process that no longer exists become KILLED."""
+    for r in tracker.runs(suite_name, kind="suite"):
+        if r.info.status == "RUNNING" and not process_alive(r.data.tags):
+            tracker.close_stale(r, "its bench process ended without closing it (killed)")
+
+
+def run_or_skip(
+    spec: RunSpec,
+    folder: RunFolder,
+    data: ImageData,
+    tracker: Tracker,
+    parent: RunLogger,
+    device: torch.device,
+    restart: bool,
+    stop: StopRequest,
+    hooks: SuiteHooks | None = None,
+) -> RunOutcome:
+    """With the run's claim held: re-log what an earlier offline run left, skip, resume or start."""
+    from bench.journal import pending_journal, relog
+
+    pending = pending_journal(folder.path)
+    if pending is not None:  # the store is back (``bench run`` checked it): send what waited
+        run_id = relog(pending, tracker)
+        log.info("re-logged %s into run %s", pending, run_id)
+    runs = tracker.runs_with_hash(spec.suite.name, spec.config_hash)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    if finished and not restart:
+        folder.clear_checkpoint()
+        r = finished[0]
+        return RunOutcome(spec, "FINISHED", r.info.run_id, metrics=dict(r.data.metrics), skipped=True)
+    resume = None if restart else find_resume(folder, tracker, spec)
+    # we hold the claim, so a RUNNING run of this config on this machine has lost its process
+    ended = [
+        r
+        for r in runs
+        if r.info.status == "KILLED" or (r.info.status == "RUNNING" and not process_alive(r.data.tags))
+    ]
+    if resume is None and ended and not restart:
+        # interrupted before its first checkpoint: train it again from step 0, in the same MLflow run
+        resume = Resume(ended[0].info.run_id, 0, None)
+    for r in ended:
+        if r.info.status == "RUNNING" and r.info.run_id != (resume.run_id if resume else None):
+            tracker.close_stale(r, "its bench process ended without closing it (killed)")
+    return run_one(spec, data, tracker, parent, device, folder, resume, stop, hooks)
+
+
+def find_resume(folder: RunFolder, tracker: Tracker, spec: RunSpec) -> Resume | None:
+    """The checkpoint of an unfinished run of this config in this store, if there is one."""
+    try:
+        state = folder.load_checkpoint()
+    except CheckpointError as e:
+        log.warning("%s; %s starts from step 0", e, spec.run_name)
+        return None
+    if state is None:
+        return None
+    if state.get("config_hash") != spec.config_hash or state.get("uri") != tracker.uri:
+        log.info(
+            "%s: checkpoint of another store or config; %s starts from step 0", folder.path, spec.run_name
+        )
+        return None
+    run = tracker.get_run(str(state.get("run_id")))
+    if run is None or run.info.status == "FINISHED":
+        return None
+    return Resume(run.info.run_id, int(state["step"]), state)
 
 
 def run_one(
@@ -78,29 +286,57 @@ def run_one(
     tracker: Tracker,
     parent: RunLogger,
     device: torch.device,
+    folder: RunFolder | None = None,
+    resume: Resume | None = None,
+    stop: StopRequest | None = None,
     hooks: SuiteHooks | None = None,
 ) -> RunOutcome:
-    """Train and evaluate one run, logging as it goes."""
+    """Train and evaluate one run (from its checkpoint when resuming), logging as it goes."""
     suite = spec.suite
+    folder = folder or RunFolder(bench_home(tracker.uri), spec.config_hash)
+    hooks = hooks or SuiteHooks()
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, spec.params, data.image_shape).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    run = tracker.start_run(
-        parent,
-        {
-            "family": spec.family,
-            "model": spec.model,
-            "label": spec.label,
-            "seed": str(spec.seed),
-            "bench.config_hash": spec.config_hash,
-            "bench.suite": suite.name,
-        },
-        spec.run_name,
+    trainer = Trainer(model, data, suite.budget, spec.seed, suite.tracking.log_every, suite.eval.every)
+    if resume is not None:
+        if resume.state is not None:
+            trainer.load_state_dict(resume.state["trainer"])
+        run = tracker.resume_run(resume.run_id, offline_dir=folder.offline)
+        run.tags({"bench.resumed_from_step": resume.step})
+        if resume.state is None:  # it may have died before logging its config
+            folder.clear_checkpoint()
+            run.params(flatten(spec.resolved()))
+            run.text("config.json", json.dumps(spec.resolved(), indent=2, default=str))
+            log.info(
+                "%s: run %s stopped before its first checkpoint; training it again", spec.run_name, run.run_id
+            )
+        else:
+            log.info(
+                "%s: resuming run %s from its checkpoint at step %d", spec.run_name, run.run_id, resume.step
+            )
+    else:
+        folder.clear_checkpoint()
+        run = tracker.start_run(
+            parent,
+            {
+                "family": spec.family,
+                "model": spec.model,
+                "label": spec.label,
+                "seed": str(spec.seed),
+                "bench.config_hash": spec.config_hash,
+                "bench.suite": suite.name,
+            },
+            spec.run_name,
+            offline_dir=folder.offline,
+        )
+        run.params(flatten(spec.resolved()))
+        run.text("config.json", json.dumps(spec.resolved(), indent=2, default=str))
+    folder.write_info(
+        {"uri": tracker.uri, "run_id": run.run_id, "run_name": spec.run_name, "suite": suite.name}
     )
-    run.params(flatten(spec.resolved()))
-    run.text("config.json", json.dumps(spec.resolved(), indent=2, default=str))
 
-    hooks = hooks or SuiteHooks()
+    hooks.run_started(RunContext(spec, run, model, data, trainer, device))
 
     def on_log(step: int, losses: dict[str, float]) -> None:
         run.losses(step, losses)
@@ -111,10 +347,40 @@ def run_one(
         run.results(step, results)
         hooks.evaluated(step, results)
 
-    trainer = Trainer(model, data, suite.budget, spec.seed, suite.tracking.log_every, suite.eval.every)
-    hooks.run_started(RunContext(spec, run, model, data, trainer, device))
+    def checkpoint(step: int) -> None:
+        run.flush()  # the store holds every value up to this step before the checkpoint says so
+        folder.save_checkpoint(
+            {
+                "run_id": run.run_id,
+                "uri": tracker.uri,
+                "config_hash": spec.config_hash,
+                "step": step,
+                "trainer": trainer.state_dict(),
+            }
+        )
+
+    def outcome(status: str, reason: str = "", metrics: dict[str, float] | None = None) -> RunOutcome:
+        offline = folder.path if run.offline else None
+        if offline is not None:
+            reason = run.lost_reason
+        return RunOutcome(
+            spec,
+            status,
+            run.run_id,
+            reason,
+            metrics or {},
+            resumed_from=resume.step if resume else None,
+            offline=offline,
+        )
+
     try:
-        progress = trainer.run(on_log=on_log, on_eval=on_eval)
+        progress = trainer.run(
+            on_log=on_log,
+            on_eval=on_eval,
+            on_checkpoint=checkpoint,
+            checkpoint_every=suite.checkpoint.every,
+            should_stop=stop or (lambda: False),
+        )
         results = evaluate(model, data, suite.eval, spec.seed, device)
         run.results(progress.step, results)
         hooks.evaluated(progress.step, results)
@@ -123,13 +389,31 @@ def run_one(
     except Diverged as e:
         run.tags({"failure_reason": str(e)})
         run.finish("FAILED")
-        return RunOutcome(spec, "FAILED", run.run_id, str(e))
-    except KeyboardInterrupt:
-        run.tags({"failure_reason": "interrupted (Ctrl-C)"})
+        folder.clear_checkpoint()  # resuming would diverge again: a new `bench run` starts afresh
+        return outcome("FAILED", str(e))
+    except Interrupted as e:
+        checkpoint(e.step)
+        run.tags({"failure_reason": f"interrupted at step {e.step}; `bench run` again resumes it"})
         run.finish("KILLED")
+        raise KeyboardInterrupt from None
+    except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last periodic checkpoint stands
+        run.tags({"failure_reason": "interrupted (Ctrl-C)"})
+        _finish_quietly(run, "KILLED")
         raise
+    except Exception as e:  # any other error fails this run only; its checkpoint stays for a retry
+        log.error("%s failed:\n%s", spec.run_name, traceback.format_exc())
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        run.tags({"failure_reason": reason})
+        run.text("traceback.txt", traceback.format_exc())
+        run.finish("FAILED")
+        return outcome("FAILED", reason)
+    metrics = {k: r.value for k, r in results.items()}
+    if run.offline:  # keep the final state beside the journal until it is re-logged
+        checkpoint(progress.step)
     run.finish("FINISHED")
-    return RunOutcome(spec, "FINISHED", run.run_id, metrics={k: r.value for k, r in results.items()})
+    if not run.offline:
+        folder.clear_checkpoint()
+    return outcome("FINISHED", metrics=metrics)
 
 
 def cost_metrics(progress: Progress, n_params: int, device: torch.device) -> dict[str, float]:

@@ -23,7 +23,7 @@ BIG = 10**12  # larger budgets or sizes are typos, not plans
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetConfig(Strict):
@@ -97,6 +97,15 @@ class ModelConfig(BaseModel):
 class TrackingConfig(Strict):
     uri: str | None = None
     log_every: int = Field(50, ge=1, le=10**6, description="steps between loss logs")
+    retry_seconds: float = Field(
+        120, ge=0, le=86400, description="how long to retry a store that stops answering before going offline"
+    )
+
+
+class CheckpointConfig(Strict):
+    """Periodic checkpoints of every run (atomic writes), so an interrupted run resumes."""
+
+    every: int | None = Field(500, ge=1, le=BIG, description="steps between checkpoints; null: none")
 
 
 class ReportConfig(Strict):
@@ -113,6 +122,7 @@ class Suite(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     models: list[ModelConfig] = Field(min_length=1)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
     @field_validator("seeds")
@@ -162,32 +172,90 @@ def _pydantic_errors(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        out.append(FieldError(_loc(prefix + tuple(e["loc"])), msg.removeprefix("Value error, ")))
+        msg = re.sub(r" or instance of \w+$", "", msg.removeprefix("Value error, "))
+        out.append(FieldError(_loc(prefix + tuple(e["loc"])), msg))
     return out
 
 
 # --------------------------------------------------------------------------- loading
 
 
+MAX_YAML_VALUES = 100_000  # a suite is a few hundred values; more means an alias bomb or a wrong file
+
+
 def read_suite_dict(path: str | Path) -> dict[str, Any]:
+    """Read a suite file with YAML's safe loader; a key given twice is an error, not "the last wins"."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise SuiteError(str(p), [FieldError("(file)", f"cannot read: {e.strerror or e}")]) from None
+        raise SuiteError(str(p), [FieldError("(file)", f"cannot read: {_read_problem(e)}")]) from None
     try:
-        raw = yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            errors = _yaml_shape_errors(node) if node is not None else []
+            if errors:
+                raise SuiteError(str(p), errors)
+            raw = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SuiteError(
-            str(p), [FieldError("(file)", f"not valid YAML{where}: {getattr(e, 'problem', e)}")]
-        ) from None
+        problem = getattr(e, "problem", None) or str(e)
+        context = getattr(e, "context", None)
+        if context and context.startswith("expected"):  # "expected a single document in the stream"
+            problem = f"{context}, {problem}"
+        raise SuiteError(str(p), [FieldError("(file)", f"not valid YAML{where}: {problem}")]) from None
+    if raw is None:
+        raise SuiteError(str(p), [FieldError("(file)", "the file is empty")])
     if not isinstance(raw, dict):
         raise SuiteError(
             str(p), [FieldError("(top level)", f"a suite is a mapping of keys, got {type(raw).__name__}")]
         )
     return raw
+
+
+def _read_problem(e: Exception) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        line = e.object[: e.start].count(b"\n") + 1
+        return f"not UTF-8 text (line {line}, byte {e.start})"
+    if isinstance(e, IsADirectoryError):
+        return "it is a directory"
+    return getattr(e, "strerror", None) or str(e)
+
+
+def _yaml_shape_errors(root: yaml.Node) -> list[FieldError]:
+    """Keys given twice (with their field path) and documents that expand beyond MAX_YAML_VALUES."""
+    errors: list[tuple[int, FieldError]] = []
+    count = 0
+    stack: list[tuple[yaml.Node, tuple[Any, ...]]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:  # aliases are walked again at each use: this bounds the expansion
+            return [FieldError("(file)", f"the document expands to more than {MAX_YAML_VALUES} values")]
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for k, v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else None
+                if key is not None and key in seen and key != "<<":  # "<<" is YAML's merge key
+                    line = k.start_mark.line
+                    errors.append(
+                        (
+                            line,
+                            FieldError(
+                                _loc(path + (key,)), f"key given twice (lines {seen[key] + 1} and {line + 1})"
+                            ),
+                        )
+                    )
+                elif key is not None:
+                    seen[key] = k.start_mark.line
+                stack.append((v, path + (key if key is not None else "?",)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((v, path + (i,)) for i, v in enumerate(node.value))
+    return [e for _, e in sorted(errors, key=lambda le: le[0])]
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:

@@ -42,68 +42,268 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
-class Tracker:
-    """A connection to one MLflow tracking store."""
+class TrackingLost(TrackingError):
+    """The store stopped answering and kept failing for ``retry_seconds``."""
 
-    def __init__(self, uri: str) -> None:
+
+# MLflow's HTTP client retries a refused connection for minutes by default; bench retries at its
+# own level (``Tracker.call``, bounded by ``tracking.retry_seconds``), so it keeps MLflow's own
+# retries short unless the user set them.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+_CHECK_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def is_transient(e: BaseException) -> bool:
+    """Failures worth retrying: the store is busy, restarting, or out of reach for a while."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        import requests
+
+        if isinstance(e, requests.exceptions.RequestException):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import sqlalchemy.exc
+
+        if isinstance(e, sqlalchemy.exc.OperationalError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(e, MlflowException):
+        # (not INTERNAL_ERROR: MLflow's default code, carried by its bugs and ours alike)
+        if e.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"):
+            return True
+        msg = str(e)
+        return msg.startswith("API request to") or "database is locked" in msg
+    return False
+
+
+def short_reason(e: BaseException) -> str:
+    """One line for a store failure: the OS reason when there is one ("Connection refused")."""
+    import re
+
+    text = str(e).strip()
+    m = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if m:
+        return m.group(1).strip()
+    if "timed out" in text or "timeout" in text.lower():
+        return "timed out"
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first[:200]
+
+
+class _Env:
+    """Temporarily set environment variables (MLflow reads its HTTP settings at each request)."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+        self.saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> None:
+        for k, v in self.values.items():
+            self.saved[k] = os.environ.get(k)
+            os.environ[k] = v
+
+    def __exit__(self, *exc: object) -> None:
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class Tracker:
+    """A connection to one MLflow tracking store. Every call goes through ``call``: transient
+    failures (sqlite busy, server restarting or unreachable) are retried with exponential backoff
+    for up to ``retry_seconds``, then raise ``TrackingLost``."""
+
+    def __init__(self, uri: str, retry_seconds: float = 120.0) -> None:
         import logging
 
-        from mlflow import MlflowClient
+        import mlflow  # noqa: F401  (its import configures its loggers: quiet them after it)
 
-        # alembic announces every schema migration of a new sqlite store, and MLflow every
-        # start and stop of its system-metrics thread, at INFO level: keep the console for bench
+        # alembic announces every schema migration of a new sqlite store, MLflow every start and
+        # stop of its system-metrics thread (and every sqlite retry, with a traceback), urllib3
+        # every HTTP retry: keep the console for bench, which reports what matters itself
         for name in ("alembic", "mlflow"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        for name in (
+            "mlflow.store.db.utils",
+            "mlflow.utils.async_logging.async_logging_queue",  # failed batches are re-sent by bench
+            "mlflow.system_metrics",
+            "urllib3.connectionpool",
+        ):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         # and a progress bar for every artifact a report downloads (unless the user asked for them)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = uri
-        self.client: MlflowClient = MlflowClient(tracking_uri=uri)
+        self.retry_seconds = retry_seconds
+        self._client: MlflowClient | None = None
+        if uri.startswith(("http://", "https://")):
+            for k, v in _HTTP_DEFAULTS.items():
+                os.environ.setdefault(k, v)
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> MlflowClient:
+        from mlflow import MlflowClient
+
+        from bench.checkpoint import locked, sqlite_path
+
+        db = sqlite_path(self.uri)
+        if db is None:
+            return MlflowClient(tracking_uri=self.uri)
+        # MLflow creates and migrates the schema of a new sqlite store when it first opens it;
+        # two processes doing that at once corrupt it, so opening is serialised by a lock file
+        with locked(db.parent / ".bench" / f"{db.name}.open.lock"):
+            return MlflowClient(tracking_uri=self.uri)
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, retried with backoff while the store fails transiently."""
+        import logging
+
+        log = logging.getLogger("bench")
+        deadline = time.monotonic() + self.retry_seconds
+        delay, attempts = 0.25, 0
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                attempts += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TrackingLost(
+                        f"the tracking store {self.uri} did not answer for {self.retry_seconds:g} s "
+                        f"({attempts} attempt{'s' if attempts > 1 else ''}): {short_reason(e)}"
+                    ) from e
+                if attempts == 1:
+                    log.warning(
+                        "tracking store %s: %s; retrying for up to %g s",
+                        self.uri,
+                        short_reason(e),
+                        self.retry_seconds,
+                    )
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 30.0)
+                continue
+            if attempts:
+                log.warning("tracking store %s answers again (after %d retries)", self.uri, attempts)
+            return result
 
     def check(self) -> None:
-        """Fail fast (before any training) when the store is unreachable."""
+        """Fail fast (before any training) when the store is unreachable: one quick attempt."""
         try:
-            self.client.search_experiments(max_results=1)
+            with _Env(_CHECK_ENV):
+                self.client.search_experiments(max_results=1)
         except Exception as e:  # MLflow raises many types for "cannot reach"
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TrackingError(f"cannot reach the tracking store {self.uri}: {first}") from None
+            raise TrackingError(f"cannot reach the tracking store {self.uri}: {short_reason(e)}") from None
 
     def experiment_id(self, name: str, create: bool = True) -> str | None:
-        exp = self.client.get_experiment_by_name(name)
+        from mlflow.exceptions import MlflowException
+
+        exp = self.call(self.client.get_experiment_by_name, name)
         if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                raise TrackingError(
+                    f"experiment {name!r} is deleted in {self.uri}: restore it "
+                    f"(mlflow experiments restore) or remove it for good (mlflow gc)"
+                )
             return exp.experiment_id
         if not create:
             return None
         root = _artifact_root(self.uri)
-        return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+        try:
+            return self.call(
+                self.client.create_experiment, name, artifact_location=f"{root}/{name}" if root else None
+            )
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            # another process created it between our look-up and our create
+            return self.call(self.client.get_experiment_by_name, name).experiment_id
 
     def start_suite(self, suite_name: str, suite_yaml: str, n_runs: int) -> RunLogger:
         exp = self.experiment_id(suite_name)
-        run = self.client.create_run(
+        run = self.call(
+            self.client.create_run,
             exp,
             run_name=f"{suite_name} ({time.strftime('%Y-%m-%d %H:%M')})",
-            tags={"bench.kind": "suite", "bench.suite": suite_name, "bench.n_runs": str(n_runs)},
+            tags={
+                "bench.kind": "suite",
+                "bench.suite": suite_name,
+                "bench.n_runs": str(n_runs),
+                **process_tags(),
+            },
         )
         logger = RunLogger(self, run.info.run_id)
         logger.text("suite.yaml", suite_yaml)
         logger.text("environment.json", json.dumps(environment(), indent=2))
         return logger
 
-    def start_run(self, parent: RunLogger, spec_tags: dict[str, str], run_name: str) -> RunLogger:
-        exp = self.client.get_run(parent.run_id).info.experiment_id
-        run = self.client.create_run(
-            exp,
-            run_name=run_name,
-            tags={"bench.kind": "run", "mlflow.parentRunId": parent.run_id, **spec_tags},
+    def start_run(
+        self,
+        parent: RunLogger,
+        spec_tags: dict[str, str],
+        run_name: str,
+        offline_dir: Path | None = None,
+    ) -> RunLogger:
+        """A new child run of ``parent``. With ``offline_dir``, a store lost mid-run makes the
+        logger keep writing to an offline journal there instead of raising."""
+        exp = self.call(self.client.get_run, parent.run_id).info.experiment_id
+        tags = {"bench.kind": "run", "mlflow.parentRunId": parent.run_id, **spec_tags, **process_tags()}
+        run = self.call(self.client.create_run, exp, run_name=run_name, tags=tags)
+        identity = {"experiment_id": exp, "run_name": run_name, "tags": tags, "parent_run_id": parent.run_id}
+        return RunLogger(
+            self, run.info.run_id, system_metrics=True, identity=identity, offline_dir=offline_dir
         )
-        return RunLogger(self, run.info.run_id, system_metrics=True)
+
+    def resume_run(self, run_id: str, offline_dir: Path | None = None) -> RunLogger:
+        """Reopen an interrupted run: status back to RUNNING, and every metric step already in the
+        store is remembered so that the resumed run neither loses nor repeats a logged value."""
+        run = self.call(self.client.get_run, run_id)
+        self.call(self.client.update_run, run_id, status="RUNNING")
+        if "failure_reason" in run.data.tags:  # why it stopped last time: no longer true
+            self.call(self.client.delete_tag, run_id, "failure_reason")
+        logged = {}
+        for key in run.data.metrics:
+            history = self.call(self.client.get_metric_history, run_id, key)
+            if history:
+                logged[key] = max(m.step for m in history)
+        identity = {
+            "experiment_id": run.info.experiment_id,
+            "run_name": run.info.run_name,
+            "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+            | {"mlflow.parentRunId": run.data.tags.get("mlflow.parentRunId", "")},
+            "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
+        }
+        logger = RunLogger(
+            self, run_id, system_metrics=True, identity=identity, offline_dir=offline_dir, logged_steps=logged
+        )
+        logger._params = dict(run.data.params)
+        logger.tags(process_tags())
+        return logger
 
     # ---- reading (reports, resume)
     def runs(self, experiment: str, kind: str = "run") -> list[Any]:
         exp = self.experiment_id(experiment, create=False)
         if exp is None:
             return []
-        return self.client.search_runs(
-            [exp], filter_string=f"tags.`bench.kind` = '{kind}'", max_results=50000
+        return self.call(
+            self.client.search_runs, [exp], filter_string=f"tags.`bench.kind` = '{kind}'", max_results=50000
         )
 
     def latest_suite_run(self, experiment: str) -> Any | None:
@@ -113,7 +313,7 @@ class Tracker:
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """Every logged (step, value) of one metric of one run, in step order."""
-        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+        return sorted((m.step, m.value) for m in self.call(self.client.get_metric_history, run_id, key))
 
     def artifact_bytes(self, run_id: str, path: str) -> bytes | None:
         """The content of one artifact, or None when the run has no such file."""
@@ -128,50 +328,222 @@ class Tracker:
     def log_files(self, run_id: str, paths: list[Path], artifact_path: str) -> None:
         """Log local files under ``artifact_path`` of a run (finished runs included)."""
         for p in paths:
-            self.client.log_artifact(run_id, str(p), artifact_path)
+            self.call(self.client.log_artifact, run_id, str(p), artifact_path)
+
+    def runs_with_hash(self, experiment: str, config_hash: str) -> list[Any]:
+        """Child runs of one config hash, newest first."""
+        exp = self.experiment_id(experiment, create=False)
+        if exp is None:
+            return []
+        return self.call(
+            self.client.search_runs,
+            [exp],
+            filter_string=f"tags.`bench.kind` = 'run' and tags.`bench.config_hash` = '{config_hash}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1000,
+        )
+
+    def get_run(self, run_id: str) -> Any | None:
+        """The run, or None when it is not in the store (or deleted)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.call(self.client.get_run, run_id)
+        except MlflowException as e:
+            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        return None if run.info.lifecycle_stage == "deleted" else run
+
+    def close_stale(self, run: Any, reason: str) -> None:
+        """Mark a run left RUNNING by a process that died as KILLED, with its reason."""
+        from mlflow.entities import RunTag
+
+        self.call(self.client.log_batch, run.info.run_id, tags=[RunTag("failure_reason", reason)])
+        self.call(self.client.set_terminated, run.info.run_id, "KILLED")
+
+
+def absolute_uri(uri: str) -> str:
+    """A sqlite URI with an absolute path (others unchanged)."""
+    from bench.checkpoint import sqlite_path
+
+    db = sqlite_path(uri)
+    return f"sqlite:///{db}" if db else uri
+
+
+def process_tags() -> dict[str, str]:
+    """Which process writes a run: tells a run left RUNNING by a dead process from a live one."""
+    return {"bench.host": platform.node(), "bench.pid": str(os.getpid())}
+
+
+def process_alive(tags: dict[str, str]) -> bool:
+    """Whether the process named by ``process_tags`` still runs (unknown hosts count as alive)."""
+    if tags.get("bench.host") != platform.node():
+        return True
+    try:
+        pid = int(tags.get("bench.pid", ""))
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
 
 
 class RunLogger:
-    """Writes to one MLflow run. Losses are logged asynchronously, in batches."""
+    """Writes to one MLflow run. Losses are logged asynchronously, in batches.
 
-    def __init__(self, tracker: Tracker, run_id: str, system_metrics: bool = False) -> None:
+    Every write goes through ``Tracker.call`` (retries with backoff). If the store stays down
+    past the retry window and the logger has an ``offline_dir``, it goes offline: that write
+    and every later one are kept in a journal there (``bench.journal``) and nothing raises.
+    """
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        run_id: str,
+        system_metrics: bool = False,
+        identity: dict[str, Any] | None = None,
+        offline_dir: Path | None = None,
+        logged_steps: dict[str, int] | None = None,
+    ) -> None:
         self.tracker = tracker
         self.client = tracker.client
         self.run_id = run_id
-        self._pending_ops: list[Any] = []
+        self.identity = identity or {}
+        self.offline_dir = offline_dir
+        self.journal = None  # a bench.journal.Journal once offline
+        self.lost_reason = ""
+        self._logged = logged_steps or {}  # metric key -> last step already in the store
+        self._params: dict[str, Any] = {}
+        self._pending_ops: list[tuple[Any, int, int, dict[str, float]]] = []
         self._monitor = None
         if system_metrics:
             self._monitor = _start_system_metrics(run_id, tracker.uri)
 
+    @property
+    def offline(self) -> bool:
+        return self.journal is not None
+
+    # ---- the one write path
+    def _write(self, op: str, payload: dict[str, Any], fn: Any, *args: Any, **kwargs: Any) -> None:
+        if self.journal is None:
+            try:
+                self.tracker.call(fn, *args, **kwargs)
+                return
+            except TrackingLost as e:
+                if self.offline_dir is None:
+                    raise
+                self._go_offline(str(e))
+        self.journal.add(op, **payload)
+
+    def _go_offline(self, reason: str) -> None:
+        import logging
+
+        from bench.journal import Journal
+
+        self.lost_reason = reason
+        ident = self.identity
+        exp_name = None
+        try:
+            exp_name = self.client.get_experiment(ident.get("experiment_id")).name
+        except Exception:  # the store is down: the suite name tag says the same
+            exp_name = (ident.get("tags") or {}).get("bench.suite")
+        self.journal = Journal(
+            self.offline_dir,
+            {
+                "uri": absolute_uri(self.tracker.uri),  # `bench relog` may run from another folder
+                "run_id": self.run_id,
+                "experiment": exp_name,
+                "run_name": ident.get("run_name"),
+                "tags": ident.get("tags", {}),
+                "params": self._params,
+                "parent_run_id": ident.get("parent_run_id"),
+            },
+        )
+        logging.getLogger("bench").warning(
+            "%s; the run goes on offline and keeps what it logs in %s", reason, self.offline_dir
+        )
+        if self._monitor is not None:
+            with _Env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}):
+                try:
+                    self._monitor.finish()
+                except Exception:
+                    pass
+            self._monitor = None
+        pending, self._pending_ops = self._pending_ops, []
+        for _, step, ts, values in pending:  # async batches not confirmed by the store
+            self.journal.add("metrics", step=step, timestamp=ts, values=values)
+
+    def _new_steps(self, step: int, values: dict[str, float]) -> dict[str, float]:
+        """Drop values a resumed run already has in the store at this step (no duplicates)."""
+        if not self._logged:
+            return values
+        return {k: v for k, v in values.items() if step > self._logged.get(k, -1)}
+
+    # ---- writes
     def params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
+        self._params.update(params)
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            chunk = items[i : i + 100]
+            self._write(
+                "params",
+                {"params": {p.key: p.value for p in chunk}},
+                self.client.log_batch,
+                self.run_id,
+                params=chunk,
+            )
 
     def tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        tags = {k: str(v) for k, v in tags.items()}
+        self._write(
+            "tags",
+            {"tags": tags},
+            self.client.log_batch,
+            self.run_id,
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
 
     def losses(self, step: int, values: dict[str, float]) -> None:
         """Per-step training losses, logged without waiting for the store."""
         from mlflow.entities import Metric
 
+        values = self._new_steps(step, {f"train/{k}": v for k, v in values.items()})
+        if not values:
+            return
         now = int(time.time() * 1000)
-        metrics = [Metric(f"train/{k}", v, now, step) for k, v in values.items()]
-        op = self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
+        if self.journal is not None:
+            self.journal.add("metrics", step=step, timestamp=now, values=values)
+            return
+        metrics = [Metric(k, v, now, step) for k, v in values.items()]
+        try:
+            op = self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
+        except Exception:  # the async queue refused: take the synchronous, retried path
+            self._write_metrics(step, now, values)
+            return
         if op is not None:
-            self._pending_ops.append(op)
+            self._pending_ops.append((op, step, now, values))
 
-    def metrics(self, step: int, values: dict[str, float]) -> None:
+    def _write_metrics(self, step: int, ts: int, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()]
+        self._write(
+            "metrics",
+            {"step": step, "timestamp": ts, "values": values},
+            self.client.log_batch,
+            self.run_id,
+            metrics=[Metric(k, float(v), ts, step) for k, v in values.items()],
         )
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        values = self._new_steps(step, {k: float(v) for k, v in values.items()})
+        if values:
+            self._write_metrics(step, int(time.time() * 1000), values)
 
     def results(self, step: int, results: dict[str, Result]) -> None:
         """Metric values at ``step`` with their provenance (as tags ``provenance.<metric>``)."""
@@ -186,17 +558,51 @@ class RunLogger:
             self.tags(tags)
 
     def text(self, artifact_file: str, text: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        if self.journal is None:
+            try:
+                self.tracker.call(self.client.log_text, self.run_id, text, artifact_file)
+                return
+            except TrackingLost as e:
+                if self.offline_dir is None:
+                    raise
+                self._go_offline(str(e))
+        parent = str(Path(artifact_file).parent)
+        rel = self.journal.keep_text(text, artifact_file)
+        self.journal.add("artifact", file=rel, dir=None if parent == "." else parent)
 
     def file(self, local_path: str | Path, artifact_dir: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
+        if self.journal is None:
+            try:
+                self.tracker.call(self.client.log_artifact, self.run_id, str(local_path), artifact_dir)
+                return
+            except TrackingLost as e:
+                if self.offline_dir is None:
+                    raise
+                self._go_offline(str(e))
+        rel = self.journal.keep_file(Path(local_path), artifact_dir)
+        self.journal.add("artifact", file=rel, dir=artifact_dir)
 
     def image(self, artifact_file: str, image: Any, key: str | None = None, step: int | None = None) -> None:
         """A (H, W, 3) uint8 array; with ``key`` and ``step`` it becomes a step-indexed image in the UI."""
-        if key is not None:
-            self.client.log_image(self.run_id, image, key=key, step=step)
-        else:
-            self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+        if self.journal is None:
+            try:
+                if key is not None:
+                    self.tracker.call(self.client.log_image, self.run_id, image, key=key, step=step)
+                else:
+                    self.tracker.call(self.client.log_image, self.run_id, image, artifact_file=artifact_file)
+                return
+            except TrackingLost as e:
+                if self.offline_dir is None:
+                    raise
+                self._go_offline(str(e))
+        from PIL import Image
+
+        name = artifact_file if key is None else f"images/{key}_step{step}.png"
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / Path(name).name
+            Image.fromarray(image).save(path)
+            parent = str(Path(name).parent)
+            self.file(path, None if parent == "." else parent)
 
     def torch_state(self, artifact_file: str, state: dict) -> None:
         import torch
@@ -207,10 +613,16 @@ class RunLogger:
             self.file(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
     def flush(self) -> None:
-        """Wait until every asynchronously logged loss is in the store."""
-        for op in self._pending_ops:
-            op.wait()
-        self._pending_ops.clear()
+        """Wait until every asynchronous loss batch is in the store (retrying the ones that failed)."""
+        pending, self._pending_ops = self._pending_ops, []
+        for op, step, ts, values in pending:
+            if self.journal is not None:
+                self.journal.add("metrics", step=step, timestamp=ts, values=values)
+                continue
+            try:
+                op.wait()
+            except Exception:  # the async writer gave up on this batch: send it again, with retries
+                self._write_metrics(step, ts, values)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.flush()
@@ -220,7 +632,7 @@ class RunLogger:
             except Exception:  # system metrics are a courtesy: never fail a run for them
                 pass
             self._monitor = None
-        self.client.set_terminated(self.run_id, status)
+        self._write("finish", {"status": status}, self.client.set_terminated, self.run_id, status)
 
 
 def _start_system_metrics(run_id: str, uri: str):

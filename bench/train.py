@@ -26,6 +26,14 @@ class Diverged(RuntimeError):
     """Training produced a non-finite loss or parameter; the message says which and when."""
 
 
+class Interrupted(Exception):
+    """``should_stop`` asked the loop to stop; raised at a step boundary, so the state is whole."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step}")
+        self.step = step
+
+
 def _adam(params, p) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=p.lr, betas=(p.beta1, p.beta2), weight_decay=p.weight_decay)
 
@@ -131,6 +139,7 @@ class Trainer:
         self.step_fn = STEP_KINDS[model.step_kind](model)
         self.progress = Progress()
         self.device = next(model.parameters()).device
+        self._pending: dict[str, list[torch.Tensor]] = {}  # losses of the steps since the last log
 
     # ---- checkpointing
     def state_dict(self) -> dict:
@@ -142,12 +151,16 @@ class Trainer:
             "step_fn": self.step_fn.state_dict(),
             "progress": asdict(self.progress),
             "rng": rng,
+            # a checkpoint between two log steps keeps the losses of that interval, so the
+            # resumed run logs the same interval means as an uninterrupted one
+            "pending": {k: [t.detach().cpu() for t in v] for k, v in self._pending.items()},
         }
 
     def load_state_dict(self, sd: dict) -> None:
         self.model.load_state_dict(sd["model"])
         self.step_fn.load_state_dict(sd["step_fn"])
         self.progress = Progress(**sd["progress"])
+        self._pending = {k: [t.to(self.device) for t in v] for k, v in sd.get("pending", {}).items()}
         torch.set_rng_state(sd["rng"]["cpu"])
         if "cuda" in sd["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(sd["rng"]["cuda"], self.device)
@@ -166,11 +179,14 @@ class Trainer:
         on_eval: Callable[[int], None] = lambda step: None,
         on_checkpoint: Callable[[int], None] = lambda step: None,
         checkpoint_every: int | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> Progress:
+        """Train until the budget is used; raises ``Diverged``, or ``Interrupted`` when
+        ``should_stop()`` turns true (checked after every step, once that step's work is done)."""
         model, data, p = self.model, self.data, self.progress
         n, bs = len(data.train_x), self.budget.batch_size
         model.train()
-        pending: dict[str, list[torch.Tensor]] = {}
+        pending = self._pending
         sync = self.device.type == "cuda"
         while not self.done():
             t0 = time.perf_counter()
@@ -180,7 +196,13 @@ class Trainer:
                 idx = idx[: self.budget.images - p.images]  # the last batch stops exactly at the budget
             x = to_float(data.train_x[idx])  # (B, C, H, W) in [0, 1]
             # 2. one optimisation step of the model's kind
-            losses = self.step_fn(model, x, p.step)
+            try:
+                losses = self.step_fn(model, x, p.step)
+            except Exception as e:
+                # non-finite values spread until an op rejects them (BCE on NaN outputs raises)
+                # before the next divergence check: an error after divergence is a divergence
+                self._flush(pending, cause=e)
+                raise
             for k, v in losses.items():
                 pending.setdefault(k, []).append(v)
             if sync and self.budget.seconds is not None:
@@ -192,25 +214,31 @@ class Trainer:
             # 3. losses: one host sync per interval, and the divergence check with it
             if p.step % self.log_every == 0 or finished:
                 on_log(p.step, self._flush(pending))
-                pending = {}
+                pending.clear()
             # 4. periodic work outside the budget's clock
             if self.eval_every and p.step % self.eval_every == 0 and not finished:
                 on_eval(p.step)
                 model.train()
             if checkpoint_every and p.step % checkpoint_every == 0 and not finished:
                 on_checkpoint(p.step)
+            if not finished and should_stop():
+                raise Interrupted(p.step)
         return p
 
-    def _flush(self, pending: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    def _flush(
+        self, pending: dict[str, list[torch.Tensor]], cause: Exception | None = None
+    ) -> dict[str, float]:
+        """Interval means of the losses; raises ``Diverged`` on a non-finite loss or parameter."""
+        then = f" (then {type(cause).__name__}: {cause})".splitlines()[0] if cause else ""
         means = {k: torch.stack(v).float().mean() for k, v in pending.items()}
-        if not means:
-            return {}
-        values = torch.stack(list(means.values())).cpu().tolist()
-        out = dict(zip(means, values))
-        bad = [k for k, v in out.items() if not math.isfinite(v)]
-        if bad:
-            raise Diverged(f"non-finite {', '.join(bad)} before step {self.progress.step}")
+        out: dict[str, float] = {}
+        if means:
+            values = torch.stack(list(means.values())).cpu().tolist()
+            out = dict(zip(means, values))
+            bad = [k for k, v in out.items() if not math.isfinite(v)]
+            if bad:
+                raise Diverged(f"non-finite {', '.join(bad)} before step {self.progress.step}{then}")
         finite = torch.stack([torch.isfinite(t).all() for t in self.model.parameters()]).all()
         if not bool(finite):
-            raise Diverged(f"non-finite parameters at step {self.progress.step}")
+            raise Diverged(f"non-finite parameters at step {self.progress.step}{then}")
         return out

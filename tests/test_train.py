@@ -95,3 +95,50 @@ def test_state_dict_resume_continues_the_budget(data):
     assert tail[-1] == full_losses[-1]
     for a, b in zip(resumed.model.state_dict().values(), full.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_checkpoint_between_log_steps_keeps_the_interval_losses(data):
+    full = trainer(data, "vae-mlp", steps=9, batch_size=16)  # log_every=3
+    full_logged = []
+    full.run(on_log=lambda s, v: full_logged.append((s, v)))
+
+    first = trainer(data, "vae-mlp", steps=9, batch_size=16)
+    states = {}
+    first.run(
+        on_checkpoint=lambda s: states.setdefault(s, copy.deepcopy(first.state_dict())), checkpoint_every=4
+    )
+    resumed = trainer(data, "vae-mlp", steps=9, batch_size=16)
+    resumed.load_state_dict(states[4])  # step 4: one step into the interval that is logged at step 6
+    logged = []
+    resumed.run(on_log=lambda s, v: logged.append((s, v)))
+    assert logged == full_logged[1:]  # steps 6 and 9, with the same interval means
+
+
+def test_should_stop_stops_at_a_step_boundary(data):
+    from bench.train import Interrupted
+
+    t = trainer(data, steps=20, batch_size=16)
+    with pytest.raises(Interrupted) as e:
+        t.run(should_stop=lambda: t.progress.step >= 5)
+    assert e.value.step == 5 and t.progress.step == 5
+    state = copy.deepcopy(t.state_dict())
+    resumed = trainer(data, steps=20, batch_size=16)
+    resumed.load_state_dict(state)
+    assert resumed.run().step == 20
+
+
+def test_an_error_after_divergence_is_reported_as_divergence(data):
+    t = trainer(data, steps=10, batch_size=16)
+    original = t.model.loss
+
+    def loss(x):
+        if t.progress.step == 1:  # poison the weights; the next forward pass then fails outright
+            with torch.no_grad():
+                next(t.model.parameters()).fill_(float("nan"))
+        if t.progress.step == 2:
+            raise RuntimeError("all elements of input should be between 0 and 1")
+        return original(x)
+
+    t.model.loss = loss
+    with pytest.raises(Diverged, match=r"^non-finite loss before step 2 \(then RuntimeError: all elements"):
+        t.run()

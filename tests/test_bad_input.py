@@ -1,0 +1,189 @@
+"""Bad input through the real CLI: exit 2, one `<file>: <field.path>: <message>` line per error,
+and nothing written: no tracking store, no run folder, no report.
+
+The catalogue lives in tests/fixtures/bad/: each file says what is wrong with it in its first
+comment and lists the error lines it must produce as `# expect: <field.path>: <substring>`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_suite
+from test_data import fake_mnist
+
+from bench.cli import main
+from bench.data import MNIST, DataError, IdxDataset, write_idx
+
+BAD = sorted((Path(__file__).parent / "fixtures" / "bad").glob("*.yaml"))
+REPO = Path(__file__).parent.parent
+
+
+def expectations(path: Path) -> list[tuple[str, str]]:
+    """(field path, substring) pairs from the file's `# expect:` lines."""
+    out = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if line.startswith("# expect: "):
+            loc, _, text = line.removeprefix("# expect: ").partition(": ")
+            out.append((loc, text))
+    return out
+
+
+def test_the_catalogue_is_large_and_every_file_says_what_it_expects():
+    assert len(BAD) >= 25
+    assert all(expectations(p) for p in BAD), [p.name for p in BAD if not expectations(p)]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, list[str]]:
+    rc = main(args)
+    err = capsys.readouterr().err
+    return rc, [line for line in err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_bad_suite_exits_2_with_one_line_per_error_and_writes_nothing(path, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # the default store, run folders and reports would land here
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tmp_path / "store" / "mlflow.db"
+    expected = expectations(path)
+    for verb in (
+        ["run", "--tracking-uri", f"sqlite:///{store}", "--out", str(tmp_path / "rep")],
+        ["validate"],
+    ):
+        rc, lines = run_cli([verb[0], str(path), *verb[1:]], capsys)
+        assert rc == 2, lines
+        assert len(lines) == len(expected), lines  # one line per error, nothing else
+        assert all(line.startswith(f"{path}: ") for line in lines), lines
+        for loc, text in expected:
+            assert any(line.startswith(f"{path}: {loc}: ") and text in line for line in lines), (
+                f"no line for {loc}: {text!r} in {lines}"
+            )
+    assert not (tmp_path / "store").exists() and not (tmp_path / "rep").exists()
+    assert list(work.iterdir()) == []
+
+
+def test_a_folder_or_a_missing_file_is_named(tmp_path, capsys):
+    rc, lines = run_cli(["validate", str(tmp_path)], capsys)
+    assert rc == 2 and lines == [f"{tmp_path}: (file): cannot read: it is a directory"]
+    missing = tmp_path / "nope.yaml"
+    rc, lines = run_cli(["run", str(missing), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"], capsys)
+    assert rc == 2 and lines == [f"{missing}: (file): cannot read: No such file or directory"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_yaml_that_would_run_code_is_refused_not_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = REPO / "tests" / "fixtures" / "bad" / "python-tag.yaml"
+    assert "touch pwned" in path.read_text()
+    rc, _ = run_cli(["validate", str(path)], capsys)
+    assert rc == 2 and not (tmp_path / "pwned").exists()
+
+
+# --------------------------------------------------------------------------- data
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted", "missing"])
+def test_damaged_data_files_exit_2_naming_the_file(damage, tmp_path, write_suite, monkeypatch, capsys):
+    monkeypatch.delenv("BENCH_DATA_DIR", raising=False)
+    root = tmp_path / "data"
+    fake_mnist(root, n_train=20, n_test=5)
+    victim = root / "train-images-idx3-ubyte.gz"
+    if damage == "truncated":
+        victim.write_bytes(victim.read_bytes()[:-30])
+    elif damage == "corrupted":  # a valid gzip of the wrong content: only the checksum can tell
+        write_idx(victim, torch.zeros(20, 28, 28, dtype=torch.uint8))
+    else:
+        victim.unlink()
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    path = write_suite(tiny_suite(dataset={"name": "mnist", "root": str(root)}))
+    store = tmp_path / "store.db"
+    rc, lines = run_cli(["run", str(path), "--tracking-uri", f"sqlite:///{store}"], capsys)
+    assert rc == 2
+    text = "\n".join(lines)
+    assert lines[0].startswith(f"{path}: dataset: ")
+    if damage == "missing":  # not found locally; the download fails offline (or is refused)
+        assert "IDX files not found" in text and str(root) in text
+    else:
+        assert str(victim) in text
+        assert ("checksum mismatch" if damage == "corrupted" else "cannot read IDX file") in text
+    # nothing written: no store, and no partial download or cache beside the data
+    assert not store.exists() and not (tmp_path / ".bench").exists()
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
+    monkeypatch.delenv("BENCH_DATA_DIR", raising=False)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # no network, even where there is some
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    target = tmp_path / "new" / "data"
+    with pytest.raises(DataError, match="IDX files not found"):
+        MNIST.load(str(target))
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    with pytest.raises(DataError):
+        MNIST.load(str(existing))
+    assert existing.is_dir() and list(existing.iterdir()) == []
+
+
+def test_wrong_dimensions_name_the_file(tmp_path):
+    fake_mnist(tmp_path, n_train=20, n_test=5)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", torch.zeros(5, 784, dtype=torch.uint8))  # flat rows
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: expected \(N, H, W\) images"):
+        IdxDataset("mnist", "MNIST", md5={}).load(str(tmp_path), download=False)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + (28).to_bytes(4, "big"))  # header cut short
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: truncated IDX header"):
+        IdxDataset("mnist", "MNIST", md5={}).load(str(tmp_path), download=False)
+
+
+# --------------------------------------------------------------------------- tracking store
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # free now, and nothing listens on it
+
+
+def test_unreachable_store_exits_2_before_training_naming_the_uri(tmp_path, write_suite):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    path = write_suite(tiny_suite())
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for k in list(env):
+        if k.startswith("MLFLOW_HTTP_REQUEST"):
+            env.pop(k)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "run", str(path), "--tracking-uri", uri],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,  # a hang guard only: MLflow alone would retry for about four minutes
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [f"--tracking-uri: cannot reach the tracking store {uri}: Connection refused"]
+    assert "[1/" not in proc.stderr  # no run started
+    assert list(work.iterdir()) == []
+
+
+def test_unusable_sqlite_path_exits_2(tmp_path, write_suite, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    uri = f"sqlite:///{blocker}/mlflow.db"
+    path = write_suite(tiny_suite(tracking={"uri": uri}))
+    rc, lines = run_cli(["run", str(path)], capsys)
+    assert rc == 2 and len(lines) == 1
+    assert lines[0].startswith(f"{path}: tracking.uri: cannot reach the tracking store {uri}: ")
