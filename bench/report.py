@@ -88,7 +88,9 @@ def summarise(runs: pd.DataFrame) -> Summary:
             "failed": len(allg) - len(grp),
         }
         for m in metrics + [c for c in COST_COLUMNS if c in runs.columns]:
-            applies = m in COST_COLUMNS or METRICS.get(m).applies_to(row["family"])
+            applies = m in COST_COLUMNS or METRICS.get(m).applies_to(
+                row["family"], _capabilities(row["model"])
+            )
             vals = grp[m].dropna() if m in grp else pd.Series(dtype=float)
             row[f"{m}_mean"] = vals.mean() if applies and len(vals) else math.nan
             row[f"{m}_std"] = vals.std(ddof=1) if applies and len(vals) > 1 else math.nan
@@ -96,6 +98,13 @@ def summarise(runs: pd.DataFrame) -> Summary:
             row[f"{m}_applies"] = applies
         rows.append(row)
     return Summary(pd.DataFrame(rows), failed.reset_index(drop=True), metrics)
+
+
+def _capabilities(model: str) -> frozenset[str] | None:
+    """What a registered model offers beyond its family (None for a name no longer registered)."""
+    from bench.models import MODELS
+
+    return MODELS.get(model).cls.capabilities if model in MODELS else None
 
 
 def _fmt(x: float) -> str:
