@@ -16,6 +16,7 @@ from bench.models.base import GenerativeModel, ModelParams, register
 from bench.models.nets import BACKBONES, make_backbone
 
 Tensor = torch.Tensor
+MLP_HIDDEN = (128,)  # the source design's hidden width
 
 
 class CodecParams(ModelParams):
@@ -23,7 +24,9 @@ class CodecParams(ModelParams):
 
     backbone: str = Field("mlp", description="shared nets: mlp | infogan | ghosh")
     latent_dim: int = Field(64, ge=1, le=4096)
-    hidden: tuple[int, ...] = Field((128,), description="MLP encoder widths (mlp backbone only)")
+    hidden: tuple[int, ...] | None = Field(
+        None, description="MLP encoder widths, the decoder mirrors them (mlp backbone only; default 128)"
+    )
     recon_loss: Literal["mse", "bce"] = Field(
         "mse", description="mse: Gaussian decoder (variance 1/2); bce: Bernoulli decoder"
     )
@@ -37,14 +40,15 @@ class CodecParams(ModelParams):
 
     @model_validator(mode="after")
     def _hidden_is_mlp_only(self):
-        if "hidden" in self.model_fields_set and self.backbone != "mlp":
+        if self.hidden is not None and self.backbone != "mlp":
             raise ValueError(f"hidden sets MLP widths; the {self.backbone!r} backbone has fixed widths")
         return self
 
 
 def build_codec(params: CodecParams, image_shape, enc_out: int) -> tuple[nn.Module, nn.Module]:
     """Encoder (image -> enc_out values) and decoder (latent_dim -> image) on the chosen backbone."""
-    bb = make_backbone(params.backbone, enc_hidden=params.hidden, dec_hidden=params.hidden[::-1])
+    hidden = params.hidden or MLP_HIDDEN
+    bb = make_backbone(params.backbone, enc_hidden=hidden, dec_hidden=hidden[::-1])
     return bb.encoder(image_shape, enc_out), bb.decoder(image_shape, params.latent_dim)
 
 

@@ -47,8 +47,8 @@ class GANParams(ModelParams):
     gp_lambda: float = Field(10.0, ge=0)
     clip: float = Field(0.01, gt=0)
     d_batch_norm: bool = True
-    d_hidden: tuple[int, ...] = (500, 250)
-    g_hidden: tuple[int, ...] = (400, 800)
+    d_hidden: tuple[int, ...] | None = Field(None, description="MLP D widths (mlp backbone only)")
+    g_hidden: tuple[int, ...] | None = Field(None, description="MLP G widths (mlp backbone only)")
 
     @field_validator("backbone")
     @classmethod
@@ -56,6 +56,14 @@ class GANParams(ModelParams):
         if v not in BACKBONES:
             raise ValueError(BACKBONES.unknown_message(v))
         return v
+
+    @model_validator(mode="after")
+    def _widths_are_mlp_only(self):
+        if self.backbone != "mlp" and (self.d_hidden is not None or self.g_hidden is not None):
+            raise ValueError(
+                f"d_hidden/g_hidden set MLP widths; the {self.backbone!r} backbone has fixed widths"
+            )
+        return self
 
     @model_validator(mode="after")
     def _penalty_fits(self):
@@ -144,6 +152,8 @@ register(
     z_dim=100,
     z_dist="normal",
     d_batch_norm=False,
+    d_hidden=(500, 250),
+    g_hidden=(400, 800),
 )
 register(
     "dcgan", GAN, "InfoGAN-style conv nets of Lucic et al. 2018, NS loss, z=64 ~ U(-1,1)", backbone="infogan"
