@@ -116,7 +116,7 @@ def _fmt(x: float) -> str:
 
 
 def cell(row: pd.Series, m: str) -> str:
-    """'mean ± std', 'n/a' where the metric does not apply to the family, '—' where it is missing."""
+    """'mean ± std', 'n/a' where the metric does not apply to the model, '—' where it is missing."""
     if not row[f"{m}_applies"]:
         return "n/a"
     mean, std = row[f"{m}_mean"], row[f"{m}_std"]
@@ -157,7 +157,7 @@ def write_report(tracker: Tracker, suites: list[str], out_dir: Path) -> tuple[Su
     md.append(
         f"Mean ± standard deviation over training seeds ({'seeds' if len(runs) else 'no runs'} column: "
         "how many finished). ↑ higher is better, ↓ lower is better; n/a: the metric does not apply "
-        "to the model's family.\n"
+        "to the model (its family, or a capability it lacks).\n"
     )
     md.append(markdown_table(summary))
     if not summary.failed.empty:
