@@ -345,7 +345,7 @@ def summarise(
         base_family = runs[(runs.suite == suite) & (runs.label == base[suite])].family.iloc[0]
         for m in metrics + costs:
             is_metric = m in metrics
-            applies = not is_metric or METRICS.get(m).applies_to(row["family"])
+            applies = not is_metric or METRICS.get(m).applies_to(row["family"], _capabilities(row["model"]))
             vals = values(suite, label, m) if applies else pd.Series(dtype=float)
             row[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
             row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
@@ -371,6 +371,13 @@ def summarise(
                 continue
             table.loc[sel, f"{m}_best"] = col == (col.max() if higher else col.min())
     return Summary(table, failed.reset_index(drop=True), metrics, costs, references, base)
+
+
+def _capabilities(model: str) -> frozenset[str] | None:
+    """What a registered model offers beyond its family (None for a name no longer registered)."""
+    from bench.models import MODELS
+
+    return MODELS.get(model).cls.capabilities if model in MODELS else None
 
 
 # --------------------------------------------------------------------------- formatting
@@ -517,7 +524,7 @@ def table_notes(summary: Summary) -> list[str]:
         "(n=k in a cell when fewer of them have the value; one seed shows the mean alone).",
         "↑ higher is better, ↓ lower is better; **bold**: the best mean of its column"
         + (" within its suite" if summary.multi_suite else "")
-        + "; n/a: the metric does not apply to the family; —: not measured.",
+        + "; n/a: the metric does not apply to the model (its family, or a capability it lacks); —: not measured.",
     ]
     if summary.table.suite.value_counts().max() > 1:
         notes.append(

@@ -362,18 +362,15 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
         elif "/" in lab:
             errors.append(FieldError(f"models.{i}.label", "labels cannot contain '/'"))
 
-    families = {MODELS.get(m.name).family for m in suite.models if m.name in MODELS}
+    classes = [MODELS.get(m.name).cls for m in suite.models if m.name in MODELS]
     for i, name in enumerate(suite.eval.metrics):
         if name not in METRICS:
             errors.append(FieldError(f"eval.metrics.{i}", METRICS.unknown_message(name)))
             continue
         metric = METRICS.get(name)
-        if families and not families & set(metric.families):
+        if classes and not any(metric.applies_to_model(c) for c in classes):
             errors.append(
-                FieldError(
-                    f"eval.metrics.{i}",
-                    f"{name!r} applies to {'/'.join(metric.families)} models and the suite has none",
-                )
+                FieldError(f"eval.metrics.{i}", f"{name!r} applies to {metric.scope} and the suite has none")
             )
         for problem in metric.check(suite):
             errors.append(FieldError(f"eval.metrics.{i}", problem))

@@ -9,7 +9,7 @@ batches under ``torch.inference_mode``: adding a metric never touches the traini
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +42,23 @@ class Metric:
     families: tuple[str, ...]
     description: str
     check: Callable[[Suite], list[str]] = lambda suite: []
+    needs: frozenset[str] = frozenset()  # model capabilities beyond the family (e.g. "nll_bound")
 
-    def applies_to(self, family: str) -> bool:
-        return family in self.families
+    def applies_to(self, family: str, capabilities: Iterable[str] | None = None) -> bool:
+        """Whether the metric is defined for a model of ``family`` offering ``capabilities``
+        (None: judge by the family alone)."""
+        if family not in self.families:
+            return False
+        return capabilities is None or self.needs <= set(capabilities)
+
+    def applies_to_model(self, model: GenerativeModel | type[GenerativeModel]) -> bool:
+        return self.applies_to(model.family, getattr(model, "capabilities", frozenset()))
+
+    @property
+    def scope(self) -> str:
+        """Who the metric is for, in words: 'ae/vae models', 'vae models with nll_bound'."""
+        with_ = f" with {', '.join(sorted(self.needs))}" if self.needs else ""
+        return f"{'/'.join(self.families)} models{with_}"
 
 
 METRICS: Registry[Metric] = Registry("metric")
@@ -57,11 +71,17 @@ def register_metric(
     families: tuple[str, ...] = ALL_FAMILIES,
     description: str,
     check: Callable[[Suite], list[str]] | None = None,
+    needs: tuple[str, ...] = (),
 ) -> Callable[[Callable[[EvalContext], Result | float]], Callable[[EvalContext], Result | float]]:
     """Decorator registering a metric function under ``name``."""
 
     def deco(fn):
-        METRICS.add(name, Metric(name, fn, higher_is_better, families, description, check or (lambda s: [])))
+        METRICS.add(
+            name,
+            Metric(
+                name, fn, higher_is_better, families, description, check or (lambda s: []), frozenset(needs)
+            ),
+        )
         return fn
 
     return deco
@@ -78,6 +98,7 @@ class EvalContext:
         self.cfg = cfg
         self.seed = seed
         self.device = device
+        self._codes: dict[str, torch.Tensor] = {}
 
     @property
     def family(self) -> str:
@@ -102,10 +123,12 @@ class EvalContext:
             return self._batched(self.model.reconstruct, self.test_uint8).clamp_(0, 1)
 
     def codes(self, split: str) -> torch.Tensor:
-        """Deterministic codes (N, d) of a whole split."""
-        x = self.data.train_x if split == "train" else self.data.test_x
-        with torch.inference_mode():
-            return self._batched(lambda b: self.model.encode(b).flatten(1), x)
+        """Deterministic codes (N, d) of a whole split (computed once per evaluation)."""
+        if split not in self._codes:
+            x = self.data.train_x if split == "train" else self.data.test_x
+            with torch.inference_mode():
+                self._codes[split] = self._batched(lambda b: self.model.encode(b).flatten(1), x)
+        return self._codes[split]
 
     def samples(self, n: int) -> torch.Tensor:
         """n samples (n, C, H, W) in [0, 1], from a generator seeded by the run seed (reproducible)."""
@@ -124,7 +147,8 @@ def evaluate(
 ) -> dict[str, Result]:
     """Compute every requested metric that applies to the model's family.
 
-    Metrics that do not apply are absent from the result (reported as n/a, never as 0).
+    Metrics that do not apply (wrong family, or a capability the model lacks) are absent from the
+    result (reported as n/a, never as 0).
     """
     was_training = model.training
     model.eval()
@@ -133,7 +157,7 @@ def evaluate(
     try:
         for name in cfg.metrics:
             metric = METRICS.get(name)
-            if not metric.applies_to(model.family):
+            if not metric.applies_to_model(model):
                 continue
             r = metric.fn(ctx)
             out[name] = r if isinstance(r, Result) else Result(float(r))

@@ -38,6 +38,9 @@ class GenerativeModel(nn.Module):
     family: ClassVar[Family]
     step_kind: ClassVar[StepKind]
     Params: ClassVar[type[ModelParams]] = ModelParams
+    # what the model offers beyond its family, for metrics that need it (``Metric.needs``):
+    # "nll_bound": ``nll_bound(x)`` gives an upper bound on -log p(x) in nats
+    capabilities: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: ModelParams, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
@@ -63,9 +66,17 @@ class GenerativeModel(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
-    def latent_bits(self) -> int | None:
+    def latent_bits(self) -> float | None:
         """Bits needed to store one image's code; None for models without an encoder."""
         return None
+
+    def nll_bound(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-image upper bound on -log p(x) in nats, (B, C, H, W) -> (B,) (capability "nll_bound")."""
+        raise NotImplementedError(f"{type(self).__name__} has no likelihood bound")
+
+    def nll_provenance(self) -> dict[str, Any]:
+        """How ``nll_bound`` is computed (likelihood, bound, samples), for the metric's provenance."""
+        return {}
 
     def optimizer_groups(self) -> list[dict[str, Any]]:
         """Parameter groups for the reconstruction step's optimiser (override for per-group decay)."""

@@ -47,19 +47,30 @@ class GANParams(ModelParams):
     gp_lambda: float = Field(10.0, ge=0)
     clip: float = Field(0.01, gt=0)
     d_batch_norm: bool = True
-    d_hidden: tuple[int, ...] = (500, 250)
-    g_hidden: tuple[int, ...] = (400, 800)
+    d_hidden: tuple[int, ...] | None = Field(None, description="MLP D widths (mlp backbone only)")
+    g_hidden: tuple[int, ...] | None = Field(None, description="MLP G widths (mlp backbone only)")
 
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, v: str) -> str:
-        BACKBONES.get(v)
+        if v not in BACKBONES:
+            raise ValueError(BACKBONES.unknown_message(v))
         return v
 
     @model_validator(mode="after")
+    def _widths_are_mlp_only(self):
+        if self.backbone != "mlp" and (self.d_hidden is not None or self.g_hidden is not None):
+            raise ValueError(
+                f"d_hidden/g_hidden set MLP widths; the {self.backbone!r} backbone has fixed widths"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _penalty_fits(self):
-        if self.penalty in ("gp", "dragan") and self.d_batch_norm and self.backbone != "mlp":
-            raise ValueError(f"penalty {self.penalty!r} needs d_batch_norm: false (batch norm mixes samples)")
+        # WGAN-GP's penalty is per sample, which batch norm in the critic breaks (Gulrajani et al.
+        # 2017); DRAGAN is run with batch norm in D in Lucic et al.'s protocol, so it is allowed there
+        if self.penalty == "gp" and self.d_batch_norm and self.backbone != "mlp":
+            raise ValueError("penalty 'gp' needs d_batch_norm: false (batch norm mixes samples)")
         return self
 
 
@@ -71,6 +82,9 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], points: Tensor) -> Tens
 
 
 class GAN(GenerativeModel):
+    """Generator and discriminator on a shared backbone; loss, penalty and n_critic are parameters,
+    so every GAN variant of Lucic et al. 2018 is this class with other settings."""
+
     family = "gan"
     step_kind = "adversarial"
     Params = GANParams
@@ -108,9 +122,10 @@ class GAN(GenerativeModel):
             eps = torch.rand(x.shape[0], 1, 1, 1, device=x.device)
             gp = gradient_penalty(self.discriminator, eps * x + (1 - eps) * fake)
             out["gp"], loss = gp, loss + p.gp_lambda * gp
-        elif p.penalty == "dragan":  # around perturbed real data (Kodali et al. 2017)
-            noisy = x + 0.5 * x.std() * torch.rand_like(x)
-            gp = gradient_penalty(self.discriminator, noisy)
+        elif p.penalty == "dragan":  # between real data and a perturbed copy (Kodali et al. 2017)
+            perturbed = x + 0.5 * x.std() * torch.rand_like(x)
+            alpha = torch.rand(x.shape[0], 1, 1, 1, device=x.device)
+            gp = gradient_penalty(self.discriminator, x + alpha * (perturbed - x))
             out["gp"], loss = gp, loss + p.gp_lambda * gp
         out["loss"] = loss
         return out
@@ -137,7 +152,35 @@ register(
     z_dim=100,
     z_dist="normal",
     d_batch_norm=False,
+    d_hidden=(500, 250),
+    g_hidden=(400, 800),
 )
 register(
     "dcgan", GAN, "InfoGAN-style conv nets of Lucic et al. 2018, NS loss, z=64 ~ U(-1,1)", backbone="infogan"
+)
+register(
+    "lsgan",
+    GAN,
+    "least-squares GAN (Mao et al. 2017) on the dcgan nets; Adam 2e-4 / beta1 0.5",
+    backbone="infogan",
+    loss="ls",
+)
+register(
+    "wgan-gp",
+    GAN,
+    "WGAN with gradient penalty (lambda 10, 5 critic steps, no BN in D) on the dcgan nets; Adam 1e-4 / 0.5",
+    backbone="infogan",
+    loss="wgan",
+    penalty="gp",
+    gp_lambda=10.0,
+    n_critic=5,
+    d_batch_norm=False,
+    lr=1e-4,
+)
+register(
+    "hinge-gan",
+    GAN,
+    "hinge-loss GAN (Lim & Ye 2017; Miyato et al. 2018) on the dcgan nets",
+    backbone="infogan",
+    loss="hinge",
 )

@@ -129,12 +129,110 @@ class InfoGAN:
         return self.generator(shape, latent_dim)
 
 
+class PadTo(nn.Module):
+    """Zero-pad (B, C, H, W) to (B, C, h, w), centred: how Ghosh et al. feed 28x28 MNIST as 32x32."""
+
+    def __init__(self, h: int, w: int) -> None:
+        super().__init__()
+        self.h, self.w = h, w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dh, dw = self.h - x.shape[-2], self.w - x.shape[-1]
+        return nn.functional.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
+
+class CropTo(nn.Module):
+    """Take the (h, w) window of a larger map that ``PadTo`` padded around: the inverse placement."""
+
+    def __init__(self, h: int, w: int) -> None:
+        super().__init__()
+        self.h, self.w = h, w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, left = (x.shape[-2] - self.h) // 2, (x.shape[-1] - self.w) // 2
+        return x[..., top : top + self.h, left : left + self.w]
+
+
+class ToSigned(nn.Module):
+    """[0, 1] -> [-1, 1]: the first operation of the Ghosh et al. encoder."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 - 1
+
+
+@dataclass(frozen=True)
+class Ghosh:
+    """The MNIST nets of Ghosh et al. 2020 ("From Variational to Deterministic Autoencoders").
+
+    Encoder: [-1, 1] scaling, 4 x (conv 4x4 s2 -> BN -> ReLU) with 128-256-512-1024 channels,
+    flatten, dense -> out_dim.
+    Decoder: dense -> 8*8*1024, convT 512 (4x4 s2) -> BN -> ReLU, convT 256 (4x4 s2) -> BN -> ReLU,
+    convT C (4x4 s1) -> sigmoid.
+    Images are zero-padded inside the nets to the next multiple of 16 (28x28 -> 32x32, as in the
+    paper) and the decoder crops its output back, so the data path stays at the dataset's size.
+    The discriminator is the encoder with a 1-unit head (batch norm optional); the generator is the
+    decoder.
+    """
+
+    d_batch_norm: bool = True
+    width: int = 128
+
+    @staticmethod
+    def padded(shape: Shape) -> tuple[int, int]:
+        _, h, w = shape
+        return -(-h // 16) * 16, -(-w // 16) * 16
+
+    def _trunk(self, shape: Shape, out_dim: int, bn: bool) -> nn.Module:
+        c = shape[0]
+        ph, pw = self.padded(shape)
+        k = self.width
+        layers: list[nn.Module] = [PadTo(ph, pw), ToSigned()]
+        for cin, cout in [(c, k), (k, 2 * k), (2 * k, 4 * k), (4 * k, 8 * k)]:
+            layers += [
+                nn.Conv2d(cin, cout, 4, 2, 1, bias=not bn),  # halves H and W
+                nn.BatchNorm2d(cout) if bn else nn.Identity(),
+                nn.ReLU(),
+            ]
+        layers += [nn.Flatten(), nn.Linear(8 * k * (ph // 16) * (pw // 16), out_dim)]  # (B, out_dim)
+        return nn.Sequential(*layers)
+
+    def encoder(self, shape: Shape, out_dim: int) -> nn.Module:
+        return self._trunk(shape, out_dim, bn=True)
+
+    def discriminator(self, shape: Shape) -> nn.Module:
+        return nn.Sequential(self._trunk(shape, 1, bn=self.d_batch_norm), nn.Flatten(0))
+
+    def decoder(self, shape: Shape, latent_dim: int) -> nn.Module:
+        c, h, w = shape
+        ph, pw = self.padded(shape)
+        k = self.width
+        return nn.Sequential(
+            nn.Linear(latent_dim, 8 * k * (ph // 4) * (pw // 4)),
+            Reshape(8 * k, ph // 4, pw // 4),  # (B, 1024, 8, 8) for 32x32
+            nn.ConvTranspose2d(8 * k, 4 * k, 4, 2, 1, bias=False),  # (B, 512, 16, 16)
+            nn.BatchNorm2d(4 * k),
+            nn.ReLU(),
+            nn.ConvTranspose2d(4 * k, 2 * k, 4, 2, 1, bias=False),  # (B, 256, 32, 32)
+            nn.BatchNorm2d(2 * k),
+            nn.ReLU(),
+            # 4x4 stride 1: padding 1 gives 33x33, one row/column more than 'same' padding; the
+            # crop below takes the centred window, which also undoes the input padding
+            nn.ConvTranspose2d(2 * k, c, 4, 1, 1),  # (B, C, 33, 33)
+            CropTo(h, w),  # (B, C, H, W)
+            nn.Sigmoid(),
+        )
+
+    def generator(self, shape: Shape, z_dim: int) -> nn.Module:
+        return self.decoder(shape, z_dim)
+
+
 BACKBONES: Registry[type] = Registry("backbone")
 BACKBONES.add("mlp", MLP)
 BACKBONES.add("infogan", InfoGAN)
+BACKBONES.add("ghosh", Ghosh)
 
 
-def make_backbone(name: str, **options) -> MLP | InfoGAN:
+def make_backbone(name: str, **options) -> MLP | InfoGAN | Ghosh:
     """Build backbone ``name`` from the options it understands (the others belong to other nets)."""
     import dataclasses
 

@@ -1,0 +1,127 @@
+"""Latent and application metrics: what the codes are good for (feature learning, denoising) and
+how well VAE-style models explain the data (a bound on the negative log-likelihood).
+
+The probes use scikit-learn, fitted on the codes of the training split and scored on the codes
+of the test split; GANs have no encoder, so none of these applies to them (reported as n/a).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio
+
+from bench.metrics.base import EvalContext, Result, register_metric
+
+ENCODER_FAMILIES = ("ae", "vae")
+KNN_K = 10
+DENOISE_SIGMA = 0.3
+DENOISE_NOISE_SEED = 0  # the same noisy test images for every model and seed
+
+
+def _labelled_codes(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train codes, train labels, test codes, test labels) as float64 / int64 arrays."""
+    tr = ctx.codes("train").double().cpu().numpy()
+    te = ctx.codes("test").double().cpu().numpy()
+    return tr, ctx.data.train_y.cpu().numpy(), te, ctx.data.test_y.cpu().numpy()
+
+
+def _probe_provenance(ctx: EvalContext, tr: np.ndarray, te: np.ndarray) -> dict:
+    return {
+        "fit": {"split": "train", "n": len(tr)},
+        "score": {"split": "test", "n": len(te)},
+        "code_dim": int(tr.shape[1]),
+        "code": "deterministic code (posterior mean for VAEs), through any quantiser",
+    }
+
+
+@register_metric(
+    "probe_acc",
+    higher_is_better=True,
+    families=ENCODER_FAMILIES,
+    description="test accuracy of a logistic regression on frozen codes (fit on train, standardised)",
+)
+def probe_acc(ctx: EvalContext) -> Result:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    tr, ytr, te, yte = _labelled_codes(ctx)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    clf.fit(tr, ytr)
+    acc = float((clf.predict(te) == yte).mean())
+    prov = {
+        **_probe_provenance(ctx, tr, te),
+        "impl": "sklearn LogisticRegression(C=1, lbfgs), StandardScaler",
+    }
+    return Result(acc, prov)
+
+
+@register_metric(
+    "knn_acc",
+    higher_is_better=True,
+    families=ENCODER_FAMILIES,
+    description=f"test accuracy of a {KNN_K}-nearest-neighbour classifier (Euclidean) on the training codes",
+)
+def knn_acc(ctx: EvalContext) -> Result:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    tr, ytr, te, yte = _labelled_codes(ctx)
+    clf = KNeighborsClassifier(n_neighbors=KNN_K, algorithm="brute")
+    clf.fit(tr, ytr)
+    acc = float((clf.predict(te) == yte).mean())
+    prov = {
+        **_probe_provenance(ctx, tr, te),
+        "impl": f"sklearn KNeighborsClassifier(k={KNN_K}, brute, Euclidean)",
+    }
+    return Result(acc, prov)
+
+
+def noisy_test_images(ctx: EvalContext) -> torch.Tensor:
+    """The test images with Gaussian noise (sigma 0.3, fixed seed) added and clipped to [0, 1]."""
+    clean = ctx.test_images
+    g = torch.Generator().manual_seed(DENOISE_NOISE_SEED)
+    noise = torch.randn(clean.shape, generator=g).to(clean.device)  # drawn on CPU: the same on every device
+    return (clean + DENOISE_SIGMA * noise).clamp_(0, 1)
+
+
+@register_metric(
+    "denoise_psnr",
+    higher_is_better=True,
+    families=ENCODER_FAMILIES,
+    description=f"mean per-image PSNR (dB) of reconstructions of noisy test images (sigma {DENOISE_SIGMA}, "
+    "clipped) against the clean images",
+)
+def denoise_psnr(ctx: EvalContext) -> Result:
+    noisy, clean = noisy_test_images(ctx), ctx.test_images
+    bs = ctx.cfg.batch_size
+    with torch.inference_mode():
+        rec = torch.cat([ctx.model.reconstruct(noisy[i : i + bs]) for i in range(0, len(noisy), bs)]).clamp_(
+            0, 1
+        )
+    per_image = peak_signal_noise_ratio(rec, clean, data_range=1.0, dim=(1, 2, 3), reduction="none")
+    prov = {
+        **ctx.recon_provenance,
+        "noise": f"gaussian sigma {DENOISE_SIGMA}, clipped to [0, 1], seed {DENOISE_NOISE_SEED}",
+        "impl": "torchmetrics",
+        "per": "image",
+    }
+    return Result(per_image.double().mean().item(), prov)
+
+
+@register_metric(
+    "nll_bound",
+    higher_is_better=False,
+    families=("vae",),
+    needs=("nll_bound",),
+    description="mean over test images of an upper bound on -log p(x) in nats (models with a likelihood: "
+    "vae-*, iwae, vq-vae; not wae-mmd): the negative ELBO, or the importance-weighted bound for iwae",
+)
+def nll_bound(ctx: EvalContext) -> Result:
+    model, bs = ctx.model, ctx.cfg.batch_size
+    x = ctx.test_images
+    g = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 3)
+    with torch.inference_mode():
+        per_image = torch.cat([model.nll_bound(x[i : i + bs], g) for i in range(0, len(x), bs)])
+    prov = {**ctx.recon_provenance, **model.nll_provenance(), "units": "nats per image"}
+    return Result(per_image.double().mean().item(), prov)
