@@ -14,6 +14,8 @@ import torch
 
 from bench.data import ImageData, load_dataset
 from bench.metrics import evaluate
+from bench.metrics.reference import log_reference
+from bench.metrics.samplers import fit_latent_sampler
 from bench.models import build_model
 from bench.suite import RunSpec, Suite, expand, flatten
 from bench.tracking import RunLogger, Tracker
@@ -64,6 +66,7 @@ def run_suite(suite: Suite, suite_yaml: str, tracker: Tracker, device: torch.dev
     except KeyboardInterrupt:
         parent.finish("KILLED")
         raise
+    log_reference(tracker, suite.name, data_dev, suite.eval, device)  # the real-data row, once per protocol
     failed = sum(o.status != "FINISHED" for o in outcomes)
     parent.tags({"bench.finished": len(outcomes) - failed, "bench.failed": failed})
     parent.finish("FINISHED" if not failed else "FAILED")
@@ -99,6 +102,7 @@ def run_one(
     trainer = Trainer(model, data, suite.budget, spec.seed, suite.tracking.log_every, suite.eval.every)
     try:
         progress = trainer.run(on_log=run.losses, on_eval=on_eval)
+        fit_latent_sampler(model, data, suite.eval.batch_size)  # post-training fits (the AE's Gaussian)
         results = evaluate(model, data, suite.eval, spec.seed, device)
         run.results(progress.step, results)
         run.metrics(progress.step, cost_metrics(progress, n_params, device))

@@ -95,6 +95,16 @@ class Tracker:
         )
         return RunLogger(self, run.info.run_id, system_metrics=True)
 
+    def start_reference(self, suite_name: str, tags: dict[str, str]) -> RunLogger:
+        """The real-data reference row of a suite's experiment (tag ``bench.kind=reference``)."""
+        exp = self.experiment_id(suite_name)
+        run = self.client.create_run(
+            exp,
+            run_name="reference",
+            tags={"bench.kind": "reference", "bench.suite": suite_name, **tags},
+        )
+        return RunLogger(self, run.info.run_id)
+
     # ---- reading (reports, resume)
     def runs(self, experiment: str, kind: str = "run") -> list[Any]:
         exp = self.experiment_id(experiment, create=False)
@@ -103,6 +113,27 @@ class Tracker:
         return self.client.search_runs(
             [exp], filter_string=f"tags.`bench.kind` = '{kind}'", max_results=50000
         )
+
+    def run(self, run_id: str) -> Any:
+        """One run by id; raises ``TrackingError`` when the store has no such run."""
+        try:
+            return self.client.get_run(run_id)
+        except Exception as e:  # MlflowException for unknown ids, many types for bad ones
+            raise TrackingError(f"no run {run_id!r} in {self.uri}") from e
+
+    def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path:
+        """Copy one artifact of a run into the local folder ``dst``; returns its local path."""
+        from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as BAR
+
+        was = os.environ.get(BAR.name)
+        os.environ[BAR.name] = "false"  # no progress bar for single small files
+        try:
+            return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
+        finally:
+            if was is None:
+                os.environ.pop(BAR.name, None)
+            else:
+                os.environ[BAR.name] = was
 
 
 class RunLogger:

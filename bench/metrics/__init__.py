@@ -1,6 +1,9 @@
 """Metrics, one file per concern; importing this package registers them all."""
 
-from bench.metrics import reconstruction  # noqa: F401  (registration side effects)
+from bench.metrics import reconstruction  # noqa: F401  (registration side effects; registry order = report order)
+
+# isort: split
+from bench.metrics import generative  # noqa: F401
 from bench.metrics.base import METRICS, EvalContext, Metric, Result, evaluate, register_metric
 
 __all__ = ["METRICS", "EvalContext", "Metric", "Result", "evaluate", "register_metric"]

@@ -78,6 +78,7 @@ class EvalContext:
         self.cfg = cfg
         self.seed = seed
         self.device = device
+        self.memo: dict[str, Any] = {}  # what metric modules share within this evaluation
 
     @property
     def family(self) -> str:
