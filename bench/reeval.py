@@ -181,8 +181,10 @@ def sample_grid(
     """``n`` samples of a finished run from a sampler, as an (H, W, 3) uint8 grid (``bench sample``)."""
     import math
 
+    from torchvision.utils import make_grid
+
     from bench.metrics.samplers import SAMPLERS, draw
-    from bench.runner import image_grid, resolve_device
+    from bench.runner import resolve_device
 
     chosen = SAMPLERS.get(sampler)
     if n < 1:
@@ -201,5 +203,6 @@ def sample_grid(
     suite = suite_of_run(run, [], [])
     data = load_data(suite)
     model = load_model(tracker, run, resolve_device(device or suite.device))
-    images = draw(model, sampler, n, data, seed, suite.eval.gmm_components)
-    return run, image_grid(images, nrow=math.ceil(math.sqrt(n)))
+    images = draw(model, sampler, n, data, seed, suite.eval.gmm_components)  # (n, C, H, W) in [0, 1]
+    grid = make_grid(images.cpu(), nrow=math.ceil(math.sqrt(n)), padding=2, pad_value=1.0)
+    return run, (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()

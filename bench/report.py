@@ -137,22 +137,6 @@ def markdown_table(summary: Summary, columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def reference_rows(tracker: Tracker, suites: list[str], summary: Summary) -> list[str]:
-    """Markdown rows, in ``markdown_table``'s columns, for the suites' real-data reference runs."""
-    t = summary.table
-    if t.empty:
-        return []
-    cols = summary.metrics + [c for c in COST_COLUMNS if f"{c}_mean" in t]
-    multi = t.suite.nunique() > 1
-    rows = []
-    for suite in suites:
-        for r in tracker.runs(suite, kind="reference"):
-            m = r.data.metrics
-            ident = ([suite] if multi else []) + ["reference (real data)", "data", "—"]
-            rows.append("| " + " | ".join(ident + [_fmt(m[c]) if c in m else "" for c in cols]) + " |")
-    return rows
-
-
 def write_report(tracker: Tracker, suites: list[str], out_dir: Path) -> tuple[Summary, list[Path]]:
     """Write ``report.md`` and ``results.csv`` (one row per model) and ``runs.csv`` (one per run)."""
     from bench.metrics import METRICS
@@ -166,10 +150,7 @@ def write_report(tracker: Tracker, suites: list[str], out_dir: Path) -> tuple[Su
         "how many finished). ↑ higher is better, ↓ lower is better; n/a: the metric does not apply "
         "to the model's family.\n"
     )
-    refs = reference_rows(tracker, suites, summary)
-    md.append(markdown_table(summary).rstrip("\n") + "".join("\n" + r for r in refs) + "\n")
-    if refs:
-        md.append("reference (real data): held-out real images scored like samples (the floor).\n")
+    md.append(markdown_table(summary))
     if not summary.failed.empty:
         md += [
             "",

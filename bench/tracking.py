@@ -54,6 +54,8 @@ class Tracker:
         # start and stop of its system-metrics thread, at INFO level: keep the console for bench
         for name in ("alembic", "mlflow"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # and a progress bar for every artifact a report downloads (unless the user asked for them)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = uri
         self.client: MlflowClient = MlflowClient(tracking_uri=uri)
 
@@ -123,17 +125,7 @@ class Tracker:
 
     def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path:
         """Copy one artifact of a run into the local folder ``dst``; returns its local path."""
-        from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as BAR
-
-        was = os.environ.get(BAR.name)
-        os.environ[BAR.name] = "false"  # no progress bar for single small files
-        try:
-            return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
-        finally:
-            if was is None:
-                os.environ.pop(BAR.name, None)
-            else:
-                os.environ[BAR.name] = was
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
 
 
 class RunLogger:

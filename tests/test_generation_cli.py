@@ -84,7 +84,7 @@ def test_run_logs_every_generation_metric_with_provenance(finished):
     assert vae.data.params["eval.n_real"] == "200" and vae.data.params["eval.reference_split"] == "test"
 
 
-def test_the_reference_row_is_logged_once_and_reported(finished):
+def test_the_reference_row_is_logged_once(finished):
     tmp, store, client, exp, runs = finished
     (ref,) = client.search_runs([exp], "tags.`bench.kind` = 'reference'")
     tags = ref.data.tags
@@ -96,9 +96,6 @@ def test_the_reference_row_is_logged_once_and_reported(finished):
     # real held-out images beat an undertrained model, and cover every class
     assert ref.data.metrics["fid_domain"] < runs["vae-mlp"].data.metrics["fid_domain"]
     assert ref.data.metrics["modes_covered"] == 10
-    md = (tmp / "report" / "report.md").read_text()
-    row = next(line for line in md.splitlines() if line.startswith("| reference (real data) | data |"))
-    assert f"{ref.data.metrics['modes_covered']:.4g}" in row
     # the same protocol again (a second `bench run`) reuses the row instead of adding one
     suite = load_suite(tmp / "gen.yaml")
     data = load_dataset("synthetic", train_size=1024, test_size=512)
