@@ -1,4 +1,4 @@
-"""`bench run | validate | report | list | ui | relog`: one small handler per verb.
+"""`bench run | validate | report | eval | sample | list | ui | relog`: one small handler per verb.
 
 Exit codes: 0 success; 1 some run failed; 2 bad input (suite, data, tracking store), with
 nothing written. Heavy imports (torch, mlflow) happen inside the handlers.
@@ -57,6 +57,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     except DataError as e:
         _err(f"{args.suite}: dataset: {e}")
+        return EXIT_BAD_INPUT
+    from bench.metrics.generative import preflight
+
+    problems = preflight(suite.eval)  # files the requested metrics need (weights), before any run
+    for problem in problems:
+        _err(f"{args.suite}: eval.metrics: {problem}")
+    if problems:
         return EXIT_BAD_INPUT
     tracker = Tracker(uri, retry_seconds=suite.tracking.retry_seconds)
     try:
@@ -197,6 +204,59 @@ def _print_report_paths(paths: list[Path]) -> None:
     print("        also logged under report/ of the suite's parent run in the tracking store")
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from bench.data import DataError
+    from bench.reeval import BadRequest, RunNotFound, evaluate_run, log_references, plan_eval
+    from bench.runner import resolve_device
+    from bench.suite import SuiteError
+    from bench.tracking import Tracker, TrackingError, resolve_uri
+
+    tracker = Tracker(resolve_uri(args.tracking_uri))
+    metrics = [m for item in args.metrics for m in item.split(",") if m] if args.metrics else None
+    # 1. every run's request is validated (and its data loaded) before anything is computed
+    try:
+        tracker.check()
+        planned = plan_eval(tracker, args.target, metrics, args.set)
+    except (TrackingError, RunNotFound, SuiteError, BadRequest) as e:
+        _err(str(e))
+        return EXIT_BAD_INPUT
+    except DataError as e:
+        _err(f"dataset: {e}")
+        return EXIT_BAD_INPUT
+    # 2. evaluate and log into the same runs, then each experiment's reference row
+    for p in planned:
+        results = evaluate_run(tracker, p.run, p.suite, p.data, resolve_device(args.device or p.suite.device))
+        shown = ", ".join(f"{k} {r.value:.4g}" for k, r in results.items()) or "(no metric applies)"
+        print(f"{p.run.name} ({p.run.run_id}): {shown}")
+    log_references(tracker, planned, args.device)
+    return EXIT_OK
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from bench.data import DataError
+    from bench.reeval import BadRequest, RunNotFound, sample_grid
+    from bench.registry import UnknownNameError
+    from bench.tracking import Tracker, TrackingError, resolve_uri
+
+    tracker = Tracker(resolve_uri(args.tracking_uri))
+    try:
+        tracker.check()
+        run, grid = sample_grid(tracker, args.run_id, args.sampler, args.n, args.seed, args.device)
+    except (TrackingError, RunNotFound, UnknownNameError, BadRequest) as e:
+        _err(str(e))
+        return EXIT_BAD_INPUT
+    except DataError as e:
+        _err(f"dataset: {e}")
+        return EXIT_BAD_INPUT
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(out)
+    print(f"{args.n} samples of {run.name} ({args.sampler} sampler, seed {args.seed}): {out}")
+    return EXIT_OK
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from bench.data import DATASETS
     from bench.metrics import METRICS
@@ -211,7 +271,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("metrics:")
     for name, m in METRICS.items():
         arrow = "higher" if m.higher_is_better else "lower"
-        print(f"  {name:<18} {'/'.join(m.families):<11} {arrow} is better; {m.description}")
+        print(f"  {name:<21} {'/'.join(m.families):<11} {arrow} is better; {m.description}")
     return EXIT_OK
 
 
@@ -280,6 +340,24 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--tracking-uri")
     rep.add_argument("--out", help="folder (default reports/<suite name>)")
     rep.set_defaults(fn=cmd_report)
+
+    ev = sub.add_parser("eval", help="compute metrics for finished runs, logged into the same runs")
+    ev.add_argument("target", metavar="SUITE_NAME|RUN_ID")
+    ev.add_argument("--metrics", nargs="+", help="metrics to compute (default: the runs' eval.metrics)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override eval settings")
+    ev.add_argument("--tracking-uri")
+    ev.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the run's)")
+    ev.set_defaults(fn=cmd_eval)
+
+    sa = sub.add_parser("sample", help="draw a grid of samples from a finished run")
+    sa.add_argument("run_id")
+    sa.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    sa.add_argument("-o", "--out", default="samples.png", help="PNG file (default samples.png)")
+    sa.add_argument("--sampler", default="prior", help="prior (default), gmm (ae/vae) or rec (ae/vae)")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--tracking-uri")
+    sa.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the run's)")
+    sa.set_defaults(fn=cmd_sample)
 
     ls = sub.add_parser("list", help="registered datasets, models and metrics")
     ls.set_defaults(fn=cmd_list)

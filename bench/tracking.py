@@ -297,6 +297,16 @@ class Tracker:
         logger.tags(process_tags())
         return logger
 
+    def start_reference(self, suite_name: str, tags: dict[str, str]) -> RunLogger:
+        """The real-data reference row of a suite's experiment (tag ``bench.kind=reference``)."""
+        exp = self.experiment_id(suite_name)
+        run = self.client.create_run(
+            exp,
+            run_name="reference",
+            tags={"bench.kind": "reference", "bench.suite": suite_name, **tags},
+        )
+        return RunLogger(self, run.info.run_id)
+
     # ---- reading (reports, resume)
     def runs(self, experiment: str, kind: str = "run") -> list[Any]:
         exp = self.experiment_id(experiment, create=False)
@@ -361,6 +371,17 @@ class Tracker:
 
         self.call(self.client.log_batch, run.info.run_id, tags=[RunTag("failure_reason", reason)])
         self.call(self.client.set_terminated, run.info.run_id, "KILLED")
+
+    def run(self, run_id: str) -> Any:
+        """One run by id; raises ``TrackingError`` when the store has no such run."""
+        try:
+            return self.client.get_run(run_id)
+        except Exception as e:  # MlflowException for unknown ids, many types for bad ones
+            raise TrackingError(f"no run {run_id!r} in {self.uri}") from e
+
+    def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path:
+        """Copy one artifact of a run into the local folder ``dst``; returns its local path."""
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
 
 
 def absolute_uri(uri: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,17 @@ def report_store(tmp_path_factory) -> tuple[str, Path]:
     rc = main(["run", str(path), "--tracking-uri", uri, "--out", str(root / "run_report")])
     assert rc == 1  # the overflowing variant failed; the others finished
     return uri, root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bench_cache(tmp_path_factory) -> Iterator[Path]:
+    """Every test session gets its own bench cache (classifiers, features, converted weights):
+    tests never read or write ~/.cache/bench. Downloaded wheels are still found there."""
+    path = tmp_path_factory.mktemp("bench-cache")
+    old = os.environ.get("BENCH_CACHE_DIR")
+    os.environ["BENCH_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("BENCH_CACHE_DIR", None)
+    else:
+        os.environ["BENCH_CACHE_DIR"] = old

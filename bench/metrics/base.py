@@ -99,6 +99,7 @@ class EvalContext:
         self.seed = seed
         self.device = device
         self._codes: dict[str, torch.Tensor] = {}
+        self.memo: dict[str, Any] = {}  # what metric modules share within this evaluation
 
     @property
     def family(self) -> str:

@@ -1,0 +1,112 @@
+"""The on-disk cache of expensive, reusable results, keyed by their content.
+
+Converted Inception weights, trained domain classifiers, reference features and statistics, and
+reference-row results live here, each under a key derived from what determines it (dataset
+checksum, split, image count, extractor and weights hash, code version ...), never from a name
+the caller picks. Folder: ``$BENCH_CACHE_DIR``, else ``~/.cache/bench``.
+
+Entries are written atomically (a crashed writer leaves no half file) and tensors are read back
+with ``torch.load(weights_only=True)``: a cache file holds tensors and plain data, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+log = logging.getLogger("bench")
+
+DEFAULT_DIR = Path("~/.cache/bench")
+T = TypeVar("T")
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$BENCH_CACHE_DIR`` when set, else ``~/.cache/bench``."""
+    return Path(os.environ.get("BENCH_CACHE_DIR") or DEFAULT_DIR).expanduser()
+
+
+def content_key(parts: dict[str, Any]) -> str:
+    """A short, stable hash of everything that determines a cached value."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def entry_path(kind: str, parts: dict[str, Any], suffix: str = ".pt") -> Path:
+    return cache_dir() / kind / f"{content_key(parts)}{suffix}"
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_tensors(obj: Any, path: Path) -> None:
+    """Atomically ``torch.save`` tensors / plain containers to ``path``."""
+    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _describe(path: Path, parts: dict[str, Any]) -> None:
+    """A readable note beside each entry: what its key was made of."""
+    text = json.dumps(parts, indent=2, sort_keys=True, default=str)
+    _write_atomic(path.with_suffix(".key.json"), lambda tmp: tmp.write_text(text))
+
+
+def cached_tensors(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
+    """Load the entry for ``parts`` or compute, store and return it (tensors and plain data only)."""
+    path = entry_path(kind, parts)
+    if path.exists():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged file is recomputed, not trusted
+            log.warning("cache entry %s unreadable (%s); recomputing", path, e)
+    value = compute()
+    save_tensors(value, path)
+    _describe(path, parts)
+    return value
+
+
+def cached_json(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
+    """Like ``cached_tensors`` for JSON-serialisable values (metric results)."""
+    path = entry_path(kind, parts, ".json")
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            log.warning("cache entry %s unreadable (%s); recomputing", path, e)
+    value = compute()
+    text = json.dumps(value, sort_keys=True)
+    _write_atomic(path, lambda tmp: tmp.write_text(text))
+    _describe(path, parts)
+    return json.loads(text)
+
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) within the process."""
+    p = Path(path)
+    st = p.stat()
+    memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if memo_key not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_MEMO[memo_key] = h.hexdigest()
+    return _SHA_MEMO[memo_key]

@@ -1,0 +1,216 @@
+"""The ``domain`` feature extractor: a small CNN classifier trained on the dataset's training split.
+
+Its 128-d penultimate features give ``fid_domain``, ``kid_domain``, ``precision_domain`` and
+``recall_domain`` (a "Fréchet LeNet distance"-style score: NOT comparable with Inception FID);
+its softmax gives ``is_domain`` (upper bound: the number of classes) and ``modes_covered``. It
+is cheap enough to run on every evaluation on a CPU.
+
+The classifier is trained once per dataset and cached under a key of the dataset's checksum,
+the number of training images and ``CODE_VERSION`` (bump it whenever the network or its
+training changes). It is always trained on the complete training split of the dataset files
+(a suite's ``dataset.train_size`` does not change the instrument), with its own seeded RNG, so
+training it never disturbs the global RNG of a run. Designed for >= 99% test accuracy on MNIST
+and >= 90% on Fashion-MNIST (``tests/test_domain.py`` checks Fashion-MNIST).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+from bench.cache import cache_dir, content_key, file_sha256, save_tensors
+from bench.data import ImageData, to_float
+
+log = logging.getLogger("bench")
+
+CODE_VERSION = 1
+FEATURE_DIM = 128
+TF_NAME = "bench-domain"  # the name torch-fidelity knows this extractor by
+
+
+class DomainNet(nn.Module):
+    """conv 5x5/2, BN, ReLU -> conv 3x3/2, BN, ReLU -> FC 128, BN, ReLU (the features) -> FC classes."""
+
+    def __init__(
+        self, channels: int, height: int, width: int, num_classes: int, width_mult: int = 32
+    ) -> None:
+        super().__init__()
+        k = width_mult
+        h, w = math.ceil(math.ceil(height / 2) / 2), math.ceil(math.ceil(width / 2) / 2)
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, k, 5, stride=2, padding=2),  # (B, k, H/2, W/2)
+            nn.BatchNorm2d(k),
+            nn.ReLU(),
+            nn.Conv2d(k, 2 * k, 3, stride=2, padding=1),  # (B, 2k, H/4, W/4)
+            nn.BatchNorm2d(2 * k),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * k * h * w, FEATURE_DIM),
+            nn.BatchNorm1d(FEATURE_DIM),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(FEATURE_DIM, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) in [0, 1] -> (features (B, 128), logits (B, classes))."""
+        f = self.features(x)
+        return f, self.head(f)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the classifier is trained: part of its cache key."""
+
+    epochs: int = 3
+    min_steps: int = 150  # small training splits (generated test data) still get a trained net
+    batch_size: int = 128
+    max_lr: float = 3e-3  # one-cycle schedule, Adam
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A trained, cached domain classifier: the file torch-fidelity's extractor loads, and its facts."""
+
+    path: Path
+    sha256: str
+    key: str
+    test_accuracy: float
+    num_classes: int
+
+
+def _net_config(data: ImageData) -> dict[str, int]:
+    c, h, w = data.image_shape
+    return {"channels": c, "height": h, "width": w, "num_classes": data.num_classes}
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device):
+    """One intra-op thread while training on a CPU: batches of 128 small images gain little from
+    more, and on shared cores the spin-waiting of idle threads made training 5x slower (2 cores)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_classifier(data: ImageData, cfg: TrainConfig, device: torch.device) -> tuple[dict, float]:
+    """Train on ``data``'s training split; returns (state_dict on CPU, test accuracy)."""
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), _one_cpu_thread(device):
+        torch.manual_seed(cfg.seed)
+        net = DomainNet(**_net_config(data)).to(device)
+        x, y = data.train_x.to(device), data.train_y.to(device)
+        n, bs = len(x), cfg.batch_size
+        per_epoch = max(1, n // bs)  # full batches only
+        total = max(cfg.epochs * per_epoch, cfg.min_steps)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.max_lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.max_lr, total_steps=total)
+        g = torch.Generator().manual_seed(cfg.seed)
+        net.train()
+        for step in range(total):
+            k = step % per_epoch
+            if k == 0:  # a fresh permutation every epoch
+                perm = torch.randperm(n, generator=g).to(device)
+            idx = perm[k * bs : (k + 1) * bs]
+            loss = F.cross_entropy(net(to_float(x[idx]))[1], y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        net.eval()
+        acc = accuracy(net, data.test_x.to(device), data.test_y.to(device))
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}, acc
+
+
+@torch.inference_mode()
+def accuracy(net: DomainNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    pred = torch.cat(
+        [net(to_float(x[i : i + batch_size]))[1].argmax(1) for i in range(0, len(x), batch_size)]
+    )
+    return (pred == y).double().mean().item()
+
+
+def classifier(data: ImageData, device: torch.device, cfg: TrainConfig = TrainConfig()) -> Classifier:
+    """The cached classifier for ``data`` (its complete training split), training it on first use."""
+    parts = {
+        "dataset": data.name,
+        "checksum": data.checksum,
+        "n_train": len(data.train_x),
+        "net": _net_config(data),
+        "train": asdict(cfg),
+        "code_version": CODE_VERSION,
+    }
+    key = content_key(parts)
+    path = cache_dir() / "domain" / f"{data.name}-{key}.pt"
+    if not path.is_file():
+        log.info("training the domain classifier for %s (once; cached in %s)", data.name, path.parent)
+        state, acc = train_classifier(data, cfg, device)
+        save_tensors(
+            {"net": _net_config(data), "state_dict": state, "test_accuracy": acc, "key": parts}, path
+        )
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return Classifier(path, file_sha256(path), key, float(blob["test_accuracy"]), data.num_classes)
+
+
+class FeatureExtractorDomain(FeatureExtractorBase):
+    """torch-fidelity feature extractor over a cached ``DomainNet``.
+
+    Input: uint8 (B, 3, H, W), as torch-fidelity feeds every extractor (grayscale datasets arrive
+    tiled to 3 channels; the net reads the dataset's own channels back). Features: "penultimate"
+    (128-d, FID/KID/PRC) and "logits" (IS, modes).
+    """
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        if feature_extractor_weights_path is None:
+            raise ValueError(
+                "the domain extractor needs feature_extractor_weights_path (a trained classifier)"
+            )
+        blob = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
+        self.channels = int(blob["net"]["channels"])
+        self.net = DomainNet(**blob["net"])
+        self.net.load_state_dict(blob["state_dict"])
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected uint8 (B, 3, H, W) images, got {x.dtype} {tuple(x.shape)}")
+        feats, logits = self.net(to_float(x[:, : self.channels]))
+        out = {"penultimate": feats.float(), "logits": logits.float()}
+        return tuple(out[f] for f in self.features_list)
+
+    @staticmethod
+    def get_provided_features_list():
+        return "penultimate", "logits"
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return {"isc": "logits", "fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}[metric]
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
+
+
+if TF_NAME not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor(TF_NAME, FeatureExtractorDomain)

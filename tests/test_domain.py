@@ -1,0 +1,57 @@
+"""The domain classifier: accuracy on the real test split, trained once and cached."""
+
+import pytest
+import torch
+from conftest import FASHION_DIR
+
+from bench.data import load_dataset
+from bench.metrics import domain
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.skipif(
+    not FASHION_DIR.is_dir(), reason="Fashion-MNIST (Debian dataset-fashion-mnist) not installed"
+)
+def test_fashion_mnist_classifier_reaches_90_percent_on_the_test_split():
+    data = load_dataset("fashion-mnist")
+    clf = domain.classifier(data, CPU)
+    net = domain.FeatureExtractorDomain("bench-domain", ["logits"], str(clf.path)).net
+    # recomputed here from the cached weights, on all 10,000 test images
+    assert domain.accuracy(net, data.test_x, data.test_y) == pytest.approx(clf.test_accuracy)
+    assert clf.test_accuracy >= 0.90
+
+
+def test_classifier_is_trained_once_and_keyed_by_content(monkeypatch):
+    data = load_dataset("synthetic", train_size=1024, test_size=512)
+    first = domain.classifier(data, CPU)
+
+    def no_training(*a, **k):
+        raise AssertionError("the cached classifier was retrained")
+
+    monkeypatch.setattr(domain, "train_classifier", no_training)
+    again = domain.classifier(data, CPU)
+    assert (again.path, again.sha256) == (first.path, first.sha256)
+    other = load_dataset("synthetic", train_size=1000, test_size=512)  # other content, other key
+    with pytest.raises(AssertionError, match="retrained"):
+        domain.classifier(other, CPU)
+
+
+def test_training_leaves_the_global_rng_alone():
+    data = load_dataset("synthetic", train_size=300, test_size=100)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    domain.train_classifier(data, domain.TrainConfig(epochs=1, min_steps=2), CPU)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_features_and_logits_shapes():
+    data = load_dataset("synthetic", train_size=1024, test_size=512)
+    fe = domain.FeatureExtractorDomain(
+        "bench-domain", ["penultimate", "logits"], str(domain.classifier(data, CPU).path)
+    )
+    feats, logits = fe(data.test_x[:5].repeat(1, 3, 1, 1))
+    assert feats.shape == (5, domain.FEATURE_DIM) and logits.shape == (5, 10)
+    with pytest.raises(ValueError, match="uint8"):
+        fe(data.test_x[:5].float())

