@@ -172,6 +172,7 @@ class ProgressReporter(SuiteHooks):
         )
         if self.bars:
             if self._run_bar is not None:
+                self._run_bar.refresh()  # draw the final state, whatever tqdm's redraw interval skipped
                 self._run_bar.close()
                 self._run_bar = None
             self._suite_bar.write(msg, file=self.stream)
