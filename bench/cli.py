@@ -48,6 +48,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if args.device:
         suite = suite.model_copy(update={"device": args.device})
+    from bench.executors import ExecutorError, WorkerLost, make_executor
+
+    try:
+        executor = make_executor(args.executor, args.jobs, args.ray_address, args.max_retries)
+    except ExecutorError as e:
+        _err(str(e))
+        return EXIT_BAD_INPUT
     uri = resolve_uri(args.tracking_uri, suite.tracking.uri)
     where = _uri_source(args, suite)
     # 2. data and store must be there before a run is created
@@ -71,6 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except TrackingError as e:
         _err(f"{where}: {e}")
         return EXIT_BAD_INPUT
+    try:  # the executor (Ray: connected, cluster checked against the store and the resources)
+        executor.start(suite, uri)
+    except ExecutorError as e:
+        _err(f"{args.suite}: {e}" if str(e).startswith("resources:") else str(e))
+        return EXIT_BAD_INPUT
 
     from bench.hooks import default_hooks
     from bench.report import markdown_table, write_report
@@ -80,8 +92,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     resolved_yaml = yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)
     try:
         outcomes = run_suite(
-            suite, resolved_yaml, tracker, device, default_hooks(progress=True), restart=args.restart
+            suite,
+            resolved_yaml,
+            tracker,
+            device,
+            default_hooks(progress=True),
+            restart=args.restart,
+            executor=executor,
         )
+    except WorkerLost as e:
+        _err(str(e))
+        return EXIT_RUN_FAILED
     except KeyboardInterrupt:
         _err(
             "interrupted: the current run is marked KILLED and keeps its checkpoint; finished runs are "
@@ -319,6 +340,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart",
         action="store_true",
         help="train every run from scratch (default: skip finished runs, resume interrupted ones)",
+    )
+    r.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="run N runs at a time in worker processes on this machine (CPU cores divided between them)",
+    )
+    r.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local (default: this machine) or ray (each run a Ray task; needs the [ray] extra)",
+    )
+    r.add_argument(
+        "--ray-address", metavar="ADDR", help="Ray cluster to submit to (default: start a local one)"
+    )
+    r.add_argument(
+        "--max-retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="Ray: times a run lost with its worker or node is started again (default 3)",
     )
     r.set_defaults(fn=cmd_run)
 

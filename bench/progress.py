@@ -166,10 +166,12 @@ class ProgressReporter(SuiteHooks):
             self.finished += 1
         else:
             self.failed += 1
-        took = _duration(time.perf_counter() - self._t0)
-        msg = f"{self._name()}: {outcome.status} in {took}" + (
-            f" ({outcome.reason})" if outcome.reason else ""
-        )
+        if self.ctx is None:  # carried out by another process (--jobs, Ray): only its end is seen here
+            self.index += 1
+            name, took = f"[{self.index}/{self.n_runs}] {outcome.spec.run_name}", _duration(outcome.seconds)
+        else:
+            name, took = self._name(), _duration(time.perf_counter() - self._t0)
+        msg = f"{name}: {outcome.status} in {took}" + (f" ({outcome.reason})" if outcome.reason else "")
         if self.bars:
             if self._run_bar is not None:
                 self._run_bar.refresh()  # draw the final state, whatever tqdm's redraw interval skipped

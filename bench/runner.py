@@ -19,8 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bench.checkpoint import CheckpointError, RunFolder, bench_home, lock_holder
+from bench.checkpoint import CHECKPOINT, CheckpointError, RunFolder, bench_home, lock_holder
 from bench.data import ImageData, load_dataset
 from bench.grids import reconstruction_grid, sample_grid
 from bench.hooks import RunContext, SuiteHooks, default_hooks
@@ -61,6 +63,7 @@ class RunOutcome:
     skipped: bool = False  # finished by an earlier `bench run`: not trained again
     resumed_from: int | None = None  # the checkpoint step it continued from
     offline: Path | None = None  # the store was lost: what it logged waits here to be re-logged
+    seconds: float = 0.0  # wall time of the run in the process that carried it out
 
 
 class StoreLost(Exception):
@@ -76,6 +79,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the signal that asked
 
     def __call__(self) -> bool:
         return self.requested
@@ -84,6 +88,7 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
         log.warning(
             "%s: stopping after the current step; the run is checkpointed and `bench run` resumes it "
             "(press Ctrl-C again to stop at once)",
@@ -114,6 +119,32 @@ class Resume:
     state: dict | None
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How an executor asks a run to be carried out (the same for every run of a suite)."""
+
+    restart: bool = False  # train even when a FINISHED run of this config exists
+    # no other live attempt of this run can exist (a Ray task retried after its worker or node
+    # died): a RUNNING run of this config is an abandoned attempt, wherever it ran
+    exclusive: bool = False
+    # also keep each checkpoint among the run's artifacts, where every node can read it
+    store_checkpoints: bool = False
+
+
+@dataclass
+class SuiteEnv:
+    """What an executor gets to carry out a suite's runs (see ``bench.executors``)."""
+
+    suite: Suite
+    data: ImageData  # on ``device``
+    tracker: Tracker
+    parent: RunLogger
+    device: torch.device
+    options: RunOptions
+    stop: StopRequest
+    hooks: SuiteHooks
+
+
 def run_suite(
     suite: Suite,
     suite_yaml: str,
@@ -121,66 +152,50 @@ def run_suite(
     device: torch.device,
     hooks: SuiteHooks | None = None,
     restart: bool = False,
+    executor: Any = None,
 ) -> list[RunOutcome]:
     """Run every (model, seed) of the suite; returns one outcome per run, in order.
 
+    Planning (``expand``: suite -> run specs) is separate from execution: ``executor`` (a
+    ``bench.executors`` executor, sequential in this process by default) carries the runs out.
     ``hooks`` sees the suite as it goes (progress, step-indexed images): ``default_hooks()`` if
-    None. Raises ``KeyboardInterrupt`` when stopped (the current run checkpointed and KILLED)
+    None. Raises ``KeyboardInterrupt`` when stopped (the current runs checkpointed and KILLED)
     and ``StoreLost`` when the tracking store stopped answering.
     """
+    from bench.executors import LocalExecutor
+
+    t_suite = time.perf_counter()
     hooks = hooks if hooks is not None else default_hooks()
+    executor = executor if executor is not None else LocalExecutor()
+    t0 = time.perf_counter()
     data = load_dataset(
         suite.dataset.name, suite.dataset.root, suite.dataset.train_size, suite.dataset.test_size
     )
     data_dev = data.to(device)
+    data_seconds = time.perf_counter() - t0
     specs = expand(suite)
-    home = bench_home(tracker.uri)
     close_stale_suites(tracker, suite.name)
     parent = tracker.start_suite(suite.name, suite_yaml, len(specs))
     parent.params({"dataset.checksum": data.checksum, "dataset.source": data.source, "device": str(device)})
+    parent.tags({"bench.executor": executor.describe()})
     if restart:
         parent.tags({"bench.restart": "true"})
     outcomes: dict[int, RunOutcome] = {}
     stop = StopRequest()
+    env = SuiteEnv(suite, data_dev, tracker, parent, device, executor.options(restart), stop, hooks)
 
-    def one(i: int, spec: RunSpec, folder: RunFolder) -> RunOutcome:
-        outcome = run_or_skip(spec, folder, data_dev, tracker, parent, device, restart, stop, hooks)
+    def record(i: int, outcome: RunOutcome) -> None:
         if outcome.offline:
-            log.warning("%s: finished offline; its results wait in %s", spec.run_name, outcome.offline)
+            log.warning(
+                "%s: finished offline; its results wait in %s", outcome.spec.run_name, outcome.offline
+            )
         outcomes[i] = outcome
         hooks.run_finished(outcome)
-        return outcome
 
     hooks.suite_started(suite, len(specs))
     try:
         with stop.installed():
-            deferred: list[tuple[int, RunSpec, RunFolder]] = []
-            for i, spec in enumerate(specs):
-                if stop():
-                    raise KeyboardInterrupt
-                folder = RunFolder(home, spec.config_hash)
-                claim = folder.try_claim()
-                if claim is None:
-                    log.info(
-                        "[%d/%d] %s: being trained by %s; coming back to it at the end",
-                        i + 1,
-                        len(specs),
-                        spec.run_name,
-                        lock_holder(folder.claim_file),
-                    )
-                    deferred.append((i, spec, folder))
-                    continue
-                with claim:
-                    if one(i, spec, folder).offline:
-                        break
-            else:
-                for i, spec, folder in deferred:  # wait for the other process, then check its work
-                    claim = folder.wait_claim(stop)
-                    if claim is None:
-                        raise KeyboardInterrupt
-                    with claim:
-                        if one(i, spec, folder).offline:
-                            break
+            executor.run(specs, env, record)
     except KeyboardInterrupt:
         _finish_quietly(parent, "KILLED")
         raise
@@ -205,10 +220,39 @@ def run_suite(
                 "bench.resumed": sum(bool(o.resumed_from) for o in done),
             }
         )
+        parent.metrics(0, {"data_seconds": data_seconds, "suite_seconds": time.perf_counter() - t_suite})
         parent.finish("FINISHED" if not failed else "FAILED")
     except TrackingLost as e:  # every run is in the store; only the suite run stays open
         raise StoreLost(str(e), done) from None
     return done
+
+
+def run_claimed(
+    i: int,
+    n: int,
+    spec: RunSpec,
+    env: SuiteEnv,
+    wait: bool = False,
+) -> RunOutcome | None:
+    """Claim the run's folder and carry the run out (``run_or_skip``); None when another process
+    holds the claim and ``wait`` is false (the caller comes back to it later)."""
+    folder = RunFolder(bench_home(env.tracker.uri), spec.config_hash)
+    claim = folder.wait_claim(env.stop) if wait else folder.try_claim()
+    if claim is None:
+        if wait:  # stopped while waiting
+            raise KeyboardInterrupt
+        log.info(
+            "[%d/%d] %s: being trained by %s; coming back to it at the end",
+            i + 1,
+            n,
+            spec.run_name,
+            lock_holder(folder.claim_file),
+        )
+        return None
+    with claim:
+        return run_or_skip(
+            spec, folder, env.data, env.tracker, env.parent, env.device, env.options, env.stop, env.hooks
+        )
 
 
 def _finish_quietly(run: RunLogger, status: str) -> None:
@@ -232,7 +276,7 @@ def run_or_skip(
     tracker: Tracker,
     parent: RunLogger,
     device: torch.device,
-    restart: bool,
+    options: RunOptions,
     stop: StopRequest,
     hooks: SuiteHooks | None = None,
 ) -> RunOutcome:
@@ -245,16 +289,18 @@ def run_or_skip(
         log.info("re-logged %s into run %s", pending, run_id)
     runs = tracker.runs_with_hash(spec.suite.name, spec.config_hash)
     finished = [r for r in runs if r.info.status == "FINISHED"]
+    restart = options.restart
     if finished and not restart:
         folder.clear_checkpoint()
         r = finished[0]
         return RunOutcome(spec, "FINISHED", r.info.run_id, metrics=dict(r.data.metrics), skipped=True)
-    resume = None if restart else find_resume(folder, tracker, spec)
+    resume = None if restart else find_resume(folder, tracker, spec, options.store_checkpoints)
     # we hold the claim, so a RUNNING run of this config on this machine has lost its process
     ended = [
         r
         for r in runs
-        if r.info.status == "KILLED" or (r.info.status == "RUNNING" and not process_alive(r.data.tags))
+        if r.info.status == "KILLED"
+        or (r.info.status == "RUNNING" and (options.exclusive or not process_alive(r.data.tags)))
     ]
     if resume is None and ended and not restart:
         # interrupted before its first checkpoint: train it again from step 0, in the same MLflow run
@@ -262,11 +308,18 @@ def run_or_skip(
     for r in ended:
         if r.info.status == "RUNNING" and r.info.run_id != (resume.run_id if resume else None):
             tracker.close_stale(r, "its bench process ended without closing it (killed)")
-    return run_one(spec, data, tracker, parent, device, folder, resume, stop, hooks)
+    return run_one(
+        spec, data, tracker, parent, device, folder, resume, stop, hooks, options.store_checkpoints
+    )
 
 
-def find_resume(folder: RunFolder, tracker: Tracker, spec: RunSpec) -> Resume | None:
-    """The checkpoint of an unfinished run of this config in this store, if there is one."""
+def find_resume(
+    folder: RunFolder, tracker: Tracker, spec: RunSpec, from_store: bool = False
+) -> Resume | None:
+    """The checkpoint of an unfinished run of this config in this store, if there is one: in the
+    run's local folder, else (``from_store``) among the artifacts of its last unfinished run."""
+    if from_store and not folder.checkpoint.is_file():
+        fetch_stored_checkpoint(folder, tracker, spec)
     try:
         state = folder.load_checkpoint()
     except CheckpointError as e:
@@ -285,6 +338,30 @@ def find_resume(folder: RunFolder, tracker: Tracker, spec: RunSpec) -> Resume | 
     return Resume(run.info.run_id, int(state["step"]), state)
 
 
+STORED_CHECKPOINT = "checkpoint"  # artifact folder of a run's last checkpoint, when kept in the store
+
+
+def fetch_stored_checkpoint(folder: RunFolder, tracker: Tracker, spec: RunSpec) -> bool:
+    """Copy the last checkpoint kept in the store by an unfinished run of this config into the
+    run's local folder (a task retried on another node continues where the lost one stopped)."""
+    import tempfile
+
+    unfinished = [
+        r for r in tracker.runs_with_hash(spec.suite.name, spec.config_hash) if r.info.status != "FINISHED"
+    ]
+    for r in sorted(unfinished, key=lambda r: r.info.start_time or 0, reverse=True):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                got = tracker.download(r.info.run_id, f"{STORED_CHECKPOINT}/{CHECKPOINT}", tmp)
+            except Exception:  # this run kept no checkpoint in the store
+                continue
+            folder.path.mkdir(parents=True, exist_ok=True)
+            os.replace(got, folder.checkpoint)
+        log.info("%s: fetched the checkpoint of run %s from the store", spec.run_name, r.info.run_id)
+        return True
+    return False
+
+
 def run_one(
     spec: RunSpec,
     data: ImageData,
@@ -295,8 +372,11 @@ def run_one(
     resume: Resume | None = None,
     stop: StopRequest | None = None,
     hooks: SuiteHooks | None = None,
+    store_checkpoints: bool = False,
 ) -> RunOutcome:
     """Train and evaluate one run (from its checkpoint when resuming), logging as it goes."""
+    t_run = time.perf_counter()
+    clock = {"eval_seconds": 0.0, "checkpoint_seconds": 0.0}
     suite = spec.suite
     folder = folder or RunFolder(bench_home(tracker.uri), spec.config_hash)
     hooks = hooks or SuiteHooks()
@@ -308,7 +388,7 @@ def run_one(
         if resume.state is not None:
             trainer.load_state_dict(resume.state["trainer"])
         run = tracker.resume_run(resume.run_id, offline_dir=folder.offline)
-        run.tags({"bench.resumed_from_step": resume.step})
+        run.tags({"bench.resumed_from_step": resume.step, "bench.threads": torch.get_num_threads()})
         if resume.state is None:  # it may have died before logging its config
             folder.clear_checkpoint()
             run.params(flatten(spec.resolved()))
@@ -331,6 +411,7 @@ def run_one(
                 "seed": str(spec.seed),
                 "bench.config_hash": spec.config_hash,
                 "bench.suite": suite.name,
+                "bench.threads": str(torch.get_num_threads()),
             },
             spec.run_name,
             offline_dir=folder.offline,
@@ -347,12 +428,19 @@ def run_one(
         run.losses(step, losses)
         hooks.logged(step, losses)
 
-    def on_eval(step: int) -> None:
+    def timed_evaluate() -> dict:
+        t0 = time.perf_counter()
         results = evaluate(model, data, suite.eval, spec.seed, device)
+        clock["eval_seconds"] += time.perf_counter() - t0
+        return results
+
+    def on_eval(step: int) -> None:
+        results = timed_evaluate()
         run.results(step, results)
         hooks.evaluated(step, results)
 
     def checkpoint(step: int) -> None:
+        t0 = time.perf_counter()
         run.flush()  # the store holds every value up to this step before the checkpoint says so
         folder.save_checkpoint(
             {
@@ -363,6 +451,9 @@ def run_one(
                 "trainer": trainer.state_dict(),
             }
         )
+        if store_checkpoints:  # where a retry on another node finds it
+            run.file(folder.checkpoint, STORED_CHECKPOINT)
+        clock["checkpoint_seconds"] += time.perf_counter() - t0
 
     def outcome(status: str, reason: str = "", metrics: dict[str, float] | None = None) -> RunOutcome:
         offline = folder.path if run.offline else None
@@ -376,6 +467,7 @@ def run_one(
             metrics or {},
             resumed_from=resume.step if resume else None,
             offline=offline,
+            seconds=time.perf_counter() - t_run,
         )
 
     try:
@@ -386,12 +478,17 @@ def run_one(
             checkpoint_every=suite.checkpoint.every,
             should_stop=stop or (lambda: False),
         )
+        t0 = time.perf_counter()
         fit_latent_sampler(model, data, suite.eval.batch_size)  # post-training fits (the AE's Gaussian)
-        results = evaluate(model, data, suite.eval, spec.seed, device)
+        clock["eval_seconds"] += time.perf_counter() - t0
+        results = timed_evaluate()
         run.results(progress.step, results)
         hooks.evaluated(progress.step, results)
-        run.metrics(progress.step, cost_metrics(progress, n_params, device))
         log_artifacts(run, model, data, spec, device)
+        # what the run cost; this process's share only when it was resumed
+        clock["wall_seconds"] = time.perf_counter() - t_run
+        clock["tracking_seconds"] = run.seconds
+        run.metrics(progress.step, cost_metrics(progress, n_params, device) | clock)
     except Diverged as e:
         run.tags({"failure_reason": str(e)})
         run.finish("FAILED")

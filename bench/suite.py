@@ -129,6 +129,16 @@ class ReportConfig(Strict):
     baseline: str | None = None
 
 
+class ResourcesConfig(Strict):
+    """What one run needs: a Ray task asks for it; ``--jobs`` and the local executor run
+    ``cpus`` threads per run when it is set. Not part of a run's identity (config hash)."""
+
+    cpus: float | None = Field(
+        None, gt=0, le=1024, description="CPU cores per run (null: the cores divided among the processes)"
+    )
+    gpus: float = Field(0, ge=0, le=64, description="GPUs per run, for Ray (fractions share one GPU)")
+
+
 class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     description: str = ""
@@ -141,6 +151,7 @@ class Suite(Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @field_validator("seeds")
     @classmethod

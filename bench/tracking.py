@@ -411,6 +411,25 @@ def process_alive(tags: dict[str, str]) -> bool:
     return pid > 0
 
 
+def _timed(method: Any) -> Any:
+    """Charge the wall time of a write to ``RunLogger.seconds`` (outermost call only)."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self: RunLogger, *args: Any, **kwargs: Any) -> Any:
+        if self._depth:
+            return method(self, *args, **kwargs)
+        self._depth += 1
+        t0 = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self._depth -= 1
+
+    return wrapper
+
+
 class RunLogger:
     """Writes to one MLflow run. Losses are logged asynchronously, in batches.
 
@@ -439,6 +458,8 @@ class RunLogger:
         self._params: dict[str, Any] = {}
         self._pending_ops: list[tuple[Any, int, int, dict[str, float]]] = []
         self._monitor = None
+        self.seconds = 0.0  # wall time spent in this logger's writes (the tracking cost of the run)
+        self._depth = 0
         if system_metrics:
             self._monitor = _start_system_metrics(run_id, tracker.uri)
 
@@ -503,6 +524,7 @@ class RunLogger:
         return {k: v for k, v in values.items() if step > self._logged.get(k, -1)}
 
     # ---- writes
+    @_timed
     def params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -518,6 +540,7 @@ class RunLogger:
                 params=chunk,
             )
 
+    @_timed
     def tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
@@ -530,6 +553,7 @@ class RunLogger:
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
 
+    @_timed
     def losses(self, step: int, values: dict[str, float]) -> None:
         """Per-step training losses, logged without waiting for the store."""
         from mlflow.entities import Metric
@@ -561,11 +585,13 @@ class RunLogger:
             metrics=[Metric(k, float(v), ts, step) for k, v in values.items()],
         )
 
+    @_timed
     def metrics(self, step: int, values: dict[str, float]) -> None:
         values = self._new_steps(step, {k: float(v) for k, v in values.items()})
         if values:
             self._write_metrics(step, int(time.time() * 1000), values)
 
+    @_timed
     def results(self, step: int, results: dict[str, Result]) -> None:
         """Metric values at ``step`` with their provenance (as tags ``provenance.<metric>``)."""
         values: dict[str, float] = {}
@@ -578,6 +604,7 @@ class RunLogger:
             self.metrics(step, values)
             self.tags(tags)
 
+    @_timed
     def text(self, artifact_file: str, text: str) -> None:
         if self.journal is None:
             try:
@@ -591,6 +618,7 @@ class RunLogger:
         rel = self.journal.keep_text(text, artifact_file)
         self.journal.add("artifact", file=rel, dir=None if parent == "." else parent)
 
+    @_timed
     def file(self, local_path: str | Path, artifact_dir: str | None = None) -> None:
         if self.journal is None:
             try:
@@ -603,6 +631,7 @@ class RunLogger:
         rel = self.journal.keep_file(Path(local_path), artifact_dir)
         self.journal.add("artifact", file=rel, dir=artifact_dir)
 
+    @_timed
     def image(self, artifact_file: str, image: Any, key: str | None = None, step: int | None = None) -> None:
         """A (H, W, 3) uint8 array; with ``key`` and ``step`` it becomes a step-indexed image in the UI."""
         if self.journal is None:
@@ -625,6 +654,7 @@ class RunLogger:
             parent = str(Path(name).parent)
             self.file(path, None if parent == "." else parent)
 
+    @_timed
     def torch_state(self, artifact_file: str, state: dict) -> None:
         import torch
 
@@ -633,6 +663,7 @@ class RunLogger:
             torch.save(state, path)
             self.file(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
+    @_timed
     def flush(self) -> None:
         """Wait until every asynchronous loss batch is in the store (retrying the ones that failed)."""
         pending, self._pending_ops = self._pending_ops, []
@@ -645,6 +676,7 @@ class RunLogger:
             except Exception:  # the async writer gave up on this batch: send it again, with retries
                 self._write_metrics(step, ts, values)
 
+    @_timed
     def finish(self, status: str = "FINISHED") -> None:
         self.flush()
         if self._monitor is not None:
