@@ -5,6 +5,9 @@ reference-row results live here, each under a key derived from what determines i
 checksum, split, image count, extractor and weights hash, code version ...), never from a name
 the caller picks. Folder: ``$BENCH_CACHE_DIR``, else ``~/.cache/bench``.
 
+A suite run by Ray computes these once, in the submitting process, and shares them through the
+tracking store (``publish_shared`` / ``fetch_shared``): every worker node starts with them.
+
 Entries are written atomically (a crashed writer leaves no half file) and tensors are read back
 with ``torch.load(weights_only=True)``: a cache file holds tensors and plain data, never code.
 """
@@ -66,9 +69,18 @@ def _describe(path: Path, parts: dict[str, Any]) -> None:
     _write_atomic(path.with_suffix(".key.json"), lambda tmp: tmp.write_text(text))
 
 
+_USED: set[Path] = set()  # entries this process read or wrote
+
+
+def note_used(path: Path) -> Path:
+    """Remember that this process used the cache entry ``path`` (see ``publish_shared``)."""
+    _USED.add(Path(path))
+    return path
+
+
 def cached_tensors(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
     """Load the entry for ``parts`` or compute, store and return it (tensors and plain data only)."""
-    path = entry_path(kind, parts)
+    path = note_used(entry_path(kind, parts))
     if path.exists():
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -82,7 +94,7 @@ def cached_tensors(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -
 
 def cached_json(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
     """Like ``cached_tensors`` for JSON-serialisable values (metric results)."""
-    path = entry_path(kind, parts, ".json")
+    path = note_used(entry_path(kind, parts, ".json"))
     if path.exists():
         try:
             return json.loads(path.read_text())
@@ -110,3 +122,43 @@ def file_sha256(path: str | Path) -> str:
                 h.update(chunk)
         _SHA_MEMO[memo_key] = h.hexdigest()
     return _SHA_MEMO[memo_key]
+
+
+SHARED = "cache"  # artifact folder of the suite run that holds the shared entries
+
+
+def publish_shared(run: Any) -> int:
+    """Log every cache entry this process used (and its key note) as artifacts ``cache/<kind>/``
+    of ``run`` (a ``RunLogger``); returns how many entries."""
+    root = cache_dir().resolve()
+    n = 0
+    for path in sorted(_USED):
+        path = path.resolve()
+        if not path.is_file() or not path.is_relative_to(root):
+            continue
+        folder = f"{SHARED}/{path.parent.relative_to(root).as_posix()}"
+        run.file(path, folder)
+        note = path.with_suffix(".key.json")
+        if note.is_file():
+            run.file(note, folder)
+        n += 1
+    return n
+
+
+def fetch_shared(tracker: Any, run_id: str) -> int:
+    """Copy the entries a suite run shares (``publish_shared``) into this machine's cache, keeping
+    the ones already there; returns how many were added."""
+    root = cache_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            got = tracker.download(run_id, SHARED, tmp)
+        except Exception:  # the run shares nothing
+            return 0
+        n = 0
+        for src in sorted(Path(got).rglob("*")):
+            dst = root / src.relative_to(got)
+            if src.is_file() and not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomic(dst, lambda tmp_path, src=src: tmp_path.write_bytes(src.read_bytes()))
+                n += not dst.name.endswith(".key.json")
+        return n

@@ -143,3 +143,25 @@ def test_each_finished_run_reports_where_its_time_went(tmp_path, write_suite):
         [client.get_experiment_by_name("cost").experiment_id], "tags.`bench.kind` = 'suite'"
     )
     assert 0 < suite_run.data.metrics["data_seconds"] < suite_run.data.metrics["suite_seconds"]
+
+
+def test_cache_entries_travel_through_the_store_to_another_machine(tmp_path, monkeypatch):
+    """What a Ray run does for its workers: entries used here become artifacts of the suite run,
+    and a worker with an empty cache finds them there instead of computing them again."""
+    import torch
+
+    from bench import cache
+    from bench.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "here"))
+    value = cache.cached_tensors("statistics", {"what": "test"}, lambda: {"mu": torch.arange(3.0)})
+    run = tracker.start_suite("share", "name: share", 0)
+    assert cache.publish_shared(run) == 1
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "there"))
+    assert cache.fetch_shared(tracker, run.run_id) == 1
+    computed = []
+    got = cache.cached_tensors("statistics", {"what": "test"}, lambda: computed.append(1))
+    assert computed == [] and torch.equal(got["mu"], value["mu"])
+    assert cache.fetch_shared(tracker, run.run_id) == 0  # what is there already is kept

