@@ -165,3 +165,15 @@ def test_cache_entries_travel_through_the_store_to_another_machine(tmp_path, mon
     got = cache.cached_tensors("statistics", {"what": "test"}, lambda: computed.append(1))
     assert computed == [] and torch.equal(got["mu"], value["mu"])
     assert cache.fetch_shared(tracker, run.run_id) == 0  # what is there already is kept
+
+
+def test_executor_ray_without_ray_installed_exits_2_saying_how_to_install(
+    tmp_path, write_suite, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    db = tmp_path / "store" / "mlflow.db"
+    path = write_suite(SUITE)
+    assert main(["run", str(path), "--tracking-uri", f"sqlite:///{db}", "--executor", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "--executor ray: Ray is not installed" in err and "pip install -e '.[ray]'" in err
+    assert not db.parent.exists()
