@@ -46,6 +46,31 @@ def time_domain_metrics(model, data, n: int, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def time_reference_statistics(data, n: int, device: torch.device) -> tuple[float, float]:
+    """Seconds to obtain fid_domain's reference statistics (n real images through the domain
+    classifier, then mean and covariance): computed on a cache miss, then loaded on a hit. The
+    classifier itself is trained (or loaded) before the clock starts."""
+    import shutil
+
+    from bench.cache import cache_dir
+    from bench.metrics.features import real_statistics
+    from bench.metrics.generative import GENERATION, GenerationEval
+    from bench.suite import EvalConfig
+
+    gm = GENERATION["fid_domain"]
+    gen = GenerationEval(data, EvalConfig(metrics=["fid_domain"], n_samples=n, n_real=n), 0, device)
+    prep = gen.prepared(gm.extractor)
+    layer = prep.layer("fid")
+    for kind in ("features", "statistics"):
+        shutil.rmtree(cache_dir() / kind, ignore_errors=True)
+    times = []
+    for _ in range(2):  # miss, then hit
+        t0 = time.perf_counter()
+        real_statistics(gen.reference, prep, layer, gen.cfg.batch_size, device)
+        times.append(time.perf_counter() - t0)
+    return times[0], times[1]
+
+
 def inception_images_per_s(images: int, batch: int, device: torch.device) -> tuple[float, str]:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
@@ -113,6 +138,9 @@ def main() -> None:
                 )
             warm = time_domain_metrics(model, data, args.n, device)
             rows.append(f"| fid_domain + is_domain incl. sampling, warm cache, {name} | {warm:.1f} s |")
+        miss, hit = time_reference_statistics(data, args.n, device)
+        rows.append(f"| reference statistics (fid_domain, n = {args.n}), cache miss | {miss:.2f} s |")
+        rows.append(f"| reference statistics, cache hit | {hit * 1000:.1f} ms ({miss / hit:.0f}x faster) |")
         rate, what = inception_images_per_s(args.inception_images, args.inception_batch, device)
         rows.append(f"| Inception features, batch {args.inception_batch} ({what}) | {rate:.1f} images/s |")
     print("\n".join(rows))
