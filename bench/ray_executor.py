@@ -113,6 +113,12 @@ class RayExecutor(Executor):
                 f"(e.g. {remote[0]}); start `mlflow server --backend-store-uri postgresql://... "
                 "--artifacts-destination s3://...` (or any store every node reaches) and pass its http:// URI"
             )
+        if suite.device.startswith("cuda") and suite.resources.gpus == 0:
+            self.close()
+            raise ExecutorError(
+                f"resources.gpus: 0, but the runs are to use {suite.device}: Ray gives a task a GPU "
+                "only when it asks for one (set resources.gpus, e.g. 1 or 0.5)"
+            )
         have = ray.cluster_resources()
         cpus, gpus = self.cpus(suite), suite.resources.gpus
         if have.get("CPU", 0) < cpus or have.get("GPU", 0) < gpus:

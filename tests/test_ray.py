@@ -267,3 +267,6 @@ def test_a_local_store_is_refused_for_a_cluster_it_cannot_reach(tmp_path, capsys
         ExecutorError, match="asks for 1 CPUs and 1 GPUs; the Ray cluster has 4 CPUs and 0 GPUs"
     ):
         ex.start(suite, "http://10.11.12.1:5000")
+    suite = load_suite(write_suite({**tiny_suite(), "device": "cuda"}))
+    with pytest.raises(ExecutorError, match="resources.gpus: 0, but the runs are to use cuda"):
+        ex.start(suite, "http://10.11.12.1:5000")
