@@ -225,6 +225,9 @@ class VQVAE(Autoencoder):
     def code_indices(self, x: Tensor) -> Tensor:
         return self.quantise(self._vectors(x))[0]
 
+    # eager even inside a compiled loss: inductor (torch 2.14, CPU) gets ``add_(a @ b, alpha=c)``
+    # wrong (the codebook drifted by up to 6.5 after one step against eager)
+    @torch.compiler.disable
     @torch.no_grad()
     def _ema_update(self, ze: Tensor, idx: Tensor) -> None:
         k, decay, eps = self.params.num_codes, self.params.ema_decay, 1e-5
