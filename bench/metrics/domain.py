@@ -188,6 +188,7 @@ class FeatureExtractorDomain(FeatureExtractorBase):
         self.requires_grad_(False)
         self.eval()
 
+    @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected uint8 (B, 3, H, W) images, got {x.dtype} {tuple(x.shape)}")

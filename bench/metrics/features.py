@@ -89,6 +89,7 @@ class NoiseToImages(GenerativeModelBase):
     def num_classes(self) -> int:
         return 0
 
+    @torch.inference_mode()
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return to_fidelity_images(self.decode(self.latent(noise)))
 
