@@ -101,7 +101,8 @@ def _net_config(data: ImageData) -> dict[str, int]:
 def _one_cpu_thread(device: torch.device):
     """One intra-op thread while training on a CPU: batches of 128 small images gain little from
     more, and on shared cores the spin-waiting of idle threads makes it slower: on 2 CPU cores
-    with one of them busy, 42 training steps/s on one thread against 19 on two."""
+    shared with other work (load average 1.0 to 1.7), 42 training steps/s on one thread against
+    19 on two."""
     if device.type != "cpu":
         yield
         return
