@@ -64,14 +64,16 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, device: torch.d
     """
     per_epoch = -(-n // batch_size)
     epoch, k = divmod(step, per_epoch)
-    perm = _epoch_permutation(n, seed, epoch)
-    return perm[k * batch_size : (k + 1) * batch_size].to(device, non_blocking=True)
+    perm = _epoch_permutation(n, seed, epoch, torch.device(device))
+    return perm[k * batch_size : (k + 1) * batch_size]
 
 
 @functools.lru_cache(maxsize=4)
-def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+def _epoch_permutation(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """Drawn on the CPU (the same order on every device), copied to ``device`` once per epoch:
+    a step slices it there, with no host-to-device copy."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
+    return torch.randperm(n, generator=g).to(device)
 
 
 # --------------------------------------------------------------------------- IDX files

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ import torch
 
 from bench.runner import RunOptions, RunOutcome, StopRequest, SuiteEnv, run_claimed
 from bench.suite import RunSpec, Suite
+from bench.threads import available_cores, set_threads
 
 log = logging.getLogger("bench")
 
@@ -46,20 +46,6 @@ class ExecutorError(Exception):
 
 class WorkerLost(RuntimeError):
     """A worker process died (killed, out of memory) and took its run with it."""
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def set_threads(n: int | None) -> None:
-    """Torch's intra-op threads for this process (None: leave torch's default)."""
-    if n is not None and n >= 1 and torch.get_num_threads() != n:
-        torch.set_num_threads(n)
 
 
 class Executor:
@@ -86,7 +72,8 @@ class LocalExecutor(Executor):
 
     def run(self, specs: Sequence[RunSpec], env: SuiteEnv, record: Record) -> None:
         cpus = env.suite.resources.cpus
-        set_threads(int(cpus) if cpus else None)
+        if cpus:
+            set_threads(int(cpus))
         deferred: list[int] = []
         for i, spec in enumerate(specs):
             if env.stop():
@@ -156,7 +143,8 @@ def work(job: Job) -> RunOutcome | None:
     from bench.hooks import default_hooks
     from bench.tracking import RunLogger, Tracker
 
-    set_threads(job.threads)
+    if job.threads:
+        set_threads(job.threads)
     device = _worker_device(job.device)
     trackers = _worker["trackers"]
     if job.uri not in trackers:

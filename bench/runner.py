@@ -383,7 +383,9 @@ def run_one(
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, spec.params, data.image_shape).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    trainer = Trainer(model, data, suite.budget, spec.seed, suite.tracking.log_every, suite.eval.every)
+    trainer = Trainer(
+        model, data, suite.budget, spec.seed, suite.tracking.log_every, suite.eval.every, train=suite.train
+    )
     if resume is not None:
         if resume.state is not None:
             trainer.load_state_dict(resume.state["trainer"])

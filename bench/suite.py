@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 import bench
 
@@ -139,6 +147,19 @@ class ResourcesConfig(Strict):
     gpus: float = Field(0, ge=0, le=64, description="GPUs per run, for Ray (fractions share one GPU)")
 
 
+class TrainConfig(Strict):
+    """How the training step computes. Both options change a run's numbers, so both are part of
+    its recorded parameters and its config hash; the defaults are plain float32 eager PyTorch."""
+
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: autocast the model's forward and loss to bfloat16 (weights, optimiser fp32)",
+    )
+    compile: StrictBool = Field(
+        False, description="torch.compile the model's loss functions for the training step"
+    )
+
+
 class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     description: str = ""
@@ -152,6 +173,7 @@ class Suite(Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("seeds")
     @classmethod
@@ -409,6 +431,12 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
         problem = check_tracking_uri(suite.tracking.uri)
         if problem:
             errors.append(FieldError("tracking.uri", problem))
+    if suite.train.compile:
+        from bench.numerics import compile_problem
+
+        problem = compile_problem()
+        if problem:
+            errors.append(FieldError("train.compile", problem))
     return errors
 
 
@@ -459,12 +487,19 @@ class RunSpec:
             "budget": s.budget.model_dump(exclude_none=True),
             "eval": s.eval.model_dump(),
             "device": s.device,
+            "train": s.train.model_dump(),
         }
 
     @property
     def config_hash(self) -> str:
-        """Identity of the run for resuming: resolved config + code version."""
-        blob = json.dumps({"run": self.resolved(), "bench": bench.__version__}, sort_keys=True, default=str)
+        """Identity of the run for resuming: resolved config + code version.
+
+        Default numerics (fp32, eager) leave the hash as it was before ``train`` existed, so the
+        runs of an existing store are still found; any other ``train`` setting changes it."""
+        run = self.resolved()
+        if run["train"] == TrainConfig().model_dump():
+            del run["train"]
+        blob = json.dumps({"run": run, "bench": bench.__version__}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -17,7 +17,8 @@ import torch
 
 from bench.data import ImageData, batch_indices, to_float
 from bench.models import GenerativeModel
-from bench.suite import BudgetConfig
+from bench.numerics import Numerics
+from bench.suite import BudgetConfig, TrainConfig
 
 Losses = dict[str, torch.Tensor]
 
@@ -38,14 +39,19 @@ def _adam(params, p) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=p.lr, betas=(p.beta1, p.beta2), weight_decay=p.weight_decay)
 
 
+def _numerics(model: GenerativeModel, numerics: Numerics | None) -> Numerics:
+    return numerics or Numerics(None, next(model.parameters()).device)
+
+
 class ReconstructionStep:
     """One optimiser over the model; minimises ``model.loss(x)["loss"]``."""
 
-    def __init__(self, model: GenerativeModel) -> None:
+    def __init__(self, model: GenerativeModel, numerics: Numerics | None = None) -> None:
         self.opt = _adam(model.optimizer_groups(), model.params)
+        self.loss = _numerics(model, numerics).loss_fn(model, "loss")
 
     def __call__(self, model: GenerativeModel, x: torch.Tensor, step: int) -> Losses:
-        losses = model.loss(x)
+        losses = self.loss(x)
         self.opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         self.opt.step()
@@ -61,12 +67,15 @@ class ReconstructionStep:
 class AdversarialStep:
     """A discriminator update every step, a generator update every ``n_critic`` steps."""
 
-    def __init__(self, model: GenerativeModel) -> None:
+    def __init__(self, model: GenerativeModel, numerics: Numerics | None = None) -> None:
         self.opt_d = _adam(model.discriminator.parameters(), model.params)
         self.opt_g = _adam(model.generator.parameters(), model.params)
+        numerics = _numerics(model, numerics)
+        self.d_loss = numerics.loss_fn(model, "d_loss")
+        self.g_loss = numerics.loss_fn(model, "g_loss")
 
     def __call__(self, model: GenerativeModel, x: torch.Tensor, step: int) -> Losses:
-        d = model.d_loss(x, model.sample_z(x.shape[0]))
+        d = self.d_loss(x, model.sample_z(x.shape[0]))
         self.opt_d.zero_grad(set_to_none=True)
         d["loss"].backward()
         self.opt_d.step()
@@ -74,7 +83,7 @@ class AdversarialStep:
         out = {k: v.detach() for k, v in d.items() if k != "loss"}
         if (step + 1) % model.n_critic == 0:
             model.discriminator.requires_grad_(False)  # no D gradients in the G step
-            g = model.g_loss(model.sample_z(x.shape[0]))
+            g = self.g_loss(model.sample_z(x.shape[0]))
             self.opt_g.zero_grad(set_to_none=True)
             g["g_loss"].backward()
             self.opt_g.step()
@@ -119,7 +128,10 @@ def total_steps(budget: BudgetConfig, n_train: int) -> float:
 
 
 class Trainer:
-    """Drives one model through its budget. Callbacks get (step, ...) and may log or evaluate."""
+    """Drives one model through its budget. Callbacks get (step, ...) and may log or evaluate.
+
+    ``train`` (the suite's ``train:`` section) sets the step's numerics: bf16 autocast and
+    ``torch.compile``; None is float32, eager."""
 
     def __init__(
         self,
@@ -129,6 +141,7 @@ class Trainer:
         seed: int,
         log_every: int = 50,
         eval_every: int | None = None,
+        train: TrainConfig | None = None,
     ) -> None:
         self.model = model
         self.data = data
@@ -136,9 +149,10 @@ class Trainer:
         self.seed = seed
         self.log_every = log_every
         self.eval_every = eval_every
-        self.step_fn = STEP_KINDS[model.step_kind](model)
-        self.progress = Progress()
         self.device = next(model.parameters()).device
+        self.train_config = train or TrainConfig()
+        self.step_fn = STEP_KINDS[model.step_kind](model, Numerics(self.train_config, self.device))
+        self.progress = Progress()
         self._pending: dict[str, list[torch.Tensor]] = {}  # losses of the steps since the last log
 
     # ---- checkpointing

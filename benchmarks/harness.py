@@ -3,8 +3,10 @@
 Prints a markdown table. Each comparison runs both sides in this process, interleaved
 (A B A B ...), and reports the median of the repeats, so a busy machine slows both sides alike.
 
-    python benchmarks/harness.py                 # every section, CPU
+    python benchmarks/harness.py                 # overhead, data path, tracking; CPU
     python benchmarks/harness.py --only overhead --device cuda
+    python benchmarks/harness.py --only numerics --device cuda   # fp32 / bf16 / compile (train:)
+    python benchmarks/harness.py --only layout   # channels_last against contiguous, conv models
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from bench.data import load_dataset, to_float
 from bench.models import build_model
-from bench.suite import BudgetConfig
+from bench.suite import BudgetConfig, TrainConfig
 from bench.train import STEP_KINDS, Trainer
 
 
@@ -34,11 +36,16 @@ def images_per_s(fn: Callable[[], int]) -> float:
 
 def interleaved(a: Callable[[], int], b: Callable[[], int], repeats: int) -> tuple[float, float]:
     """Median images/s of a and b, measured alternately."""
-    ra, rb = [], []
+    return tuple(interleaved_all([a, b], repeats))  # type: ignore[return-value]
+
+
+def interleaved_all(fns: list[Callable[[], int]], repeats: int) -> list[float]:
+    """Median images/s of each function, measured in turn (A B C A B C ...)."""
+    rates: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        ra.append(images_per_s(a))
-        rb.append(images_per_s(b))
-    return statistics.median(ra), statistics.median(rb)
+        for r, fn in zip(rates, fns):
+            r.append(images_per_s(fn))
+    return [statistics.median(r) for r in rates]
 
 
 def sync(device: torch.device) -> None:
@@ -54,7 +61,7 @@ def model_steps(name: str, steps: int, device: torch.device) -> int:
 # ----------------------------------------------------------------------------- 1. overhead
 
 
-def bare_loop(model, data, steps: int, batch_size: int, device) -> int:
+def bare_loop(model, data, steps: int, batch_size: int, device, memory_format=None) -> int:
     """The loop a user writes: shuffled index batches from the resident tensor, one step each."""
     step = STEP_KINDS[model.step_kind](model)
     n = len(data.train_x)
@@ -63,14 +70,18 @@ def bare_loop(model, data, steps: int, batch_size: int, device) -> int:
     for s in range(steps):
         idx = perm[(s * batch_size) % n : (s * batch_size) % n + batch_size]
         x = to_float(data.train_x[idx])
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
         step(model, x, s)
         seen += len(idx)
     sync(device)
     return seen
 
 
-def bench_loop(model, data, steps: int, batch_size: int, device, on_log=None) -> int:
-    trainer = Trainer(model, data, BudgetConfig(steps=steps, batch_size=batch_size), seed=0, log_every=50)
+def bench_loop(model, data, steps: int, batch_size: int, device, on_log=None, train=None) -> int:
+    trainer = Trainer(
+        model, data, BudgetConfig(steps=steps, batch_size=batch_size), seed=0, log_every=50, train=train
+    )
     p = trainer.run(on_log=on_log or (lambda s, v: None))
     sync(device)
     return p.images
@@ -181,12 +192,78 @@ def section_tracking(data, device, steps: int, repeats: int) -> list[str]:
     return rows
 
 
+# ----------------------------------------------------------------------------- 4. numerics
+
+
+NUMERICS = {
+    "fp32": TrainConfig(),
+    "bf16": TrainConfig(precision="bf16"),
+    "fp32 + compile": TrainConfig(compile=True),
+    "bf16 + compile": TrainConfig(precision="bf16", compile=True),
+}
+
+
+def section_numerics(data, device, steps: int, repeats: int, models: list[str]) -> list[str]:
+    """bench's loop under each ``train:`` setting; compile time is paid in an untimed warm-up."""
+    from bench.numerics import compile_problem
+
+    kinds = [k for k, cfg in NUMERICS.items() if not (cfg.compile and compile_problem())]
+    rows = [
+        f"| model | {' | '.join(f'{k} (img/s)' for k in kinds)} | best against fp32 |",
+        f"|---|{'---|' * len(kinds)}---|",
+    ]
+    for name in models:
+        n_steps = model_steps(name, steps, device)
+        fns = []
+        for k in kinds:
+            torch.manual_seed(0)
+            m = build_model(name, {}, data.image_shape).to(device)
+            bench_loop(m, data, 3, 64, device, train=NUMERICS[k])  # warm-up (and compilation)
+            fns.append(partial(bench_loop, m, data, n_steps, 64, device, train=NUMERICS[k]))
+        rates = interleaved_all(fns, repeats)
+        best = max(range(len(kinds)), key=lambda i: rates[i])
+        cells = " | ".join(f"{r:,.0f}" for r in rates)
+        rows.append(f"| {name} | {cells} | {kinds[best]}: {rates[best] / rates[0]:.2f}× |")
+    if len(kinds) < len(NUMERICS):
+        rows.append(f"\ncompile rows left out: {compile_problem()}")
+    return rows
+
+
+# ----------------------------------------------------------------------------- 5. memory layout
+
+
+def section_layout(data, device, steps: int, repeats: int, models: list[str]) -> list[str]:
+    """The conv models with weights and input batches in channels_last against the default layout."""
+    rows = [
+        "| model | contiguous (img/s) | channels_last (img/s) | ratio |",
+        "|---|---|---|---|",
+    ]
+    cl = torch.channels_last
+    for name in models:
+        n_steps = model_steps(name, steps, device)
+        torch.manual_seed(0)
+        m_a = build_model(name, {}, data.image_shape).to(device)
+        m_b = build_model(name, {}, data.image_shape).to(device).to(memory_format=cl)
+        bare_loop(m_a, data, 3, 64, device)  # warm-up
+        bare_loop(m_b, data, 3, 64, device, memory_format=cl)
+        a, b = interleaved(
+            partial(bare_loop, m_a, data, n_steps, 64, device),
+            partial(bare_loop, m_b, data, n_steps, 64, device, memory_format=cl),
+            repeats,
+        )
+        rows.append(f"| {name} | {a:,.0f} | {b:,.0f} | {b / a:.3f} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["overhead", "data", "tracking"], action="append")
+    ap.add_argument("--only", choices=["overhead", "data", "tracking", "numerics", "layout"], action="append")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--steps", type=int, default=200, help="steps per measurement (conv models use a tenth)")
+    ap.add_argument(
+        "--steps", type=int, default=200, help="steps per measurement (conv models use a tenth on a CPU)"
+    )
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--models", nargs="+", help="models of the numerics and layout sections")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     sections = args.only or ["overhead", "data", "tracking"]
@@ -204,6 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     if "tracking" in sections:
         print("### Tracking overhead\n")
         print("\n".join(section_tracking(data, device, args.steps, args.repeats)), "\n")
+    if "numerics" in sections:
+        models = args.models or ["ae-mlp", "vae-conv", "dcgan"]
+        print("### Numerics: the suite's train: options\n")
+        print("\n".join(section_numerics(data, device, args.steps, args.repeats, models)), "\n")
+    if "layout" in sections:
+        models = args.models or ["ae-conv", "vae-conv", "dcgan"]
+        print("### Memory layout: channels_last\n")
+        print("\n".join(section_layout(data, device, args.steps, args.repeats, models)), "\n")
     return 0
 
 

@@ -55,3 +55,21 @@ def test_features_and_logits_shapes():
     assert feats.shape == (5, domain.FEATURE_DIM) and logits.shape == (5, 10)
     with pytest.raises(ValueError, match="uint8"):
         fe(data.test_x[:5].float())
+
+
+def test_the_classifier_trains_on_the_evaluation_device_whose_kind_is_in_its_key(monkeypatch):
+    data = load_dataset("synthetic", train_size=1024, test_size=512)
+    cpu = domain.classifier(data, CPU)
+    assert cpu.trained_on == "cpu" and cpu.path.is_file()
+    asked = []
+
+    def train_elsewhere(data, cfg, device):
+        asked.append(device)
+        raise RuntimeError("training was asked for")
+
+    monkeypatch.setattr(domain, "train_classifier", train_elsewhere)
+    # a CUDA evaluation does not reuse the CPU-trained net: it trains its own, on the GPU
+    with pytest.raises(RuntimeError, match="training was asked for"):
+        domain.classifier(data, torch.device("cuda"))
+    assert asked == [torch.device("cuda")]
+    assert domain.classifier(data, CPU).path == cpu.path  # and the CPU one is still the CPU's

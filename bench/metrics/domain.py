@@ -6,10 +6,13 @@ its softmax gives ``is_domain`` (upper bound: the number of classes) and ``modes
 is cheap enough to run on every evaluation on a CPU.
 
 The classifier is trained once per dataset and cached under a key of the dataset's checksum,
-the number of training images and ``CODE_VERSION`` (bump it whenever the network or its
-training changes). It is always trained on the complete training split of the dataset files
-(a suite's ``dataset.train_size`` does not change the instrument), with its own seeded RNG, so
-training it never disturbs the global RNG of a run. Designed for >= 99% test accuracy on MNIST
+the number of training images, the kind of device that trained it and ``CODE_VERSION`` (bump
+it whenever the network or its training changes). It trains on the evaluation's device: on a
+GPU when the evaluation runs there, else on one CPU thread. The two give different weights
+(other kernels, other rounding), so each kind of device has its own cached classifier. It is
+always trained on the complete training split of the dataset files (a suite's
+``dataset.train_size`` does not change the instrument), with its own seeded RNG, so training it
+never disturbs the global RNG of a run. Designed for >= 99% test accuracy on MNIST
 and >= 90% on Fashion-MNIST (``tests/test_domain.py`` checks Fashion-MNIST).
 """
 
@@ -86,6 +89,7 @@ class Classifier:
     key: str
     test_accuracy: float
     num_classes: int
+    trained_on: str  # the kind of device: cpu | cuda | mps
 
 
 def _net_config(data: ImageData) -> dict[str, int]:
@@ -96,7 +100,9 @@ def _net_config(data: ImageData) -> dict[str, int]:
 @contextlib.contextmanager
 def _one_cpu_thread(device: torch.device):
     """One intra-op thread while training on a CPU: batches of 128 small images gain little from
-    more, and on shared cores the spin-waiting of idle threads made training 5x slower (2 cores)."""
+    more, and on shared cores the spin-waiting of idle threads makes it slower: on 2 CPU cores
+    shared with other work (load average 1.0 to 1.7), 42 training steps/s on one thread against
+    19 on two."""
     if device.type != "cpu":
         yield
         return
@@ -109,7 +115,7 @@ def _one_cpu_thread(device: torch.device):
 
 
 def train_classifier(data: ImageData, cfg: TrainConfig, device: torch.device) -> tuple[dict, float]:
-    """Train on ``data``'s training split; returns (state_dict on CPU, test accuracy)."""
+    """Train on ``data``'s training split, on ``device``; returns (state_dict on CPU, test accuracy)."""
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), _one_cpu_thread(device):
         torch.manual_seed(cfg.seed)
@@ -146,13 +152,17 @@ def accuracy(net: DomainNet, x: torch.Tensor, y: torch.Tensor, batch_size: int =
 
 
 def classifier(data: ImageData, device: torch.device, cfg: TrainConfig = TrainConfig()) -> Classifier:
-    """The cached classifier for ``data`` (its complete training split), training it on first use."""
+    """The cached classifier for ``data`` (its complete training split), training it on first use
+    on ``device`` (the evaluation's); a classifier trained on another kind of device is another
+    cache entry, never reused here."""
+    device = torch.device(device)
     parts = {
         "dataset": data.name,
         "checksum": data.checksum,
         "n_train": len(data.train_x),
         "net": _net_config(data),
         "train": asdict(cfg),
+        "trained_on": device.type,
         "code_version": CODE_VERSION,
     }
     key = content_key(parts)
@@ -164,7 +174,9 @@ def classifier(data: ImageData, device: torch.device, cfg: TrainConfig = TrainCo
             {"net": _net_config(data), "state_dict": state, "test_accuracy": acc, "key": parts}, path
         )
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    return Classifier(path, file_sha256(path), key, float(blob["test_accuracy"]), data.num_classes)
+    return Classifier(
+        path, file_sha256(path), key, float(blob["test_accuracy"]), data.num_classes, device.type
+    )
 
 
 class FeatureExtractorDomain(FeatureExtractorBase):
@@ -188,6 +200,7 @@ class FeatureExtractorDomain(FeatureExtractorBase):
         self.requires_grad_(False)
         self.eval()
 
+    @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected uint8 (B, 3, H, W) images, got {x.dtype} {tuple(x.shape)}")

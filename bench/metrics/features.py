@@ -89,6 +89,7 @@ class NoiseToImages(GenerativeModelBase):
     def num_classes(self) -> int:
         return 0
 
+    @torch.inference_mode()
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return to_fidelity_images(self.decode(self.latent(noise)))
 
@@ -148,7 +149,8 @@ def _prepare_domain(cfg: EvalConfig, data: ImageData, device: torch.device) -> P
 
     c = classifier(data, device)
     prov = {
-        "weights": f"bench domain classifier {c.key} trained on the {data.name} training split",
+        "weights": f"bench domain classifier {c.key} trained on the {data.name} training split, "
+        f"on {c.trained_on}",
         "classifier_test_accuracy": round(c.test_accuracy, 5),
     }
     return Prepared(EXTRACTORS.get("domain"), c.path, c.sha256, ("penultimate", "logits"), prov)

@@ -74,6 +74,7 @@ class GANParams(ModelParams):
         return self
 
 
+@torch.compiler.disable  # a double backward, which compiled graphs do not support: always eager
 def gradient_penalty(critic: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:
     """E[(||grad_x critic(x)||_2 - 1)^2] at ``points`` (Gulrajani et al. 2017)."""
     points = points.detach().requires_grad_(True)

@@ -225,16 +225,21 @@ class VQVAE(Autoencoder):
     def code_indices(self, x: Tensor) -> Tensor:
         return self.quantise(self._vectors(x))[0]
 
+    # eager even inside a compiled loss: inductor (torch 2.14, CPU) gets ``add_(a @ b, alpha=c)``
+    # wrong (the codebook drifted by up to 6.5 after one step against eager)
+    @torch.compiler.disable
     @torch.no_grad()
     def _ema_update(self, ze: Tensor, idx: Tensor) -> None:
+        """The codebook's moving averages, in float32 under bf16 autocast too (like optimiser state)."""
         k, decay, eps = self.params.num_codes, self.params.ema_decay, 1e-5
-        flat = ze.detach().reshape(-1, ze.shape[-1])
-        onehot = F.one_hot(idx.reshape(-1), k).type_as(flat)  # (B*L, K)
-        self.ema_count.mul_(decay).add_(onehot.sum(0), alpha=1 - decay)
-        self.ema_sum.mul_(decay).add_(onehot.T @ flat, alpha=1 - decay)
-        n = self.ema_count.sum()
-        count = (self.ema_count + eps) / (n + k * eps) * n
-        self.codebook.copy_(self.ema_sum / count[:, None])
+        flat = ze.detach().float().reshape(-1, ze.shape[-1])
+        with torch.autocast(ze.device.type, enabled=False):
+            onehot = F.one_hot(idx.reshape(-1), k).type_as(flat)  # (B*L, K)
+            self.ema_count.mul_(decay).add_(onehot.sum(0), alpha=1 - decay)
+            self.ema_sum.mul_(decay).add_(onehot.T @ flat, alpha=1 - decay)
+            n = self.ema_count.sum()
+            count = (self.ema_count + eps) / (n + k * eps) * n
+            self.codebook.copy_(self.ema_sum / count[:, None])
 
     def encode(self, x):
         return self.quantise(self._vectors(x))[1].flatten(1)
@@ -247,7 +252,10 @@ class VQVAE(Autoencoder):
         z = ze + (zq - ze).detach()  # straight-through: decoder gradients reach the encoder
         rec = reconstruction_loss(self.params.recon_loss, self.decode(z.flatten(1)), x)
         commit = (ze - zq.detach()).pow(2).sum((1, 2)).mean()
-        usage = torch.bincount(idx.flatten(), minlength=self.params.num_codes).float()
+        # counts by index_add_, not bincount, which reads its input's maximum back to the host
+        flat_idx = idx.flatten()
+        ones = torch.ones(flat_idx.shape, device=ze.device)  # float32 counts, whatever ze's dtype
+        usage = torch.zeros(self.params.num_codes, device=ze.device).index_add_(0, flat_idx, ones)
         p = usage / usage.sum()
         perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
         return {
