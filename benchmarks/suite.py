@@ -9,7 +9,7 @@ included) is measured here, around the command.
     python benchmarks/suite.py                                   # suites/smoke.yaml, split of its time
     python benchmarks/suite.py suites/fashion-mnist.yaml --set budget.steps=20
     python benchmarks/suite.py --scale                           # 1, 2 and 4 seeds: time against runs
-    python benchmarks/suite.py --jobs 1,2                        # `bench run --jobs N`, N = 1 and 2
+    python benchmarks/suite.py --executors local,jobs=2,ray      # the same suite under each executor
 
 Each `bench run` gets a fresh store and run folders in a temp folder; the bench cache
 (classifiers, reference features) is the user's unless ``--cold-cache`` gives it a temp one too.
@@ -60,7 +60,7 @@ class SuiteTiming:
         return self.suite.get("suite_seconds", self.process_seconds)
 
 
-def run_suite(suite: str, sets: list[str], jobs: int | None, cold_cache: bool) -> SuiteTiming:
+def run_suite(suite: str, sets: list[str], executor: list[str] | None, cold_cache: bool) -> SuiteTiming:
     """`bench run` in a subprocess, with a fresh store in a temp folder; reads its metrics back."""
     from bench.suite import load_suite
     from bench.tracking import Tracker
@@ -69,6 +69,7 @@ def run_suite(suite: str, sets: list[str], jobs: int | None, cold_cache: bool) -
     name = load_suite(suite, sets).name
     with tempfile.TemporaryDirectory(prefix="bench-suite-") as tmp:
         env = {**os.environ, "BENCH_HOME": f"{tmp}/home", "PYTHONPATH": _pythonpath()}
+        env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if cold_cache:
             env["BENCH_CACHE_DIR"] = f"{tmp}/cache"
         uri = f"sqlite:///{tmp}/mlflow.db"
@@ -76,8 +77,7 @@ def run_suite(suite: str, sets: list[str], jobs: int | None, cold_cache: bool) -
         cmd += ["--out", f"{tmp}/report"]
         for s in sets:
             cmd += ["--set", s]
-        if jobs is not None:
-            cmd += ["--jobs", str(jobs)]
+        cmd += executor or []
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True)
         timing = SuiteTiming(proc.returncode, time.perf_counter() - t0, output=proc.stdout + proc.stderr)
@@ -166,22 +166,14 @@ def failed(t: SuiteTiming, what: str) -> list[str]:
     return [f"`{what}` exited {t.rc}:", "", "```", tail, "```"]
 
 
-def has_jobs_option() -> bool:
-    help_text = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "run", "--help"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": _pythonpath()},
-    ).stdout
-    return "--jobs" in help_text
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("suite", nargs="?", default=str(REPO / "suites" / "smoke.yaml"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to bench run")
     ap.add_argument("--scale", action="store_true", help="run with 1, 2 and 4 seeds: time against runs")
-    ap.add_argument("--jobs", help="comma-separated N for `bench run --jobs N`, e.g. 1,2")
+    ap.add_argument(
+        "--executors", help="comma-separated: local, jobs=N (`--jobs N`), ray (Ray on this machine)"
+    )
     ap.add_argument("--cold-cache", action="store_true", help="a temp bench cache (classifier, features)")
     args = ap.parse_args(argv)
 
@@ -196,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"suite: {args.suite}" + (f", --set {' --set '.join(args.set)}" if args.set else ""), "\n")
     if args.scale:
         return scale(args)
-    if args.jobs:
-        return jobs(args)
+    if args.executors:
+        return executors(args)
     t = run_suite(args.suite, args.set, None, args.cold_cache)
     if t.rc not in (0, 1):
         print("\n".join(failed(t, "bench run")))
@@ -255,26 +247,36 @@ def linearity(points: list[tuple[int, float]]) -> str:
     )
 
 
-def jobs(args: argparse.Namespace) -> int:
-    """`bench run --jobs N` for each N: suite time, and the split summed over runs."""
-    ns = [int(n) for n in args.jobs.split(",")]
-    if not has_jobs_option():
-        print(f"`bench run` has no --jobs option in this version: N = {', '.join(map(str, ns))}: n/a")
-        return 0
-    rows = ["| jobs | runs | suite (s) | process wall (s) | training, summed over runs (s) | speed-up |"]
+EXECUTOR_ARGS = {"local": [], "ray": ["--executor", "ray"]}
+
+
+def executor_args(name: str) -> list[str]:
+    if name.startswith("jobs="):
+        return ["--jobs", name.removeprefix("jobs=")]
+    return EXECUTOR_ARGS[name]
+
+
+def executors(args: argparse.Namespace) -> int:
+    """The same suite under each executor: suite time, and the training summed over runs."""
+    names = args.executors.split(",")
+    for name in names:
+        if not name.startswith("jobs=") and name not in EXECUTOR_ARGS:
+            print(f"--executors: {name!r} is not local, jobs=N or ray", file=sys.stderr)
+            return 2
+    rows = ["| executor | runs | suite (s) | process wall (s) | training, summed over runs (s) | speed-up |"]
     rows.append("|---|---|---|---|---|---|")
     base = None
-    for n in ns:
-        t = run_suite(args.suite, args.set, n, args.cold_cache)
+    for name in names:
+        t = run_suite(args.suite, args.set, executor_args(name), args.cold_cache)
         if t.rc not in (0, 1):
-            print("\n".join(failed(t, f"bench run --jobs {n}")))
+            print("\n".join(failed(t, f"bench run {' '.join(executor_args(name))}")))
             return 1
         base = base or t.seconds
         rows.append(
-            f"| {n} | {t.n_runs} | {fmt(t.suite.get('suite_seconds'), '')} | {t.process_seconds:,.1f} | "
+            f"| {name} | {t.n_runs} | {fmt(t.suite.get('suite_seconds'), '')} | {t.process_seconds:,.1f} | "
             f"{fmt(t.total('train_seconds'), '')} | {base / t.seconds:.2f}× |"
         )
-    print("### `bench run --jobs N`\n")
+    print("### One suite, several executors\n")
     print("\n".join(rows))
     return 0
 
