@@ -431,7 +431,7 @@ def _timed(method: Any) -> Any:
 
 
 class RunLogger:
-    """Writes to one MLflow run. Losses are logged asynchronously, in batches.
+    """Writes to one MLflow run. Losses are sent by a background thread, in batches.
 
     Every write goes through ``Tracker.call`` (retries with backoff). If the store stays down
     past the retry window and the logger has an ``offline_dir``, it goes offline: that write
@@ -456,7 +456,8 @@ class RunLogger:
         self.lost_reason = ""
         self._logged = logged_steps or {}  # metric key -> last step already in the store
         self._params: dict[str, Any] = {}
-        self._pending_ops: list[tuple[Any, int, int, dict[str, float]]] = []
+        self._pending_ops: list[tuple[Any, int, int, dict[str, float]]] = []  # (future, step, ts, values)
+        self._sender: Any = None  # the thread that sends loss batches while training goes on
         self._monitor = None
         self.seconds = 0.0  # wall time spent in this logger's writes (the tracking cost of the run)
         self._depth = 0
@@ -566,13 +567,18 @@ class RunLogger:
             self.journal.add("metrics", step=step, timestamp=now, values=values)
             return
         metrics = [Metric(k, v, now, step) for k, v in values.items()]
+        if self._sender is None:
+            # bench's own sender thread, not MLflow's asynchronous logging: ending a run that used
+            # MLflow's queue waits for its thread's one-second poll (0.6 s per run, measured)
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-losses")
         try:
-            op = self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
-        except Exception:  # the async queue refused: take the synchronous, retried path
+            op = self._sender.submit(self.client.log_batch, self.run_id, metrics=metrics)
+        except RuntimeError:  # the sender was shut down: take the synchronous, retried path
             self._write_metrics(step, now, values)
             return
-        if op is not None:
-            self._pending_ops.append((op, step, now, values))
+        self._pending_ops.append((op, step, now, values))
 
     def _write_metrics(self, step: int, ts: int, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -672,13 +678,16 @@ class RunLogger:
                 self.journal.add("metrics", step=step, timestamp=ts, values=values)
                 continue
             try:
-                op.wait()
-            except Exception:  # the async writer gave up on this batch: send it again, with retries
+                op.result()
+            except Exception:  # the sender's write failed: send the batch again, with retries
                 self._write_metrics(step, ts, values)
 
     @_timed
     def finish(self, status: str = "FINISHED") -> None:
         self.flush()
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)
+            self._sender = None
         if self._monitor is not None:
             try:
                 self._monitor.finish()
