@@ -182,7 +182,7 @@ def logged_loop(model, data, steps: int, device, run) -> int:
     return n
 
 
-def section_tracking(data, device, steps: int, repeats: int) -> list[str]:
+def section_tracking(data, device, steps: int, repeats: int, models: list[str]) -> list[str]:
     from bench.tracking import Tracker
 
     rows = [
@@ -192,7 +192,7 @@ def section_tracking(data, device, steps: int, repeats: int) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(f"sqlite:///{tmp}/mlflow.db")
         parent = tracker.start_suite("tracking-bench", "name: tracking-bench\n", 1)
-        for name in ("ae-mlp", "dcgan"):
+        for name in models:
             n_steps = model_steps(name, steps, device)
             torch.manual_seed(0)
             m_off = build_model(name, {}, data.image_shape).to(device)
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", type=int, default=200, help="steps per measurement (conv models use a tenth on a CPU)"
     )
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--models", nargs="+", help="models of the numerics and layout sections")
+    ap.add_argument("--models", nargs="+", help="models of the tracking, numerics and layout sections")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     sections = args.only or ["overhead", "data", "tracking"]
@@ -296,7 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(section_data(args.steps, args.repeats)), "\n")
     if "tracking" in sections:
         print("### Tracking overhead\n")
-        print("\n".join(section_tracking(data, device, args.steps, args.repeats)), "\n")
+        print(
+            "\n".join(
+                section_tracking(data, device, args.steps, args.repeats, args.models or ["ae-mlp", "dcgan"])
+            ),
+            "\n",
+        )
     if "numerics" in sections:
         models = args.models or ["ae-mlp", "vae-conv", "dcgan"]
         print("### Numerics: the suite's train: options\n")
