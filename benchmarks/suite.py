@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--executors", help="comma-separated: local, jobs=N (`--jobs N`), ray (Ray on this machine)"
     )
+    ap.add_argument("--repeats", type=int, default=3, help="--scale: runs per point (the median is shown)")
     ap.add_argument("--cold-cache", action="store_true", help="a temp bench cache (classifier, features)")
     args = ap.parse_args(argv)
 
@@ -210,10 +211,14 @@ def scale(args: argparse.Namespace) -> int:
     rows = ["| seeds | runs | suite (s) | process wall (s) | s per run | added s per added run |"]
     rows.append("|---|---|---|---|---|---|")
     for seeds, value in SEEDS.items():
-        t = run_suite(args.suite, [*args.set, f"seeds={value}"], None, args.cold_cache)
-        if t.rc not in (0, 1):
-            print("\n".join(failed(t, f"bench run --set seeds={value}")))
-            return 1
+        tries = []
+        for _ in range(args.repeats):
+            t = run_suite(args.suite, [*args.set, f"seeds={value}"], None, args.cold_cache)
+            if t.rc not in (0, 1):
+                print("\n".join(failed(t, f"bench run --set seeds={value}")))
+                return 1
+            tries.append(t)
+        t = sorted(tries, key=lambda t: t.seconds)[len(tries) // 2]  # the median try
         marginal = ""
         if points:
             runs0, s0 = points[-1]
@@ -223,7 +228,7 @@ def scale(args: argparse.Namespace) -> int:
             f"| {seeds} | {t.n_runs} | {fmt(t.suite.get('suite_seconds'), '')} | "
             f"{t.process_seconds:,.1f} | {t.seconds / max(t.n_runs, 1):,.1f} | {marginal} |"
         )
-    print("### Suite time against the number of runs\n")
+    print(f"### Suite time against the number of runs (median of {args.repeats} tries per point)\n")
     print("\n".join(rows), "\n")
     print(linearity(points))
     return 0
