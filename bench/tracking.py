@@ -411,6 +411,10 @@ def process_alive(tags: dict[str, str]) -> bool:
     return pid > 0
 
 
+SEND_SECONDS = 1.0  # loss intervals are sent to the store at most this often (one log_batch)
+MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
+
+
 def _timed(method: Any) -> Any:
     """Charge the wall time of a write to ``RunLogger.seconds`` (outermost call only)."""
     import functools
@@ -456,7 +460,12 @@ class RunLogger:
         self.lost_reason = ""
         self._logged = logged_steps or {}  # metric key -> last step already in the store
         self._params: dict[str, Any] = {}
-        self._pending_ops: list[tuple[Any, int, int, dict[str, float]]] = []  # (future, step, ts, values)
+        self._buffer: list[
+            tuple[int, int, dict[str, float]]
+        ] = []  # loss intervals not sent: (step, ts, values)
+        self._buffered = 0  # values in the buffer
+        self._last_send = time.monotonic()
+        self._pending_ops: list[tuple[Any, list]] = []  # (future of a sent batch, its intervals)
         self._sender: Any = None  # the thread that sends loss batches while training goes on
         self._monitor = None
         self.seconds = 0.0  # wall time spent in this logger's writes (the tracking cost of the run)
@@ -515,8 +524,10 @@ class RunLogger:
                     pass
             self._monitor = None
         pending, self._pending_ops = self._pending_ops, []
-        for _, step, ts, values in pending:  # async batches not confirmed by the store
-            self.journal.add("metrics", step=step, timestamp=ts, values=values)
+        unsent, self._buffer, self._buffered = self._buffer, [], 0
+        for batch in [b for _, b in pending] + [unsent]:  # loss intervals not confirmed by the store
+            for step, ts, values in batch:
+                self.journal.add("metrics", step=step, timestamp=ts, values=values)
 
     def _new_steps(self, step: int, values: dict[str, float]) -> dict[str, float]:
         """Drop values a resumed run already has in the store at this step (no duplicates)."""
@@ -556,9 +567,8 @@ class RunLogger:
 
     @_timed
     def losses(self, step: int, values: dict[str, float]) -> None:
-        """Per-step training losses, logged without waiting for the store."""
-        from mlflow.entities import Metric
-
+        """Per-step training losses, logged without waiting for the store: held in a buffer and
+        sent by a background thread in one batch at most every ``SEND_SECONDS``."""
         values = self._new_steps(step, {f"train/{k}": v for k, v in values.items()})
         if not values:
             return
@@ -566,19 +576,31 @@ class RunLogger:
         if self.journal is not None:
             self.journal.add("metrics", step=step, timestamp=now, values=values)
             return
-        metrics = [Metric(k, v, now, step) for k, v in values.items()]
+        if self._buffered + len(values) > MAX_BATCH:
+            self._send()
+        self._buffer.append((step, now, values))
+        self._buffered += len(values)
+        if time.monotonic() - self._last_send >= SEND_SECONDS:
+            self._send()
+
+    def _send(self) -> None:
+        """Hand the buffered loss intervals to the sender thread, as one ``log_batch``."""
+        from mlflow.entities import Metric
+
+        if not self._buffer:
+            return
+        batch, self._buffer, self._buffered = self._buffer, [], 0
+        self._last_send = time.monotonic()
+        metrics = [Metric(k, v, ts, step) for step, ts, values in batch for k, v in values.items()]
         if self._sender is None:
             # bench's own sender thread, not MLflow's asynchronous logging: ending a run that used
             # MLflow's queue waits for its thread's one-second poll (0.6 s per run, measured)
             from concurrent.futures import ThreadPoolExecutor
 
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-losses")
-        try:
-            op = self._sender.submit(self.client.log_batch, self.run_id, metrics=metrics)
-        except RuntimeError:  # the sender was shut down: take the synchronous, retried path
-            self._write_metrics(step, now, values)
-            return
-        self._pending_ops.append((op, step, now, values))
+        self._pending_ops.append(
+            (self._sender.submit(self.client.log_batch, self.run_id, metrics=metrics), batch)
+        )
 
     def _write_metrics(self, step: int, ts: int, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -671,16 +693,21 @@ class RunLogger:
 
     @_timed
     def flush(self) -> None:
-        """Wait until every asynchronous loss batch is in the store (retrying the ones that failed)."""
+        """Wait until every loss interval logged so far is in the store (a batch the sender
+        failed to write is sent again, with retries)."""
+        self._send()
         pending, self._pending_ops = self._pending_ops, []
-        for op, step, ts, values in pending:
-            if self.journal is not None:
-                self.journal.add("metrics", step=step, timestamp=ts, values=values)
-                continue
+        for op, batch in pending:
             try:
                 op.result()
-            except Exception:  # the sender's write failed: send the batch again, with retries
-                self._write_metrics(step, ts, values)
+                continue
+            except Exception:
+                pass
+            for step, ts, values in batch:
+                if self.journal is not None:
+                    self.journal.add("metrics", step=step, timestamp=ts, values=values)
+                else:
+                    self._write_metrics(step, ts, values)
 
     @_timed
     def finish(self, status: str = "FINISHED") -> None:

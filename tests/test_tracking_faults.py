@@ -266,3 +266,25 @@ def test_store_lost_mid_run_finishes_offline_then_relogs(tmp_path, capsys, monke
     assert r.data.metrics["budget_steps"] == 160
     assert "model" in {a.path for a in client.list_artifacts(r.info.run_id)}
     assert not (folder / "offline" / "journal.jsonl").exists()
+
+
+def test_loss_intervals_are_sent_in_few_batches_and_all_arrive(tmp_path, monkeypatch):
+    """Every loss interval reaches the store, but a fast loop does not pay one store write per
+    interval: intervals are held and sent together at most once per SEND_SECONDS."""
+    from bench import tracking
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = tracker.start_suite("batches", "name: batches", 1)
+    run = tracker.start_run(parent, {"label": "x"}, "x")
+    sent = []
+    real = run.client.log_batch
+    monkeypatch.setattr(run.client, "log_batch", lambda *a, **kw: sent.append(kw) or real(*a, **kw))
+    monkeypatch.setattr(tracking, "SEND_SECONDS", 3600.0)
+    for step in range(1, 301):  # 300 intervals of 4 values: 1,200 values, over MLflow's 1,000 a batch
+        run.losses(step, {"loss": step, "a": 1.0, "b": 2.0, "c": 3.0})
+    run.flush()
+    assert len(sent) == 2 and all(len(kw["metrics"]) <= tracking.MAX_BATCH for kw in sent)
+    history = MlflowClient(tracker.uri).get_metric_history(run.run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(1, 301)]
+    run.finish()
+    parent.finish()
