@@ -350,12 +350,12 @@ def fetch_stored_checkpoint(folder: RunFolder, tracker: Tracker, spec: RunSpec) 
         r for r in tracker.runs_with_hash(spec.suite.name, spec.config_hash) if r.info.status != "FINISHED"
     ]
     for r in sorted(unfinished, key=lambda r: r.info.start_time or 0, reverse=True):
-        with tempfile.TemporaryDirectory() as tmp:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder.path) as tmp:  # same file system: atomic rename
             try:
                 got = tracker.download(r.info.run_id, f"{STORED_CHECKPOINT}/{CHECKPOINT}", tmp)
             except Exception:  # this run kept no checkpoint in the store
                 continue
-            folder.path.mkdir(parents=True, exist_ok=True)
             os.replace(got, folder.checkpoint)
         log.info("%s: fetched the checkpoint of run %s from the store", spec.run_name, r.info.run_id)
         return True
