@@ -71,9 +71,16 @@ class LocalExecutor(Executor):
     at the end, once that process released it)."""
 
     def run(self, specs: Sequence[RunSpec], env: SuiteEnv, record: Record) -> None:
+        threads = torch.get_num_threads()
         cpus = env.suite.resources.cpus
         if cpus:
             set_threads(int(cpus))
+        try:
+            self._run(specs, env, record)
+        finally:
+            torch.set_num_threads(threads)  # the caller's setting, when bench runs inside a program
+
+    def _run(self, specs: Sequence[RunSpec], env: SuiteEnv, record: Record) -> None:
         deferred: list[int] = []
         for i, spec in enumerate(specs):
             if env.stop():

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_suite
 from mlflow import MlflowClient
 
@@ -46,7 +47,9 @@ def results(uri: str, experiment: str) -> dict[tuple[str, str], dict[str, float]
 def test_jobs_2_records_each_run_once_with_the_results_of_a_sequential_run(tmp_path, write_suite):
     path = write_suite(SUITE)
     seq, par = f"sqlite:///{tmp_path / 'seq.db'}", f"sqlite:///{tmp_path / 'par.db'}"
+    threads = torch.get_num_threads()
     assert main(["run", str(path), "--tracking-uri", seq, "--out", str(tmp_path / "r1")]) == 0
+    assert torch.get_num_threads() == threads  # resources.cpus applied to the runs, then undone
     assert main(["run", str(path), "--tracking-uri", par, "--out", str(tmp_path / "r2"), "--jobs", "2"]) == 0
 
     a, b = results(seq, "jobs"), results(par, "jobs")
