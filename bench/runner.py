@@ -342,12 +342,15 @@ STORED_CHECKPOINT = "checkpoint"  # artifact folder of a run's last checkpoint, 
 
 
 def fetch_stored_checkpoint(folder: RunFolder, tracker: Tracker, spec: RunSpec) -> bool:
-    """Copy the last checkpoint kept in the store by an unfinished run of this config into the
+    """Copy the last checkpoint kept in the store by an interrupted run of this config into the
     run's local folder (a task retried on another node continues where the lost one stopped)."""
     import tempfile
 
+    # interrupted runs only: a diverged run would diverge again (its local checkpoint is deleted)
     unfinished = [
-        r for r in tracker.runs_with_hash(spec.suite.name, spec.config_hash) if r.info.status != "FINISHED"
+        r
+        for r in tracker.runs_with_hash(spec.suite.name, spec.config_hash)
+        if r.info.status in ("RUNNING", "KILLED")
     ]
     for r in sorted(unfinished, key=lambda r: r.info.start_time or 0, reverse=True):
         folder.path.mkdir(parents=True, exist_ok=True)

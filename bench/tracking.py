@@ -460,9 +460,8 @@ class RunLogger:
         self.lost_reason = ""
         self._logged = logged_steps or {}  # metric key -> last step already in the store
         self._params: dict[str, Any] = {}
-        self._buffer: list[
-            tuple[int, int, dict[str, float]]
-        ] = []  # loss intervals not sent: (step, ts, values)
+        # loss intervals not handed to the sender yet: (step, timestamp, values)
+        self._buffer: list[tuple[int, int, dict[str, float]]] = []
         self._buffered = 0  # values in the buffer
         self._last_send = time.monotonic()
         self._pending_ops: list[tuple[Any, list]] = []  # (future of a sent batch, its intervals)
