@@ -33,60 +33,78 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import yaml
+class BadInput(Exception):
+    """Input that ``bench run`` refuses before writing anything: printed, exit 2."""
 
-    from bench.data import DataError, load_dataset
+
+def _prepare_run(args: argparse.Namespace):
+    """Steps 1-2 of ``bench run``: the suite, the executor, the data, the weights and the store,
+    each checked before a run is created. Raises ``BadInput`` after printing why."""
+
+    from bench.data import DataError, from_config
+    from bench.store.tracking import Tracker, TrackingError, resolve_uri
     from bench.suite import SuiteError, load_suite
-    from bench.tracking import Tracker, TrackingError, resolve_uri
 
     # 1. validate everything before any work
     try:
         suite = load_suite(args.suite, args.set)
     except SuiteError as e:
         _err(str(e))
-        return EXIT_BAD_INPUT
+        raise BadInput from None
     if args.device:
         suite = suite.model_copy(update={"device": args.device})
-    from bench.executors import ExecutorError, WorkerLost, make_executor
+    from bench.run.driver import make_executor
+    from bench.run.executors import ExecutorError
 
     try:
         executor = make_executor(args.executor, args.jobs, args.ray_address, args.max_retries)
     except ExecutorError as e:
         _err(str(e))
-        return EXIT_BAD_INPUT
+        raise BadInput from None
     uri = resolve_uri(args.tracking_uri, suite.tracking.uri)
     where = _uri_source(args, suite)
     # 2. data and store must be there before a run is created
     try:
-        load_dataset(
-            suite.dataset.name, suite.dataset.root, suite.dataset.train_size, suite.dataset.test_size
-        )
+        from_config(suite.dataset)
     except DataError as e:
         _err(f"{args.suite}: dataset: {e}")
-        return EXIT_BAD_INPUT
+        raise BadInput from None
     from bench.metrics.generative import preflight
 
     problems = preflight(suite.eval)  # files the requested metrics need (weights), before any run
     for problem in problems:
         _err(f"{args.suite}: eval.metrics: {problem}")
     if problems:
-        return EXIT_BAD_INPUT
+        raise BadInput
     tracker = Tracker(uri, retry_seconds=suite.tracking.retry_seconds)
     try:
         tracker.check()
     except TrackingError as e:
         _err(f"{where}: {e}")
-        return EXIT_BAD_INPUT
+        raise BadInput from None
     try:  # the executor (Ray: connected, cluster checked against the store and the resources)
         executor.start(suite, uri)
     except ExecutorError as e:
         _err(f"{args.suite}: {e}" if str(e).startswith("resources:") else str(e))
-        return EXIT_BAD_INPUT
+        raise BadInput from None
+    return suite, executor, tracker, uri, where
 
-    from bench.hooks import default_hooks
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from bench.run.executors import WorkerLost
+    from bench.store.tracking import TrackingError
+
+    # 1-2. validate everything before any work
+    try:
+        suite, executor, tracker, uri, where = _prepare_run(args)
+    except BadInput:
+        return EXIT_BAD_INPUT
     from bench.report import markdown_table, write_report
-    from bench.runner import StoreLost, resolve_device, run_suite
+    from bench.run.context import StoreLost, resolve_device
+    from bench.run.driver import run_suite
+    from bench.run.progress import default_hooks
 
     device = resolve_device(suite.device)
     resolved_yaml = yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)
@@ -169,8 +187,9 @@ def _store_lost_message(e, args: argparse.Namespace, uri: str) -> None:
 
 
 def cmd_relog(args: argparse.Namespace) -> int:
-    from bench.journal import JOURNAL, read_journal, relog
-    from bench.tracking import Tracker, TrackingError
+    from bench.store.journal import JOURNAL, read_journal
+    from bench.store.relog import relog
+    from bench.store.tracking import Tracker, TrackingError
 
     code = EXIT_OK
     for given in args.folders:
@@ -198,7 +217,7 @@ def cmd_relog(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import markdown_table, write_report
-    from bench.tracking import Tracker, TrackingError, resolve_uri
+    from bench.store.tracking import Tracker, TrackingError, resolve_uri
 
     tracker = Tracker(resolve_uri(args.tracking_uri))
     try:
@@ -227,10 +246,10 @@ def _print_report_paths(paths: list[Path]) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from bench.data import DataError
-    from bench.reeval import BadRequest, RunNotFound, evaluate_run, log_references, plan_eval
-    from bench.runner import resolve_device
+    from bench.run.context import resolve_device
+    from bench.run.reeval import BadRequest, RunNotFound, evaluate_run, log_references, plan_eval
+    from bench.store.tracking import Tracker, TrackingError, resolve_uri
     from bench.suite import SuiteError
-    from bench.tracking import Tracker, TrackingError, resolve_uri
 
     tracker = Tracker(resolve_uri(args.tracking_uri))
     metrics = [m for item in args.metrics for m in item.split(",") if m] if args.metrics else None
@@ -257,9 +276,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from bench.data import DataError
-    from bench.reeval import BadRequest, RunNotFound, sample_grid
     from bench.registry import UnknownNameError
-    from bench.tracking import Tracker, TrackingError, resolve_uri
+    from bench.run.reeval import BadRequest, RunNotFound, sample_grid
+    from bench.store.tracking import Tracker, TrackingError, resolve_uri
 
     tracker = Tracker(resolve_uri(args.tracking_uri))
     try:
@@ -299,7 +318,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
-    from bench.tracking import _artifact_root, resolve_uri
+    from bench.store.tracking import _artifact_root, resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
     cmd = [

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from bench.suite import TrainConfig
+    from bench.config import TrainConfig
 
 Losses = dict[str, torch.Tensor]
 

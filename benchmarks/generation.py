@@ -22,8 +22,8 @@ import torch
 
 
 def train_briefly(name: str, data, steps: int, device: torch.device):
+    from bench.config import BudgetConfig
     from bench.models import build_model
-    from bench.suite import BudgetConfig
     from bench.train import Trainer
 
     torch.manual_seed(0)
@@ -33,8 +33,8 @@ def train_briefly(name: str, data, steps: int, device: torch.device):
 
 
 def time_domain_metrics(model, data, n: int, device: torch.device) -> float:
+    from bench.config import EvalConfig
     from bench.metrics import evaluate
-    from bench.suite import EvalConfig
 
     cfg = EvalConfig(metrics=["fid_domain", "is_domain"], n_samples=n, n_real=n)
     if device.type == "cuda":
@@ -53,9 +53,9 @@ def time_reference_statistics(data, n: int, device: torch.device) -> tuple[float
     import shutil
 
     from bench.cache import cache_dir
+    from bench.config import EvalConfig
     from bench.metrics.features import real_statistics
     from bench.metrics.generative import GENERATION, GenerationEval
-    from bench.suite import EvalConfig
 
     gm = GENERATION["fid_domain"]
     gen = GenerationEval(data, EvalConfig(metrics=["fid_domain"], n_samples=n, n_real=n), 0, device)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from bench.config import BudgetConfig, TrainConfig
 from bench.data import batch_indices, load_dataset, to_float
 from bench.models import build_model
-from bench.suite import BudgetConfig, TrainConfig
 from bench.train import STEP_KINDS, Trainer
 
 
@@ -183,7 +183,7 @@ def logged_loop(model, data, steps: int, device, run) -> int:
 
 
 def section_tracking(data, device, steps: int, repeats: int, models: list[str]) -> list[str]:
-    from bench.tracking import Tracker
+    from bench.store.tracking import Tracker
 
     rows = [
         "| model | logging off (img/s) | MLflow logging on (img/s) | overhead | target |",

@@ -62,8 +62,8 @@ class SuiteTiming:
 
 def run_suite(suite: str, sets: list[str], executor: list[str] | None, cold_cache: bool) -> SuiteTiming:
     """`bench run` in a subprocess, with a fresh store in a temp folder; reads its metrics back."""
+    from bench.store.tracking import Tracker
     from bench.suite import load_suite
-    from bench.tracking import Tracker
 
     suite = str(Path(suite).resolve())  # the command runs in the temp folder
     name = load_suite(suite, sets).name
@@ -151,7 +151,7 @@ def per_model_table(t: SuiteTiming) -> list[str]:
 def machine_line() -> str:
     import torch
 
-    from bench.threads import available_cores
+    from bench.run.threads import available_cores
 
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     return (

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.checkpoint import CheckpointError, RunFolder, load_state, save_state, try_lock
+from bench.files import try_lock
+from bench.run.checkpoint import CheckpointError, RunFolder, load_state, save_state
 
 REPO = Path(__file__).parent.parent
 
@@ -43,7 +44,7 @@ def test_a_write_killed_at_any_moment_leaves_the_previous_checkpoint(tmp_path):
         """
         import sys, torch
         from pathlib import Path
-        from bench.checkpoint import save_state
+        from bench.run.checkpoint import save_state
         path, i = Path(sys.argv[1]), 0
         while True:  # ~4 MB per write: a kill lands mid-write often
             save_state({"step": i, "w": torch.full((1_000_000,), float(i))}, path)
@@ -82,7 +83,7 @@ def test_a_claim_dies_with_its_process(tmp_path):
         """
         import sys, time
         from pathlib import Path
-        from bench.checkpoint import RunFolder
+        from bench.run.checkpoint import RunFolder
         claim = RunFolder(Path(sys.argv[1]), "abc").try_claim()
         assert claim is not None
         time.sleep(600)
@@ -106,7 +107,7 @@ def test_a_claim_dies_with_its_process(tmp_path):
 TRAIN = """
 import sys, torch
 from pathlib import Path
-from bench.checkpoint import RunFolder
+from bench.run.checkpoint import RunFolder
 from bench.data import load_dataset
 from bench.models import build_model
 from bench.suite import BudgetConfig

@@ -16,7 +16,8 @@ from conftest import tiny_suite
 from mlflow import MlflowClient
 
 from bench.cli import main
-from bench.executors import LocalExecutor, ProcessExecutor, available_cores, make_executor
+from bench.run.driver import make_executor
+from bench.run.executors import LocalExecutor, ProcessExecutor, available_cores
 
 REPO = Path(__file__).parent.parent
 SUITE = tiny_suite(
@@ -154,7 +155,7 @@ def test_cache_entries_travel_through_the_store_to_another_machine(tmp_path, mon
     import torch
 
     from bench import cache
-    from bench.tracking import Tracker
+    from bench.store.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "here"))

@@ -11,9 +11,9 @@ from PIL import Image
 from bench.cli import main
 from bench.data import load_dataset
 from bench.metrics import inception
-from bench.metrics.reference import log_reference
+from bench.run.reference import log_reference
+from bench.store.tracking import Tracker
 from bench.suite import load_suite
-from bench.tracking import Tracker
 
 GEN_METRICS = [
     "recon_mse",

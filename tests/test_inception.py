@@ -11,9 +11,9 @@ from test_metrics_generative import BankGAN
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 from bench.cache import file_sha256
+from bench.config import EvalConfig
 from bench.data import load_dataset
 from bench.metrics import evaluate, inception
-from bench.suite import EvalConfig
 
 pytestmark = pytest.mark.skipif(
     inception.find_torchscript() is None,

@@ -12,6 +12,7 @@ import scipy.linalg
 import torch
 from conftest import tiny_suite
 
+from bench.config import BudgetConfig, EvalConfig
 from bench.data import load_dataset, to_float
 from bench.metrics import evaluate
 from bench.metrics import features as features_mod
@@ -26,7 +27,7 @@ from bench.metrics.features import (
 from bench.metrics.generative import GenerationEval
 from bench.metrics.samplers import model_samples
 from bench.models import build_model
-from bench.suite import BudgetConfig, EvalConfig, SuiteError, load_suite
+from bench.suite import SuiteError, load_suite
 from bench.train import Trainer
 
 CPU = torch.device("cpu")

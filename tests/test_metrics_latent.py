@@ -9,10 +9,10 @@ import torch
 from conftest import tiny_suite
 
 from bench.cli import main
+from bench.config import EvalConfig
 from bench.data import ImageData, load_dataset
 from bench.metrics import METRICS, evaluate
 from bench.models import build_model
-from bench.suite import EvalConfig
 
 
 def image_data(train_codes, train_y, test_codes, test_y) -> ImageData:

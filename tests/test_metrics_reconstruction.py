@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from bench.config import EvalConfig
 from bench.data import load_dataset
 from bench.metrics import METRICS, evaluate
 from bench.models import build_model
-from bench.suite import EvalConfig
 
 
 class Shift(torch.nn.Module):

@@ -6,10 +6,11 @@ import pytest
 import torch
 from conftest import tiny_suite
 
+from bench.config import BudgetConfig, TrainConfig
 from bench.data import load_dataset
 from bench.models import build_model
 from bench.numerics import Numerics, compile_problem
-from bench.suite import BudgetConfig, SuiteError, TrainConfig, expand, flatten, load_suite
+from bench.suite import SuiteError, expand, flatten, load_suite
 from bench.train import Trainer
 
 needs_compiler = pytest.mark.skipif(compile_problem() is not None, reason=str(compile_problem()))

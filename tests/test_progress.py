@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import tiny_suite
 
-from bench.grids import StepImages
-from bench.hooks import HookList, SuiteHooks, default_hooks
-from bench.progress import ProgressReporter
-from bench.runner import run_suite
+from bench.run.driver import run_suite
+from bench.run.grids import StepImages
+from bench.run.hooks import HookList, SuiteHooks
+from bench.run.progress import ProgressReporter, default_hooks
+from bench.store.tracking import Tracker
 from bench.suite import validate_suite
-from bench.tracking import Tracker
 
 
 def _suite(**over):

@@ -243,8 +243,8 @@ def test_a_local_store_is_refused_for_a_cluster_it_cannot_reach(tmp_path, capsys
     tests), refused when a node is elsewhere. A second machine is faked in Ray's node list."""
     import ray
 
-    from bench.executors import ExecutorError
-    from bench.ray_executor import RayExecutor
+    from bench.run.executors import ExecutorError
+    from bench.run.ray import RayExecutor
 
     monkeypatch.setattr(ray, "init", lambda **kw: None)
     monkeypatch.setattr(ray, "shutdown", lambda: None)

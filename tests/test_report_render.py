@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from bench.metrics import METRICS
 from bench.metrics.base import Metric
 from bench.report import write_report
-from bench.tracking import Tracker
+from bench.store.tracking import Tracker
 
 GEN = "sample_score_test"  # a generation metric of this module only, so it means what these tests say
 

@@ -23,8 +23,8 @@ import yaml
 from conftest import tiny_suite
 from mlflow import MlflowClient
 
-from bench.checkpoint import bench_home
 from bench.cli import main
+from bench.run.checkpoint import bench_home
 from bench.suite import expand, load_suite
 
 REPO = Path(__file__).parent.parent

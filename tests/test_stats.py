@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats as sps
 
-from bench.stats import ci_half_width, pareto_front, welch
+from bench.report.stats import ci_half_width, pareto_front, welch
 
 
 def t2_quantile(p: float) -> float:

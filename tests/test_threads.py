@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from bench.threads import available_cores, set_threads
+from bench.run.threads import available_cores, set_threads
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_follows_a_narrowed_affinity_mask():
     one = min(os.sched_getaffinity(0))
     code = (  # narrowed after torch is imported, which torch itself does not notice
         f"import torch; import os; os.sched_setaffinity(0, {{{one}}}); "
-        "from bench.threads import set_threads; "
+        "from bench.run.threads import set_threads; "
         "print(set_threads(None), torch.get_num_threads())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

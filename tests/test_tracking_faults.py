@@ -24,8 +24,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
 from bench.cli import build_parser, main
+from bench.store.tracking import Tracker, TrackingLost
 from bench.suite import expand, load_suite
-from bench.tracking import Tracker, TrackingLost
 
 REPO = Path(__file__).parent.parent
 
@@ -271,7 +271,7 @@ def test_store_lost_mid_run_finishes_offline_then_relogs(tmp_path, capsys, monke
 def test_loss_intervals_are_sent_in_few_batches_and_all_arrive(tmp_path, monkeypatch):
     """Every loss interval reaches the store, but a fast loop does not pay one store write per
     interval: intervals are held and sent together at most once per SEND_SECONDS."""
-    from bench import tracking
+    from bench.store import tracking
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = tracker.start_suite("batches", "name: batches", 1)

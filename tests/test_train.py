@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
+from bench.config import BudgetConfig
 from bench.data import load_dataset
 from bench.models import build_model
-from bench.suite import BudgetConfig
 from bench.train import Diverged, Trainer
 
 

@@ -19,8 +19,8 @@ from bench.data import ImageData, to_float
 from bench.registry import Registry
 
 if TYPE_CHECKING:
+    from bench.config import EvalConfig, Suite
     from bench.models import GenerativeModel
-    from bench.suite import EvalConfig, Suite
 
 ALL_FAMILIES = ("ae", "vae", "gan")
 

@@ -33,7 +33,7 @@ from bench.data import ImageData
 from bench.registry import Registry
 
 if TYPE_CHECKING:
-    from bench.suite import EvalConfig
+    from bench.config import EvalConfig
 
 NOISE = "normal"  # the torch-fidelity noise source every sampler draws from
 

@@ -46,7 +46,7 @@ from bench.metrics.features import (
 from bench.metrics.samplers import SAMPLERS, Sampler, SampleRequest
 
 if TYPE_CHECKING:
-    from bench.suite import EvalConfig, Suite
+    from bench.config import EvalConfig, Suite
 
 PRC_BATCH = 1000  # rows of the distance matrices held at once by precision/recall
 

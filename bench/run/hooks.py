@@ -2,7 +2,7 @@
 
 The runner knows nothing of progress bars or step-indexed images; it calls these hooks at the
 points of a run's life (suite start, run start, loss log, evaluation, run end, suite end) and
-each concern lives in its own module (``bench.progress``, ``bench.grids``).
+each concern lives in its own module (``bench.run.progress``, ``bench.run.grids``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from bench.config import Suite
     from bench.data import ImageData
     from bench.metrics import Result
     from bench.models import GenerativeModel
-    from bench.suite import RunSpec, Suite
-    from bench.tracking import RunLogger
+    from bench.store.tracking import RunLogger
+    from bench.suite import RunSpec
     from bench.train import Trainer
 
 
@@ -81,16 +82,3 @@ class HookList(SuiteHooks):
     def suite_finished(self, outcomes):
         for h in self.hooks:
             h.suite_finished(outcomes)
-
-
-def default_hooks(progress: bool = False) -> HookList:
-    """Step-indexed sample/reconstruction grids always (they are part of what a run records);
-    progress bars or log lines when ``progress``."""
-    from bench.grids import StepImages
-
-    hooks: list[SuiteHooks] = [StepImages()]
-    if progress:
-        from bench.progress import ProgressReporter
-
-        hooks.append(ProgressReporter())
-    return HookList(hooks)

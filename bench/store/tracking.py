@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from bench.files import locked
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -159,8 +162,6 @@ class Tracker:
 
     def _connect(self) -> MlflowClient:
         from mlflow import MlflowClient
-
-        from bench.checkpoint import locked, sqlite_path
 
         db = sqlite_path(self.uri)
         if db is None:
@@ -379,15 +380,52 @@ class Tracker:
         except Exception as e:  # MlflowException for unknown ids, many types for bad ones
             raise TrackingError(f"no run {run_id!r} in {self.uri}") from e
 
+    def log_batch(
+        self,
+        run_id: str,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        step: int = 0,
+        ts: int | None = None,
+    ) -> None:
+        """Params, tags and metrics of one run, in as many batches as MLflow's limits need
+        (each retried like every call)."""
+        for batch in param_batches(params or {}):
+            self.call(self.client.log_batch, run_id, params=batch)
+        if tags:
+            from mlflow.entities import RunTag
+
+            self.call(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        if metrics:
+            from mlflow.entities import Metric
+
+            ts = int(time.time() * 1000) if ts is None else ts
+            items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+            for i in range(0, len(items), MAX_BATCH):
+                self.call(self.client.log_batch, run_id, metrics=items[i : i + MAX_BATCH])
+
     def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path:
         """Copy one artifact of a run into the local folder ``dst``; returns its local path."""
         return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    m = re.match(r"^sqlite(\+\w+)?:///(.+)$", uri)
+    return Path(m.group(2)).expanduser().resolve() if m else None
+
+
+def param_batches(params: dict[str, Any]) -> list[list[Any]]:
+    """MLflow params as batches of at most 100 (its limit per call), values cut to 6,000 chars."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    return [items[i : i + 100] for i in range(0, len(items), 100)]
+
+
 def absolute_uri(uri: str) -> str:
     """A sqlite URI with an absolute path (others unchanged)."""
-    from bench.checkpoint import sqlite_path
-
     db = sqlite_path(uri)
     return f"sqlite:///{db}" if db else uri
 
@@ -439,7 +477,7 @@ class RunLogger:
 
     Every write goes through ``Tracker.call`` (retries with backoff). If the store stays down
     past the retry window and the logger has an ``offline_dir``, it goes offline: that write
-    and every later one are kept in a journal there (``bench.journal``) and nothing raises.
+    and every later one are kept in a journal there (``bench.store.journal``) and nothing raises.
     """
 
     def __init__(
@@ -456,7 +494,7 @@ class RunLogger:
         self.run_id = run_id
         self.identity = identity or {}
         self.offline_dir = offline_dir
-        self.journal = None  # a bench.journal.Journal once offline
+        self.journal = None  # a bench.store.journal.Journal once offline
         self.lost_reason = ""
         self._logged = logged_steps or {}  # metric key -> last step already in the store
         self._params: dict[str, Any] = {}
@@ -491,7 +529,7 @@ class RunLogger:
     def _go_offline(self, reason: str) -> None:
         import logging
 
-        from bench.journal import Journal
+        from bench.store.journal import Journal
 
         self.lost_reason = reason
         ident = self.identity
@@ -537,12 +575,8 @@ class RunLogger:
     # ---- writes
     @_timed
     def params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
         self._params.update(params)
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-            chunk = items[i : i + 100]
+        for chunk in param_batches(params):
             self._write(
                 "params",
                 {"params": {p.key: p.value for p in chunk}},

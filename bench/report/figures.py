@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from bench.stats import pareto_front
+from bench.report.stats import pareto_front
 
 if TYPE_CHECKING:
-    from bench.report import GridImage, Report, Summary
+    from bench.report.summary import GridImage, Report, Summary
 
 # the "main generation metric" of the quality-against-cost figure: the first of these present,
 # else the first registered metric that applies to GANs
@@ -234,7 +234,7 @@ def main_generation_metric(s: Summary) -> str | None:
 
 
 def quality_vs_cost(rep: Report, path: Path) -> FigureFile:
-    from bench.report import reference_row
+    from bench.report.summary import reference_row
 
     s = rep.summary
     m = main_generation_metric(s)

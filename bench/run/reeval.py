@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 
-from bench.data import ImageData, load_dataset
+from bench.config import EvalConfig, Suite
+from bench.data import ImageData, from_config
 from bench.metrics import Result, evaluate
 from bench.metrics.samplers import fit_latent_sampler
 from bench.models import GenerativeModel, build_model
-from bench.suite import EvalConfig, Suite, apply_overrides, validate_suite
-from bench.tracking import RunLogger, Tracker
+from bench.store.tracking import RunLogger, Tracker
+from bench.suite import apply_overrides, validate_suite
 
 
 class RunNotFound(LookupError):
@@ -60,7 +61,7 @@ def find_runs(tracker: Tracker, target: str) -> list[StoredRun]:
         if latest:
             return [_stored(tracker, r) for r in latest.values()]
         raise RunNotFound(f"experiment {target!r} has no finished runs")
-    from bench.tracking import TrackingError
+    from bench.store.tracking import TrackingError
 
     try:
         run = tracker.run(target)
@@ -90,7 +91,7 @@ def suite_of_run(run: StoredRun, metrics: list[str] | None, overrides: list[str]
 
 def load_data(suite: Suite) -> ImageData:
     d = suite.dataset
-    return load_dataset(d.name, d.root, d.train_size, d.test_size)
+    return from_config(d)
 
 
 def load_model(tracker: Tracker, run: StoredRun, device: torch.device) -> GenerativeModel:
@@ -164,8 +165,8 @@ def plan_eval(
 
 def log_references(tracker: Tracker, planned: list[Planned], device: str | None = None) -> None:
     """The reference row of each experiment evaluated, with every metric requested for any of its runs."""
-    from bench.metrics.reference import log_reference
-    from bench.runner import resolve_device
+    from bench.run.context import resolve_device
+    from bench.run.reference import log_reference
 
     for name in dict.fromkeys(p.suite.name for p in planned):
         group = [p for p in planned if p.suite.name == name]
@@ -184,7 +185,7 @@ def sample_grid(
     from torchvision.utils import make_grid
 
     from bench.metrics.samplers import SAMPLERS, draw
-    from bench.runner import resolve_device
+    from bench.run.context import resolve_device
 
     chosen = SAMPLERS.get(sampler)
     if n < 1:

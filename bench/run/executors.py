@@ -1,7 +1,7 @@
 """Executors: how the run specs of a suite are carried out.
 
 Planning (``bench.suite.expand``: suite -> run specs) is separate from execution. Every executor
-carries a run out through the same function (``bench.runner.run_claimed``: claim, then skip,
+carries a run out through the same function (``bench.run.lifecycle.run_claimed``: claim, then skip,
 resume or train), so finished runs are skipped and interrupted runs resumed the same way
 whichever executor ran them before.
 
@@ -9,7 +9,7 @@ whichever executor ran them before.
 - ``ProcessExecutor`` (``bench run --jobs N``): N worker processes on this machine; the CPU
   cores are divided between them (``resources.cpus`` threads each when the suite sets it), and
   when the machine has several GPUs each worker gets its own.
-- ``RayExecutor`` (``bench run --executor ray [--ray-address ADDR]``, in ``bench.ray_executor``):
+- ``RayExecutor`` (``bench run --executor ray [--ray-address ADDR]``, in ``bench.run.ray``):
   each run is a Ray task asking for the suite's ``resources``.
 
 A worker process needs nothing from its parent but a ``Job`` (picklable): it loads the dataset
@@ -31,9 +31,11 @@ from typing import Any
 
 import torch
 
-from bench.runner import RunOptions, RunOutcome, StopRequest, SuiteEnv, run_claimed
-from bench.suite import RunSpec, Suite
-from bench.threads import available_cores, set_threads
+from bench.config import Suite
+from bench.run.context import RunOptions, RunOutcome, StopRequest, SuiteEnv
+from bench.run.lifecycle import run_claimed
+from bench.run.threads import available_cores, set_threads
+from bench.suite import RunSpec
 
 log = logging.getLogger("bench")
 
@@ -135,7 +137,7 @@ def _init_worker(slots: Any, level: int) -> None:
 
 
 def _worker_device(name: str) -> torch.device:
-    from bench.runner import resolve_device
+    from bench.run.context import resolve_device
 
     device = resolve_device(name)
     slot = _worker["slot"]
@@ -146,9 +148,9 @@ def _worker_device(name: str) -> torch.device:
 
 def work(job: Job) -> RunOutcome | None:
     """Carry one run out in this (worker) process; None when another process holds its claim."""
-    from bench.data import load_dataset
-    from bench.hooks import default_hooks
-    from bench.tracking import RunLogger, Tracker
+    from bench.data import from_config
+    from bench.run.progress import default_hooks
+    from bench.store.tracking import RunLogger, Tracker
 
     if job.threads:
         set_threads(job.threads)
@@ -160,7 +162,7 @@ def work(job: Job) -> RunOutcome | None:
     d = job.spec.suite.dataset
     key = (d.name, d.root, d.train_size, d.test_size, str(device))
     if key not in _worker["data"]:  # once per worker process
-        _worker["data"][key] = load_dataset(d.name, d.root, d.train_size, d.test_size).to(device)
+        _worker["data"][key] = from_config(d).to(device)
     if job.shared_cache and job.shared_cache not in _worker["caches"]:
         from bench.cache import fetch_shared
 
@@ -279,18 +281,3 @@ class ProcessExecutor(Executor):
                 deferred = []
         if stopping:
             raise KeyboardInterrupt
-
-
-def make_executor(name: str, jobs: int | None, ray_address: str | None, max_retries: int) -> Executor:
-    """The executor the command line asks for; ``ExecutorError`` for a request that cannot be met."""
-    if name == "ray":
-        if jobs is not None:
-            raise ExecutorError("--jobs: not with --executor ray (Ray places the runs itself)")
-        from bench.ray_executor import RayExecutor
-
-        return RayExecutor(ray_address, max_retries)
-    if ray_address is not None:
-        raise ExecutorError("--ray-address: only with --executor ray")
-    if jobs is not None and jobs != 1:
-        return ProcessExecutor(jobs)
-    return LocalExecutor()

@@ -4,8 +4,9 @@ When the store stops answering for longer than ``tracking.retry_seconds``, a run
 every write from then on (params, tags, metrics with their steps and timestamps, artifacts,
 the final status) is appended to ``<run folder>/offline/journal.jsonl``, artifact files are
 copied beside it, and training goes on to the end of its budget. ``bench relog FOLDER``
-replays the journal into the run it came from (or, if that run is gone, into a new run of
-the same experiment); ``bench run`` does it by itself before training when the store is back.
+(``bench.store.relog``) replays the journal into the run it came from (or, if that run is gone,
+into a new run of the same experiment); ``bench run`` does it by itself before training when the
+store is back.
 
 Each line is one JSON object; the first one (``op: run``) says which store, experiment and run
 the journal belongs to, with the run's tags and params, so that the run can be rebuilt.
@@ -18,10 +19,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from bench.tracking import Tracker
+from typing import Any
 
 JOURNAL = "journal.jsonl"
 DONE = "journal.relogged.jsonl"
@@ -74,61 +72,6 @@ def read_journal(folder: Path) -> list[dict[str, Any]]:
     if not entries or entries[0].get("op") != "run":
         raise ValueError(f"{path}: not a bench journal (no header line)")
     return entries
-
-
-def relog(folder: Path, tracker: Tracker) -> str:
-    """Replay a journal into ``tracker``'s store; returns the run id that holds it now.
-
-    Into the run it came from when that run is still in the store (the usual case: the store
-    went away and came back), else into a new run of the same experiment with the same tags
-    and params. Afterwards the journal is renamed ``journal.relogged.jsonl``.
-    """
-    from mlflow.entities import Metric, Param, RunTag
-
-    entries = read_journal(folder)
-    head, ops = entries[0], entries[1:]
-    run_id = head.get("run_id")
-    run = tracker.get_run(run_id) if run_id else None
-    client = tracker.client
-    if run is None:
-        exp = tracker.experiment_id(head["experiment"])
-        tags = dict(head.get("tags") or {})
-        tags["bench.relogged_from"] = str(run_id)
-        created = tracker.call(client.create_run, exp, run_name=head.get("run_name"), tags=tags)
-        run_id = created.info.run_id
-    else:
-        tracker.call(client.update_run, run_id, status="RUNNING")
-    params = dict(head.get("params") or {})
-    if params:
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            tracker.call(client.log_batch, run_id, params=items[i : i + 100])
-    status = None
-    for op in ops:
-        kind = op["op"]
-        if kind == "params":
-            items = [Param(k, str(v)[:6000]) for k, v in op["params"].items()]
-            for i in range(0, len(items), 100):
-                tracker.call(client.log_batch, run_id, params=items[i : i + 100])
-        elif kind == "tags":
-            tracker.call(client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in op["tags"].items()])
-        elif kind == "metrics":
-            ts, step = int(op["timestamp"]), int(op["step"])
-            metrics = [Metric(k, float(v), ts, step) for k, v in op["values"].items()]
-            for i in range(0, len(metrics), 1000):
-                tracker.call(client.log_batch, run_id, metrics=metrics[i : i + 1000])
-        elif kind == "artifact":
-            tracker.call(client.log_artifact, run_id, str(folder / op["file"]), op.get("dir"))
-        elif kind == "finish":
-            status = op["status"]
-    tracker.call(client.set_terminated, run_id, status or "KILLED")
-    parent = head.get("parent_run_id")
-    if parent:  # the suite run of a store that went away was left open
-        p = tracker.get_run(parent)
-        if p is not None and p.info.status == "RUNNING":
-            tracker.call(client.set_terminated, parent, "FAILED")
-    os.replace(folder / JOURNAL, folder / DONE)
-    return run_id
 
 
 def pending_journal(run_folder: Path) -> Path | None:

@@ -13,10 +13,24 @@ import base64
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from bench.report import Cell, Report
+from bench.metrics import METRICS
+from bench.report.summary import (
+    COST_NAMES,
+    REFERENCE_NAME,
+    Cell,
+    Report,
+    Summary,
+    cost_cell,
+    fmt_num,
+    metric_cell,
+    metric_header,
+    reference_cell,
+    reference_row,
+    seeds_text,
+    table_notes,
+)
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 
@@ -42,8 +56,6 @@ def _cell(c: Cell, tip: str = "", cls: str = "") -> dict[str, Any]:
 
 def _tip(row, m: str, baseline: str) -> str:
     """Hover text: the numbers behind a cell."""
-    from bench.report import fmt_num
-
     if not math.isfinite(row[f"{m}_mean"]):
         return ""
     parts = [f"mean {row[f'{m}_mean']:.6g}", f"n = {row[f'{m}_n']}"]
@@ -57,26 +69,8 @@ def _tip(row, m: str, baseline: str) -> str:
     return ", ".join(parts)
 
 
-def context(rep: Report, out_dir: Path) -> dict[str, Any]:
-    """Plain data for the template."""
-    from bench.metrics import METRICS
-    from bench.report import (
-        COST_NAMES,
-        REFERENCE_NAME,
-        cost_cell,
-        metric_cell,
-        metric_header,
-        reference_cell,
-        reference_row,
-        seeds_text,
-        table_notes,
-    )
-
-    s, data = rep.summary, rep.data
-    multi = s.multi_suite
-    columns = [
-        {"name": metric_header(m), "kind": "metric", "title": METRICS.get(m).description} for m in s.metrics
-    ] + [{"name": COST_NAMES.get(c, c), "kind": "cost", "title": c} for c in s.costs]
+def _table_rows(s: Summary) -> tuple[list[dict], list[dict]]:
+    """The table's model rows and reference rows, as cells with their hover text."""
     rows, refs = [], []
     for suite in dict.fromkeys(s.table.suite) if not s.table.empty else []:
         part = s.table[s.table.suite == suite]
@@ -103,6 +97,36 @@ def context(rep: Report, out_dir: Path) -> dict[str, Any]:
                 {"text": "", "sort": None, "significant": False, "cls": "cost", "tip": ""} for _ in s.costs
             ]
             refs.append({"suite": suite, "label": REFERENCE_NAME, "cells": cells})
+    return rows, refs
+
+
+def _provenance(provenance) -> list[dict[str, Any]]:
+    """One entry per (suite, metric): where its value came from, as key/value fields."""
+    prov = []
+    for _, p in provenance.iterrows() if not provenance.empty else []:
+        try:
+            fields = json.loads(p.provenance)
+        except ValueError:
+            fields = p.provenance
+        prov.append(
+            {
+                "suite": p.suite,
+                "metric": p.metric,
+                "source": p.source,
+                "fields": fields if isinstance(fields, dict) else {"value": fields},
+            }
+        )
+    return prov
+
+
+def context(rep: Report, out_dir: Path) -> dict[str, Any]:
+    """Plain data for the template."""
+    s, data = rep.summary, rep.data
+    multi = s.multi_suite
+    columns = [
+        {"name": metric_header(m), "kind": "metric", "title": METRICS.get(m).description} for m in s.metrics
+    ] + [{"name": COST_NAMES.get(c, c), "kind": "cost", "title": c} for c in s.costs]
+    rows, refs = _table_rows(s)
 
     def fig(f) -> dict[str, str]:
         return {"title": f.title, "caption": f.caption, "src": data_uri((out_dir / f.name).read_bytes())}
@@ -119,20 +143,7 @@ def context(rep: Report, out_dir: Path) -> dict[str, Any]:
         ]
         for kind, images in rep.grids.items()
     }
-    prov = []
-    for _, p in data.provenance.iterrows() if not data.provenance.empty else []:
-        try:
-            fields = json.loads(p.provenance)
-        except ValueError:
-            fields = p.provenance
-        prov.append(
-            {
-                "suite": p.suite,
-                "metric": p.metric,
-                "source": p.source,
-                "fields": fields if isinstance(fields, dict) else {"value": fields},
-            }
-        )
+    prov = _provenance(data.provenance)
     return {
         "title": rep.title,
         "uri": data.uri,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bench.hooks import RunContext, SuiteHooks
+from bench.run.hooks import RunContext, SuiteHooks
 
 if TYPE_CHECKING:
     import numpy as np

@@ -5,7 +5,7 @@ the resolved suite config and environment of each suite's latest parent run, and
 provenance; ``summarise`` aggregates over training seeds (mean, 95% Student-t interval, Welch's
 test against the suite's baseline, best per column); ``write_report`` renders ``report.md``,
 ``results.csv``, ``runs.csv``, ``report.html`` and the figures, and logs them to each suite's
-latest parent run. The figures live in ``bench.figures``, the HTML page in ``bench.html``.
+latest parent run. The figures live in ``bench.report.figures``, the HTML page in ``bench.report.html``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bench.stats import ci_half_width, welch
-from bench.tracking import Tracker
+from bench.report.stats import ci_half_width, welch
+from bench.store.tracking import Tracker
 
 log = logging.getLogger("bench")
 
@@ -67,6 +65,8 @@ def _run_rows(suite: str, runs: list[Any]) -> list[dict[str, Any]]:
                 "label": tags.get("label", ""),
                 "model": tags.get("model", ""),
                 "family": tags.get("family", ""),
+                # what the model offers beyond its family, as its run recorded it (None: not recorded)
+                "capabilities": _capabilities(tags),
                 "seed": int(tags.get("seed", -1)),
                 "status": r.info.status,
                 "failure_reason": tags.get("failure_reason", ""),
@@ -343,9 +343,10 @@ def summarise(
             "running": len(allg) - n_done - n_failed,  # not ended: in progress, or its process died
         }
         base_family = runs[(runs.suite == suite) & (runs.label == base[suite])].family.iloc[0]
+        caps = allg.capabilities.iloc[0] if "capabilities" in allg else None
         for m in metrics + costs:
             is_metric = m in metrics
-            applies = not is_metric or METRICS.get(m).applies_to(row["family"], _capabilities(row["model"]))
+            applies = not is_metric or METRICS.get(m).applies_to(row["family"], caps)
             vals = values(suite, label, m) if applies else pd.Series(dtype=float)
             row[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
             row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
@@ -373,11 +374,11 @@ def summarise(
     return Summary(table, failed.reset_index(drop=True), metrics, costs, references, base)
 
 
-def _capabilities(model: str) -> frozenset[str] | None:
-    """What a registered model offers beyond its family (None for a name no longer registered)."""
-    from bench.models import MODELS
-
-    return MODELS.get(model).cls.capabilities if model in MODELS else None
+def _capabilities(tags: dict[str, str]) -> frozenset[str] | None:
+    """The ``bench.capabilities`` tag of a run (comma-separated); None for a run logged before
+    runs recorded it, which is then judged by its family alone."""
+    raw = tags.get("bench.capabilities")
+    return None if raw is None else frozenset(c for c in raw.split(",") if c)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -475,6 +476,11 @@ def reference_row(summary: Summary, suite: str) -> pd.Series | None:
     return sel.iloc[-1] if len(sel) else None
 
 
+def md_escape(text: str) -> str:
+    """Text for a markdown table cell: pipes escaped, one line."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def _md_cell(c: Cell) -> str:
     text = c.text + ("†" if c.significant else "")
     return f"**{text}**" if c.best else text
@@ -495,7 +501,7 @@ def markdown_table(summary: Summary, columns: list[str] | None = None) -> str:
     for suite in dict.fromkeys(t.suite):
         for _, row in t[t.suite == suite].iterrows():
             ident = ([row.suite] if multi else []) + [
-                _md(row_name(row, summary)),
+                md_escape(row_name(row, summary)),
                 row.family,
                 seeds_text(row),
             ]
@@ -552,117 +558,6 @@ class Report:
     summary: Summary
     history: pd.DataFrame
     grids: dict[str, list[GridImage]]
-    figures: list[Any] = field(default_factory=list)  # bench.figures.FigureFile
+    figures: list[Any] = field(default_factory=list)  # bench.report.figures.FigureFile
     notes: list[str] = field(default_factory=list)  # figures that could not be drawn, and why
     generated: str = ""
-
-
-def _md(text: str) -> str:
-    """Text for a markdown table cell: pipes escaped, one line."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _markdown(rep: Report) -> str:
-    from bench.metrics import METRICS
-
-    s, data = rep.summary, rep.data
-    md = [f"# {rep.title}", "", f"Tracking store: `{data.uri}`  ", f"Generated: {rep.generated}", ""]
-    md.append(markdown_table(s))
-    md += [f"- {n}" for n in table_notes(s)]
-    empty = [x for x in data.suites if s.table.empty or x not in set(s.table.suite)]
-    if empty:
-        md += ["", f"No runs in: {', '.join(empty)}."]
-    if not s.failed.empty:
-        md += [
-            "",
-            "## Runs that did not finish",
-            "",
-            "| suite | model | seed | status | reason |",
-            "|---|---|---|---|---|",
-        ]
-        for _, r in s.failed.iterrows():
-            md.append(f"| {r.suite} | {r.label} | {r.seed} | {r.status} | {_md(r.failure_reason or '—')} |")
-    if rep.figures or (rep.notes and not s.table.empty):
-        md += ["", "## Figures", ""]
-        for f in rep.figures:
-            md += [f"### {f.title}", "", f"![{f.title}]({f.name})", "", f.caption, ""]
-        md += [f"- {n}" for n in rep.notes]
-    if s.metrics:
-        md += ["", "## Metrics", ""]
-        md += [
-            f"- `{m}` ({'higher' if METRICS.get(m).higher_is_better else 'lower'} is better; "
-            f"{'/'.join(METRICS.get(m).families)}): {METRICS.get(m).description}"
-            for m in s.metrics
-        ]
-    if not data.provenance.empty:
-        md += [
-            "",
-            "## Provenance of the metrics",
-            "",
-            "| suite | metric | source | provenance |",
-            "|---|---|---|---|",
-        ]
-        for _, p in data.provenance.iterrows():
-            md.append(f"| {p.suite} | {p.metric} | {p.source} | `{_md(p.provenance)}` |")
-    for suite in data.suites:
-        if suite in data.configs:
-            md += [
-                "",
-                f"## Suite `{suite}` (resolved config)",
-                "",
-                "```yaml",
-                data.configs[suite].rstrip(),
-                "```",
-            ]
-        env = data.environments.get(suite)
-        if env:
-            md += ["", "Environment: " + ", ".join(f"{k} `{v}`" for k, v in env.items() if v is not None)]
-    return "\n".join(md) + "\n"
-
-
-def write_report(
-    tracker: Tracker, suites: list[str], out_dir: Path, log_to_store: bool = True
-) -> tuple[Summary, list[Path]]:
-    """Write the report files into ``out_dir`` and log them to each suite's latest parent run.
-
-    Returns the summary and the written paths: ``report.md``, ``results.csv``, ``runs.csv``,
-    ``report.html``, then the figures (and ``reference.csv`` when a suite has a reference run).
-    """
-    from bench import figures, html
-
-    data = load_store(tracker, suites)
-    summary = summarise(
-        data.runs,
-        baselines={s: b for s in suites if (b := data.baseline(s))},
-        order={s: data.label_order(s) for s in suites},
-        references=data.references,
-    )
-    rep = Report(
-        title=f"bench report: {', '.join(suites)}",
-        data=data,
-        summary=summary,
-        history=load_history(tracker, data.runs),
-        grids=load_grids(tracker, data.runs),
-        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rep.figures, rep.notes = figures.make_figures(rep, out_dir)
-
-    paths = [out_dir / "report.md", out_dir / "results.csv", out_dir / "runs.csv", out_dir / "report.html"]
-    paths[0].write_text(_markdown(rep), encoding="utf-8")
-    summary.table.to_csv(paths[1], index=False)
-    data.runs.to_csv(paths[2], index=False)
-    paths[3].write_text(html.render(rep, out_dir), encoding="utf-8")
-    paths += [out_dir / f.name for f in rep.figures]
-    if not data.references.empty:
-        paths.append(out_dir / "reference.csv")
-        data.references.to_csv(paths[-1], index=False)
-
-    if log_to_store:
-        artifact_dir = "report" if len(suites) == 1 else f"report/{'+'.join(suites)}"
-        for suite, run_id in data.parents.items():
-            try:
-                tracker.log_files(run_id, paths, artifact_dir)
-            except Exception as e:  # the files on disk are the report; the store copy is a convenience
-                log.warning("could not log the report to the parent run of %s: %s", suite, e)
-    return summary, paths

@@ -1,82 +1,17 @@
-"""Datasets: find local IDX files, verify them, load each split once into memory as uint8.
-
-Training batches are cut from the in-memory tensors by index (no per-sample PIL / DataLoader
-path); a batch for step ``s`` is a pure function of (seed, s), which makes resuming exact.
-"""
+"""MNIST-layout datasets: find the four IDX files, verify their checksums, decode them."""
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import os
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from bench.registry import Registry
-
-
-class DataError(RuntimeError):
-    """A dataset could not be found, read or verified. The message names the file."""
-
-
-@dataclass(frozen=True)
-class ImageData:
-    """Both splits of an image dataset, resident in memory (CPU or GPU)."""
-
-    name: str
-    train_x: torch.Tensor  # (N, C, H, W) uint8
-    train_y: torch.Tensor  # (N,) int64
-    test_x: torch.Tensor  # (M, C, H, W) uint8
-    test_y: torch.Tensor  # (M,) int64
-    num_classes: int
-    checksum: str  # sha256 of the decoded arrays: the content key for every cache
-    source: str  # where the files came from (provenance)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
-
-    def to(self, device: torch.device | str) -> ImageData:
-        return replace(
-            self,
-            train_x=self.train_x.to(device),
-            train_y=self.train_y.to(device),
-            test_x=self.test_x.to(device),
-            test_y=self.test_y.to(device),
-        )
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1]; the one place pixels are scaled."""
-    return x.float().div_(255.0)
-
-
-def batch_indices(n: int, batch_size: int, step: int, seed: int, device: torch.device) -> torch.Tensor:
-    """Indices of the training batch for global step ``step``.
-
-    Each epoch is a fresh permutation drawn from (seed, epoch); the last batch of an epoch may
-    be short, so an epoch covers every image exactly once.
-    """
-    per_epoch = -(-n // batch_size)
-    epoch, k = divmod(step, per_epoch)
-    perm = _epoch_permutation(n, seed, epoch, torch.device(device))
-    return perm[k * batch_size : (k + 1) * batch_size]
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
-    """Drawn on the CPU (the same order on every device), copied to ``device`` once per epoch:
-    a step slices it there, with no host-to-device copy."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).to(device)
-
-
-# --------------------------------------------------------------------------- IDX files
+from bench.data.base import DataError, ImageData, make_image_data
 
 IDX_DTYPE = {0x08: torch.uint8}
 
@@ -209,7 +144,7 @@ class IdxDataset:
                 )
             if int(y.max()) >= self.num_classes:
                 raise DataError(f"{files[split + '_y']}: label {int(y.max())} out of range")
-        return _make(
+        return make_image_data(
             self.name,
             arrays["train_x"].unsqueeze(1),
             arrays["train_y"].long(),
@@ -256,53 +191,6 @@ class IdxDataset:
         return self.find(str(target))
 
 
-def _make(name, train_x, train_y, test_x, test_y, num_classes, source) -> ImageData:
-    h = hashlib.sha256()
-    for t in (train_x, train_y, test_x, test_y):
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return ImageData(name, train_x, train_y, test_x, test_y, num_classes, h.hexdigest()[:16], source)
-
-
-# --------------------------------------------------------------------------- synthetic
-
-
-def make_synthetic(n_train: int = 2048, n_test: int = 512, size: int = 28, seed: int = 1234) -> ImageData:
-    """Ten classes of blurred bars and blobs on a 28x28 canvas, with position jitter and noise.
-
-    Small, deterministic, and structured enough that autoencoders learn it in a few hundred
-    steps and a linear probe separates the classes: the data of the tests and the smoke suite.
-    """
-    g = torch.Generator().manual_seed(seed)
-
-    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y = torch.randint(0, 10, (n,), generator=g)
-        coords = torch.arange(size, dtype=torch.float32)
-        yy, xx = torch.meshgrid(coords, coords, indexing="ij")  # (H, W)
-        # class k: a blob centred on a 3x3 grid position (k < 9) or a horizontal bar (k == 9)
-        cy = torch.tensor([7.0, 7, 7, 14, 14, 14, 21, 21, 21, 14])[y]
-        cx = torch.tensor([7.0, 14, 21, 7, 14, 21, 7, 14, 21, 14])[y]
-        cy = cy + torch.randn(n, generator=g) * 1.0
-        cx = cx + torch.randn(n, generator=g) * 1.0
-        sig = 2.5 + torch.rand(n, generator=g)
-        sx = torch.where(y == 9, torch.full_like(sig, 9.0), sig)
-        img = torch.exp(
-            -((yy - cy[:, None, None]) ** 2) / (2 * sig[:, None, None] ** 2)
-            - ((xx - cx[:, None, None]) ** 2) / (2 * sx[:, None, None] ** 2)
-        )
-        img = img + 0.05 * torch.randn(img.shape, generator=g)
-        return (img.clamp(0, 1) * 255).round().to(torch.uint8).unsqueeze(1), y
-
-    train_x, train_y = draw(n_train)
-    test_x, test_y = draw(n_test)
-    return _make("synthetic", train_x, train_y, test_x, test_y, 10, source=f"generated (seed {seed})")
-
-
-# --------------------------------------------------------------------------- registry
-
-DatasetLoader = Callable[..., ImageData]
-DATASETS: Registry[DatasetLoader] = Registry("dataset")
-
 MNIST = IdxDataset(
     "mnist",
     "MNIST",
@@ -330,39 +218,3 @@ FASHION_MNIST = IdxDataset(
     },
     system_dirs=("/usr/share/datasets/fashion-mnist",),
 )
-
-DATASETS.add("mnist", lambda root=None, **_: MNIST.load(root))
-DATASETS.add("fashion-mnist", lambda root=None, **_: FASHION_MNIST.load(root))
-DATASETS.add(
-    "synthetic",
-    lambda root=None, train_size=None, test_size=None, **_: make_synthetic(
-        train_size or 2048, test_size or 512
-    ),
-)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_cached(name: str, root: str | None, train_size: int | None, test_size: int | None) -> ImageData:
-    data = DATASETS.get(name)(root=root, train_size=train_size, test_size=test_size)
-    if name != "synthetic":
-        if train_size:
-            data = _subset(data, train_size, None)
-        if test_size:
-            data = _subset(data, None, test_size)
-    return data
-
-
-def _subset(data: ImageData, n_train: int | None, n_test: int | None) -> ImageData:
-    """The first n images of a split: a deterministic, documented subset."""
-    if n_train:
-        data = replace(data, train_x=data.train_x[:n_train], train_y=data.train_y[:n_train])
-    if n_test:
-        data = replace(data, test_x=data.test_x[:n_test], test_y=data.test_y[:n_test])
-    return data
-
-
-def load_dataset(
-    name: str, root: str | None = None, train_size: int | None = None, test_size: int | None = None
-) -> ImageData:
-    """Load (once per process) and return a dataset by registry name."""
-    return _load_cached(name, root, train_size, test_size)

@@ -1,7 +1,7 @@
 """``bench run --executor ray [--ray-address ADDR]``: each (model, seed) run is a Ray task.
 
 - Each task asks for the suite's ``resources`` (``cpus``, default 1; ``gpus``, default 0) and
-  runs ``bench.executors.work``, the same function as a ``--jobs`` worker: it loads the dataset
+  runs ``bench.run.executors.work``, the same function as a ``--jobs`` worker: it loads the dataset
   as the local executor does (root, ``$BENCH_DATA_DIR``, the Debian folder) and logs to the
   tracking URI given, as a child of the suite's parent run.
 - A task lost with its worker or node is retried by Ray (``--max-retries``); a failed or diverged
@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from bench.executors import Executor, ExecutorError, Job, Record, WorkerLost, make_jobs, work
-from bench.runner import RunOptions, SuiteEnv
-from bench.suite import RunSpec, Suite
+from bench.config import Suite
+from bench.run.context import RunOptions, SuiteEnv
+from bench.run.executors import Executor, ExecutorError, Job, Record, WorkerLost, make_jobs, work
+from bench.suite import RunSpec
 
 log = logging.getLogger("bench")
 
@@ -88,7 +89,7 @@ class RayExecutor(Executor):
     def start(self, suite: Suite, uri: str) -> None:
         import ray
 
-        from bench.checkpoint import sqlite_path
+        from bench.store.tracking import sqlite_path
 
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         try:
@@ -143,12 +144,11 @@ class RayExecutor(Executor):
         import ray
 
         from bench.cache import publish_shared
-        from bench.metrics.reference import log_reference
 
         suite = env.suite
         try:
-            # 1. what every run's evaluation reads, computed once here and shared through the store
-            log_reference(env.tracker, suite.name, env.data, suite.eval, env.device)
+            # 1. what every run's evaluation reads (the driver computed it with the reference row),
+            # shared through the store
             shared = publish_shared(env.parent)
             # 2. one task per run
             cpus, gpus = self.cpus(suite), suite.resources.gpus

@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-from bench.hooks import RunContext, SuiteHooks
+from bench.run.grids import StepImages
+from bench.run.hooks import HookList, RunContext, SuiteHooks
 
 log = logging.getLogger("bench")
 
@@ -192,3 +193,12 @@ class ProgressReporter(SuiteHooks):
         if self._redirect is not None:
             self._redirect.__exit__(None, None, None)
             self._redirect = None
+
+
+def default_hooks(progress: bool = False) -> HookList:
+    """Step-indexed sample/reconstruction grids always (they are part of what a run records);
+    progress bars or log lines when ``progress``."""
+    hooks: list[SuiteHooks] = [StepImages()]
+    if progress:
+        hooks.append(ProgressReporter())
+    return HookList(hooks)

@@ -1,0 +1,107 @@
+"""Local files that must survive a crash or a second process: atomic writes and advisory locks.
+
+Every file bench writes and reads back (checkpoints, cache entries, run folders) goes through
+``atomic_write``; claims on a run and the sqlite store's first open go through the locks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: locks are no-ops
+    fcntl = None
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` through ``write(file)`` into a temp file, fsync it, and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+class Claim:
+    """An exclusive flock on a run's ``claim.lock``; released by ``release`` or by process death."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = -1
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def try_lock(path: Path) -> Claim | None:
+    """Lock ``path`` without waiting; None when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is None:
+        return Claim(fd, path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return Claim(fd, path)
+
+
+def wait_lock(path: Path, should_stop: Callable[[], bool] = lambda: False, poll: float = 0.5) -> Claim | None:
+    """Lock ``path``, waiting for its holder; None if ``should_stop()`` turns true meanwhile.
+
+    Polls instead of blocking in flock so that Ctrl-C stays responsive.
+    """
+    while True:
+        claim = try_lock(path)
+        if claim is not None or should_stop():
+            return claim
+        time.sleep(poll)
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block (waits for it)."""
+    claim = wait_lock(path, poll=0.05)
+    try:
+        yield
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def lock_holder(path: Path) -> str:
+    try:
+        pid = path.read_text().strip()
+    except OSError:
+        return "another process"
+    return f"process {pid}" if pid else "another process"

@@ -1,0 +1,130 @@
+"""Write a report: the markdown, CSV and HTML files and the figures, into a folder and into the
+store beside each suite's runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from bench.report import figures, html
+from bench.report.summary import (
+    Report,
+    Summary,
+    load_grids,
+    load_history,
+    load_store,
+    markdown_table,
+    md_escape,
+    summarise,
+    table_notes,
+)
+from bench.store.tracking import Tracker
+
+log = logging.getLogger("bench")
+
+
+def _markdown(rep: Report) -> str:
+    from bench.metrics import METRICS
+
+    s, data = rep.summary, rep.data
+    md = [f"# {rep.title}", "", f"Tracking store: `{data.uri}`  ", f"Generated: {rep.generated}", ""]
+    md.append(markdown_table(s))
+    md += [f"- {n}" for n in table_notes(s)]
+    empty = [x for x in data.suites if s.table.empty or x not in set(s.table.suite)]
+    if empty:
+        md += ["", f"No runs in: {', '.join(empty)}."]
+    if not s.failed.empty:
+        md += [
+            "",
+            "## Runs that did not finish",
+            "",
+            "| suite | model | seed | status | reason |",
+            "|---|---|---|---|---|",
+        ]
+        for _, r in s.failed.iterrows():
+            md.append(
+                f"| {r.suite} | {r.label} | {r.seed} | {r.status} | {md_escape(r.failure_reason or '—')} |"
+            )
+    if rep.figures or (rep.notes and not s.table.empty):
+        md += ["", "## Figures", ""]
+        for f in rep.figures:
+            md += [f"### {f.title}", "", f"![{f.title}]({f.name})", "", f.caption, ""]
+        md += [f"- {n}" for n in rep.notes]
+    if s.metrics:
+        md += ["", "## Metrics", ""]
+        md += [
+            f"- `{m}` ({'higher' if METRICS.get(m).higher_is_better else 'lower'} is better; "
+            f"{'/'.join(METRICS.get(m).families)}): {METRICS.get(m).description}"
+            for m in s.metrics
+        ]
+    if not data.provenance.empty:
+        md += [
+            "",
+            "## Provenance of the metrics",
+            "",
+            "| suite | metric | source | provenance |",
+            "|---|---|---|---|",
+        ]
+        for _, p in data.provenance.iterrows():
+            md.append(f"| {p.suite} | {p.metric} | {p.source} | `{md_escape(p.provenance)}` |")
+    for suite in data.suites:
+        if suite in data.configs:
+            md += [
+                "",
+                f"## Suite `{suite}` (resolved config)",
+                "",
+                "```yaml",
+                data.configs[suite].rstrip(),
+                "```",
+            ]
+        env = data.environments.get(suite)
+        if env:
+            md += ["", "Environment: " + ", ".join(f"{k} `{v}`" for k, v in env.items() if v is not None)]
+    return "\n".join(md) + "\n"
+
+
+def write_report(
+    tracker: Tracker, suites: list[str], out_dir: Path, log_to_store: bool = True
+) -> tuple[Summary, list[Path]]:
+    """Write the report files into ``out_dir`` and log them to each suite's latest parent run.
+
+    Returns the summary and the written paths: ``report.md``, ``results.csv``, ``runs.csv``,
+    ``report.html``, then the figures (and ``reference.csv`` when a suite has a reference run).
+    """
+    data = load_store(tracker, suites)
+    summary = summarise(
+        data.runs,
+        baselines={s: b for s in suites if (b := data.baseline(s))},
+        order={s: data.label_order(s) for s in suites},
+        references=data.references,
+    )
+    rep = Report(
+        title=f"bench report: {', '.join(suites)}",
+        data=data,
+        summary=summary,
+        history=load_history(tracker, data.runs),
+        grids=load_grids(tracker, data.runs),
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rep.figures, rep.notes = figures.make_figures(rep, out_dir)
+
+    paths = [out_dir / "report.md", out_dir / "results.csv", out_dir / "runs.csv", out_dir / "report.html"]
+    paths[0].write_text(_markdown(rep), encoding="utf-8")
+    summary.table.to_csv(paths[1], index=False)
+    data.runs.to_csv(paths[2], index=False)
+    paths[3].write_text(html.render(rep, out_dir), encoding="utf-8")
+    paths += [out_dir / f.name for f in rep.figures]
+    if not data.references.empty:
+        paths.append(out_dir / "reference.csv")
+        data.references.to_csv(paths[-1], index=False)
+
+    if log_to_store:
+        artifact_dir = "report" if len(suites) == 1 else f"report/{'+'.join(suites)}"
+        for suite, run_id in data.parents.items():
+            try:
+                tracker.log_files(run_id, paths, artifact_dir)
+            except Exception as e:  # the files on disk are the report; the store copy is a convenience
+                log.warning("could not log the report to the parent run of %s: %s", suite, e)
+    return summary, paths

@@ -1,0 +1,249 @@
+"""Carry one run out: build the model, train it under the budget, evaluate it, log everything.
+
+``Execution`` is one run: what it needs comes in one ``SuiteEnv``, and each step of its life is a
+method, so ``run`` reads as the list of steps. Which run to carry out (skip, resume, start) is
+``bench.run.lifecycle``'s decision, made before an ``Execution`` exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import traceback
+
+import torch
+
+from bench.data import ImageData
+from bench.metrics import Result, evaluate
+from bench.metrics.samplers import fit_latent_sampler
+from bench.models import GenerativeModel, build_model
+from bench.run.checkpoint import RunFolder
+from bench.run.context import Resume, RunOutcome, SuiteEnv, finish_quietly
+from bench.run.grids import reconstruction_grid, sample_grid
+from bench.run.hooks import RunContext
+from bench.store.tracking import RunLogger
+from bench.suite import RunSpec, flatten
+from bench.train import Diverged, Interrupted, Progress, Trainer
+
+log = logging.getLogger("bench")
+
+STORED_CHECKPOINT = "checkpoint"  # artifact folder of a run's last checkpoint, when kept in the store
+
+
+class Execution:
+    """One run of one spec, from a fresh start or from ``resume``."""
+
+    def __init__(self, spec: RunSpec, env: SuiteEnv, folder: RunFolder, resume: Resume | None) -> None:
+        self.spec, self.env, self.folder, self.resume = spec, env, folder, resume
+        self.t_start = time.perf_counter()
+        self.clock = {"eval_seconds": 0.0, "checkpoint_seconds": 0.0}
+        self.run_logger: RunLogger | None = None
+
+    # 1. the model and its trainer, seeded
+    def build(self) -> tuple[GenerativeModel, Trainer]:
+        spec, suite, data = self.spec, self.spec.suite, self.env.data
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.model, spec.params, data.image_shape).to(self.env.device)
+        self.model_capabilities = model.capabilities
+        trainer = Trainer(
+            model,
+            data,
+            suite.budget,
+            spec.seed,
+            suite.tracking.log_every,
+            suite.eval.every,
+            train=suite.train,
+        )
+        return model, trainer
+
+    # 2. the MLflow run: continued, or started as a child of the suite run
+    def open_run(self, trainer: Trainer) -> RunLogger:
+        spec, tracker, folder, resume = self.spec, self.env.tracker, self.folder, self.resume
+        if resume is not None:
+            if resume.state is not None:
+                trainer.load_state_dict(resume.state["trainer"])
+            run = tracker.resume_run(resume.run_id, offline_dir=folder.offline)
+            run.tags({"bench.resumed_from_step": resume.step, "bench.threads": torch.get_num_threads()})
+            if resume.state is None:  # it may have died before logging its config
+                folder.clear_checkpoint()
+                self._log_config(run)
+                log.info(
+                    "%s: run %s stopped before its first checkpoint; training it again",
+                    spec.run_name,
+                    run.run_id,
+                )
+            else:
+                log.info(
+                    "%s: resuming run %s from its checkpoint at step %d",
+                    spec.run_name,
+                    run.run_id,
+                    resume.step,
+                )
+        else:
+            folder.clear_checkpoint()
+            run = tracker.start_run(self.env.parent, self._tags(), spec.run_name, offline_dir=folder.offline)
+            self._log_config(run)
+        folder.write_info(
+            {"uri": tracker.uri, "run_id": run.run_id, "run_name": spec.run_name, "suite": spec.suite.name}
+        )
+        return run
+
+    def _tags(self) -> dict[str, str]:
+        spec = self.spec
+        return {
+            "family": spec.family,
+            "model": spec.model,
+            "label": spec.label,
+            "seed": str(spec.seed),
+            "bench.config_hash": spec.config_hash,
+            "bench.suite": spec.suite.name,
+            "bench.threads": str(torch.get_num_threads()),
+            # what the model offers beyond its family: the report reads which metrics apply from it
+            "bench.capabilities": ",".join(sorted(self.model_capabilities)),
+        }
+
+    def _log_config(self, run: RunLogger) -> None:
+        run.params(flatten(self.spec.resolved()))
+        run.text("config.json", json.dumps(self.spec.resolved(), indent=2, default=str))
+
+    # 3. evaluation (timed), at every ``eval.every`` and at the end
+    def evaluate(self, model: GenerativeModel) -> dict[str, Result]:
+        t0 = time.perf_counter()
+        results = evaluate(model, self.env.data, self.spec.suite.eval, self.spec.seed, self.env.device)
+        self.clock["eval_seconds"] += time.perf_counter() - t0
+        return results
+
+    # 4. a checkpoint: the store first holds every value up to this step
+    def checkpoint(self, run: RunLogger, trainer: Trainer, step: int) -> None:
+        t0 = time.perf_counter()
+        run.flush()
+        state = {
+            "run_id": run.run_id,
+            "uri": self.env.tracker.uri,
+            "config_hash": self.spec.config_hash,
+            "step": step,
+            "trainer": trainer.state_dict(),
+        }
+        self.folder.save_checkpoint(state)
+        if self.env.options.store_checkpoints:  # where a retry on another node finds it
+            run.file(self.folder.checkpoint, STORED_CHECKPOINT)
+        self.clock["checkpoint_seconds"] += time.perf_counter() - t0
+
+    def outcome(self, run: RunLogger, status: str, reason: str = "", metrics=None) -> RunOutcome:
+        offline = self.folder.path if run.offline else None
+        return RunOutcome(
+            self.spec,
+            status,
+            run.run_id,
+            run.lost_reason if offline is not None else reason,
+            metrics or {},
+            resumed_from=self.resume.step if self.resume else None,
+            offline=offline,
+            seconds=time.perf_counter() - self.t_start,
+        )
+
+    # the whole life: 1-4, then the final evaluation, artifacts and cost; failures are states
+    def run(self) -> RunOutcome:
+        spec, env, hooks = self.spec, self.env, self.env.hooks
+        model, trainer = self.build()
+        run = self.open_run(trainer)
+        hooks.run_started(RunContext(spec, run, model, env.data, trainer, env.device))
+
+        def on_log(step: int, losses: dict[str, float]) -> None:
+            run.losses(step, losses)
+            hooks.logged(step, losses)
+
+        def on_eval(step: int) -> None:
+            results = self.evaluate(model)
+            run.results(step, results)
+            hooks.evaluated(step, results)
+
+        try:
+            progress = trainer.run(
+                on_log=on_log,
+                on_eval=on_eval,
+                on_checkpoint=lambda step: self.checkpoint(run, trainer, step),
+                checkpoint_every=spec.suite.checkpoint.every,
+                should_stop=env.stop,
+            )
+            results = self.finish_training(run, model, progress)
+        except Diverged as e:
+            run.tags({"failure_reason": str(e)})
+            run.finish("FAILED")
+            self.folder.clear_checkpoint()  # resuming would diverge again: a new `bench run` starts afresh
+            return self.outcome(run, "FAILED", str(e))
+        except Interrupted as e:
+            self.checkpoint(run, trainer, e.step)
+            run.tags({"failure_reason": f"interrupted at step {e.step}; `bench run` again resumes it"})
+            run.finish("KILLED")
+            raise KeyboardInterrupt from None
+        except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last periodic checkpoint stands
+            run.tags({"failure_reason": "interrupted (Ctrl-C)"})
+            finish_quietly(run, "KILLED")
+            raise
+        except Exception as e:  # any other error fails this run only; its checkpoint stays for a retry
+            return self.fail(run, e)
+        if run.offline:  # keep the final state beside the journal until it is re-logged
+            self.checkpoint(run, trainer, progress.step)
+        run.finish("FINISHED")
+        if not run.offline:
+            self.folder.clear_checkpoint()
+        return self.outcome(run, "FINISHED", metrics={k: r.value for k, r in results.items()})
+
+    def finish_training(
+        self, run: RunLogger, model: GenerativeModel, progress: Progress
+    ) -> dict[str, Result]:
+        """Post-training fits, the final evaluation, the artifacts and what the run cost."""
+        t0 = time.perf_counter()
+        fit_latent_sampler(model, self.env.data, self.spec.suite.eval.batch_size)  # e.g. the AE's Gaussian
+        self.clock["eval_seconds"] += time.perf_counter() - t0
+        results = self.evaluate(model)
+        run.results(progress.step, results)
+        self.env.hooks.evaluated(progress.step, results)
+        log_artifacts(run, model, self.env.data, self.spec, self.env.device)
+        # what the run cost; this process's share only when it was resumed
+        self.clock["wall_seconds"] = time.perf_counter() - self.t_start
+        self.clock["tracking_seconds"] = run.seconds
+        n_params = sum(p.numel() for p in model.parameters())
+        run.metrics(progress.step, cost_metrics(progress, n_params, self.env.device) | self.clock)
+        return results
+
+    def fail(self, run: RunLogger, e: Exception) -> RunOutcome:
+        log.error("%s failed:\n%s", self.spec.run_name, traceback.format_exc())
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        run.tags({"failure_reason": reason})
+        run.text("traceback.txt", traceback.format_exc())
+        run.finish("FAILED")
+        return self.outcome(run, "FAILED", reason)
+
+
+def cost_metrics(progress: Progress, n_params: int, device: torch.device) -> dict[str, float]:
+    """What the run cost: budget used, size, throughput, peak memory."""
+    out = {
+        "budget_steps": progress.step,
+        "budget_images": progress.images,
+        "train_seconds": progress.train_seconds,
+        "images_per_s": progress.images_per_s,
+        "param_count": n_params,
+    }
+    if device.type == "cuda":
+        out["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
+
+        out["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def log_artifacts(run: RunLogger, model, data: ImageData, spec: RunSpec, device: torch.device) -> None:
+    """Sample grid, reconstruction grid (encoder families), state_dict and the spec to rebuild it."""
+    run.image("samples.png", sample_grid(model, spec.seed, device))
+    if model.has_encoder:
+        run.image("reconstructions.png", reconstruction_grid(model, data, device))
+    run.torch_state("model/state_dict.pt", model.state_dict())
+    run.text(
+        "model/spec.json",
+        json.dumps({"model": spec.model, "params": spec.params, "image_shape": list(data.image_shape)}),
+    )

@@ -1,0 +1,64 @@
+"""Log the reference row: the generation metrics of held-out real images, as a run of its own.
+
+What the row is and how it is computed is ``bench.metrics.reference``; this module only keeps the
+experiment's reference run complete. It is the one place that writes the row, whoever asks (a
+suite before its runs, ``bench eval`` after them).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from bench.cache import content_key
+from bench.config import EvalConfig
+from bench.data import ImageData
+from bench.metrics.base import Result
+from bench.metrics.generative import GENERATION, GenerationEval
+from bench.metrics.reference import protocol
+from bench.store.tracking import RunLogger, Tracker
+from bench.suite import flatten
+
+log = logging.getLogger("bench")
+
+
+def log_reference(
+    tracker: Tracker, suite_name: str, data: ImageData, cfg: EvalConfig, device: torch.device
+) -> str | None:
+    """Make sure the experiment's reference run holds every requested generation metric.
+
+    Returns the reference run's id; None when the suite asks for no generation metric, or when
+    computing the row failed (logged as an error, never raised: the model runs it accompanies are
+    already safe in the store).
+    """
+    names = [m for m in cfg.metrics if m in GENERATION]
+    if not names:
+        return None
+    gen = GenerationEval(data, cfg, seed=0, device=device)
+    proto = protocol(gen)
+    key = content_key(proto)
+    existing = [
+        r
+        for r in tracker.runs(suite_name, kind="reference")
+        if r.data.tags.get("bench.reference_key") == key and r.info.status == "FINISHED"
+    ]
+    if existing and all(n in existing[0].data.metrics for n in names):
+        return existing[0].info.run_id
+    todo = [n for n in names if not existing or n not in existing[0].data.metrics]
+    try:  # compute first: a failure leaves no half-made row in the store
+        results: dict[str, Result] = {n: gen.reference_result(GENERATION[n]) for n in todo}
+    except Exception as e:  # the row accompanies runs that are already safe in the store: never lose them
+        log.error("the reference row of %s was not computed: %s: %s", suite_name, type(e).__name__, e)
+        return None
+    if existing:
+        run = RunLogger(tracker, existing[0].info.run_id)
+        run.results(0, results)
+        return run.run_id
+    run = tracker.start_reference(
+        suite_name, {"label": "reference", "family": "data", "model": "data", "bench.reference_key": key}
+    )
+    run.params(flatten(proto, "reference."))
+    run.results(0, results)
+    run.finish("FINISHED")
+    return run.run_id

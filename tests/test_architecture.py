@@ -1,0 +1,176 @@
+"""The package's layering, read from the source: every import of every module (module level,
+inside functions and under ``TYPE_CHECKING`` alike), so a lazy import cannot hide a cycle.
+
+docs/architecture.md draws the layers; this test is what keeps them true.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "bench"
+
+# (importer prefix, imported prefix): an edge from a module under the first to one under the second
+FORBIDDEN = [
+    ("bench.metrics", "bench.store"),
+    ("bench.metrics", "bench.run"),
+    ("bench.models", "bench.store"),
+    ("bench.models", "bench.run"),
+    ("bench.models", "bench.train"),
+    ("bench.models", "bench.metrics"),
+    ("bench.data", "bench.models"),
+    ("bench.data", "bench.metrics"),
+    ("bench.report", "bench.run"),
+    ("bench.report", "bench.train"),
+    ("bench.report", "bench.models"),
+    ("bench.suite", "bench.store"),
+    ("bench.suite", "bench.run"),
+    ("bench.config", "bench.store"),
+    ("bench.config", "bench.run"),
+    ("bench.store", "bench.run"),
+    ("bench.store", "bench.report"),
+    ("bench.train", "bench.store"),
+    ("bench.train", "bench.run"),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The bench modules that ``name`` imports anywhere in its source."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_pkg = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_pkg else name.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            # `from bench.metrics import reference` imports a submodule; `import X` of a name does not
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod for a in node.names]
+        else:
+            continue
+        for t in targets:
+            # `import bench.run.driver` counts as an import of the deepest bench module named
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name and t != "bench":
+                found.add(t)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {name: imports(name, path, known) for name, path in mods.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = 0
+
+    def visit(v: str) -> None:
+        nonlocal counter
+        index[v] = low[v] = counter
+        counter += 1
+        stack.append(v)
+        on.add(v)
+        for w in g.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def test_the_reader_finds_every_kind_of_import(tmp_path):
+    src = tmp_path / "bench" / "run" / "x.py"
+    src.parent.mkdir(parents=True)
+    src.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from . import y\n"
+        "from ..store import tracking\n"
+        "if TYPE_CHECKING:\n    from bench.report.summary import Summary\n"
+        "def f():\n    import bench.metrics.base\n",
+        encoding="utf-8",
+    )
+    known = {"bench.run.x", "bench.run.y", "bench.store", "bench.store.tracking",
+             "bench.report.summary", "bench.metrics.base"}
+    assert imports("bench.run.x", src, known) == {
+        "bench.run.y", "bench.store.tracking", "bench.report.summary", "bench.metrics.base"
+    }
+
+
+def test_cycles_are_found():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    found = cycles(graph())
+    assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+@pytest.mark.parametrize("importer,imported", FORBIDDEN, ids=[f"{a}->{b}" for a, b in FORBIDDEN])
+def test_forbidden_edge(importer, imported):
+    bad = sorted(
+        f"{src} imports {dst}"
+        for src, dsts in graph().items()
+        if under(src, importer)
+        for dst in dsts
+        if under(dst, imported)
+    )
+    assert not bad, "\n".join(bad)
+
+
+def test_no_function_over_80_lines():
+    """Long functions hide steps; an argparse table (``build_parser``) is the one exception."""
+    long = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name != "build_parser":
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    long.append(f"{name}.{node.name}: {n} lines")
+    assert not long, "\n".join(long)
