@@ -55,9 +55,9 @@ def time_reference_statistics(data, n: int, device: torch.device) -> tuple[float
     from bench.cache import cache_dir
     from bench.config import EvalConfig
     from bench.metrics.features import real_statistics
-    from bench.metrics.generative import GENERATION, GenerationEval
+    from bench.metrics.generative import GenerationEval, generation_metric
 
-    gm = GENERATION["fid_domain"]
+    gm = generation_metric("fid_domain")
     gen = GenerationEval(data, EvalConfig(metrics=["fid_domain"], n_samples=n, n_real=n), 0, device)
     prep = gen.prepared(gm.extractor)
     layer = prep.layer("fid")

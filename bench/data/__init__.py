@@ -58,7 +58,9 @@ def _load_cached(name: str, root: str | None, train_size: int | None, test_size:
 
 
 def _subset(data: ImageData, n_train: int | None, n_test: int | None) -> ImageData:
-    """The first n images of a split: a deterministic, documented subset."""
+    """The first n images of a split: a deterministic, documented subset (it keeps the complete
+    dataset's checksum, and the complete dataset itself in ``full``)."""
+    data = replace(data, full=data.complete)
     if n_train:
         data = replace(data, train_x=data.train_x[:n_train], train_y=data.train_y[:n_train])
     if n_test:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -29,6 +29,13 @@ class ImageData:
     num_classes: int
     checksum: str  # sha256 of the decoded arrays: the content key for every cache
     source: str  # where the files came from (provenance)
+    # the complete dataset when this is a prefix of it (``train_size``/``test_size``): the
+    # reference set of the generation metrics is cut from it, so a subset keeps its checksum
+    full: ImageData | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def complete(self) -> ImageData:
+        return self.full if self.full is not None else self
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -43,6 +43,15 @@ class Metric:
     description: str
     check: Callable[[Suite], list[str]] = lambda suite: []
     needs: frozenset[str] = frozenset()  # model capabilities beyond the family (e.g. "nll_bound")
+    # generation metrics only: what is computed, from which features, on which images
+    base: str | None = None  # e.g. "fid"; precision and recall share one computation
+    extractor: str | None = None  # "inception" | "domain" (bench.metrics.features.EXTRACTORS)
+    sampler: str | None = None  # "prior" | "gmm" | "rec" (bench.metrics.samplers.SAMPLERS)
+    headline: bool = False  # drawn in the report's headline generation figure
+
+    @property
+    def is_generation(self) -> bool:
+        return self.extractor is not None
 
     def applies_to(self, family: str, capabilities: Iterable[str] | None = None) -> bool:
         """Whether the metric is defined for a model of ``family`` offering ``capabilities``
@@ -72,14 +81,23 @@ def register_metric(
     description: str,
     check: Callable[[Suite], list[str]] | None = None,
     needs: tuple[str, ...] = (),
+    **generation: Any,
 ) -> Callable[[Callable[[EvalContext], Result | float]], Callable[[EvalContext], Result | float]]:
-    """Decorator registering a metric function under ``name``."""
+    """Decorator registering a metric function under ``name``. ``generation`` holds the fields of
+    a generation metric (``base``, ``extractor``, ``sampler``, ``headline``)."""
 
     def deco(fn):
         METRICS.add(
             name,
             Metric(
-                name, fn, higher_is_better, families, description, check or (lambda s: []), frozenset(needs)
+                name,
+                fn,
+                higher_is_better,
+                families,
+                description,
+                check or (lambda s: []),
+                frozenset(needs),
+                **generation,
             ),
         )
         return fn

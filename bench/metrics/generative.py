@@ -22,7 +22,6 @@ reference split, sampler, torch-fidelity version).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +29,8 @@ import torch
 import torch_fidelity
 
 from bench.cache import cached_json
-from bench.data import DataError, ImageData, load_dataset
-from bench.metrics.base import EvalContext, Result, register_metric
+from bench.data import ImageData
+from bench.metrics.base import METRICS, EvalContext, Result, register_metric
 from bench.metrics.features import (
     EXTRACTORS,
     Extractor,
@@ -122,6 +121,7 @@ BASES = (
         named_by_extractor=False,
     ),
 )
+BASES_BY_NAME = {b.name: b for b in BASES}
 
 
 @dataclass(frozen=True)
@@ -132,20 +132,20 @@ class GenerationMetric:
     sampler: Sampler
 
 
-GENERATION: dict[str, GenerationMetric] = {}  # every registered generation metric by name
+def generation_metric(name: str) -> GenerationMetric:
+    """The registered generation metric ``name`` with its base, extractor and sampler resolved."""
+    m = METRICS.get(name)
+    if not m.is_generation:
+        raise KeyError(f"{name} is not a generation metric")
+    return GenerationMetric(name, BASES_BY_NAME[m.base], EXTRACTORS.get(m.extractor), SAMPLERS.get(m.sampler))
+
+
+def generation_names(names: list[str]) -> list[str]:
+    """The generation metrics among ``names`` (registered names only), in order."""
+    return [n for n in names if n in METRICS and METRICS.get(n).is_generation]
 
 
 # --------------------------------------------------------------------------- the shared evaluation
-
-
-def complete_dataset(data: ImageData) -> ImageData:
-    """The whole dataset ``data`` belongs to: ``dataset.train_size``/``test_size`` cut prefixes of it
-    and keep its checksum. Generated data (no files to reload) is complete as it is."""
-    try:
-        full = load_dataset(data.name, data.source)
-    except (DataError, OSError, TypeError, ValueError):
-        return data
-    return full if full.checksum == data.checksum else data
 
 
 class GenerationEval:
@@ -163,9 +163,10 @@ class GenerationEval:
         self._fake: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self._scores: dict[tuple[str, str, str], dict[str, float]] = {}
 
-    @functools.cached_property
+    @property
     def full(self) -> ImageData:
-        return complete_dataset(self.data)
+        """The complete dataset: the reference set is cut from it, whatever prefix trained."""
+        return self.data.complete
 
     def _split(self, split: str) -> torch.Tensor:
         return self.full.train_x if split == "train" else self.full.test_x
@@ -386,36 +387,56 @@ def preflight(cfg: EvalConfig) -> list[str]:
     """What this machine lacks for the requested generation metrics (e.g. the offline Inception
     weights): checked by ``bench run`` and ``bench eval`` before any work, like the data files."""
     problems = {}
-    for name in cfg.metrics:
-        if name in GENERATION:
-            ex = GENERATION[name].extractor
-            problem = ex.missing(cfg)
-            if problem:
-                problems.setdefault(problem, []).append(name)
+    for name in generation_names(cfg.metrics):
+        problem = generation_metric(name).extractor.missing(cfg)
+        if problem:
+            problems.setdefault(problem, []).append(name)
     return [f"{', '.join(names)}: {p}" for p, names in problems.items()]
 
 
 # --------------------------------------------------------------------------- registration
+# Every generation metric by its full name: <base><extractor suffix><sampler suffix>.
 
 
-def _register(base: Base, ex: Extractor, sm: Sampler) -> None:
-    name = base.name + (ex.suffix if base.named_by_extractor else "") + sm.suffix
-    gm = GenerationMetric(name, base, ex, sm)
-    GENERATION[name] = gm
+def _register(name: str, base: str, extractor: str, sampler: str, headline: bool = False) -> None:
+    b, ex, sm = BASES_BY_NAME[base], EXTRACTORS.get(extractor), SAMPLERS.get(sampler)
+    assert name == base + (ex.suffix if b.named_by_extractor else "") + sm.suffix, name
+    assert extractor in b.extractors and sampler in b.samplers, name
+    gm = GenerationMetric(name, b, ex, sm)
     register_metric(
         name,
-        higher_is_better=base.higher_is_better,
+        higher_is_better=b.higher_is_better,
         families=sm.families,
-        description=f"{base.description}; {ex.name} features; samples: {sm.description}",
+        description=f"{b.description}; {ex.name} features; samples: {sm.description}",
         check=_checker(gm),
+        base=base,
+        extractor=extractor,
+        sampler=sampler,
+        headline=headline,
     )(lambda ctx: generation(ctx).result(gm))
 
 
-for _base in BASES:
-    for _ex in _base.extractors:
-        for _sm in _base.samplers:
-            _register(_base, EXTRACTORS.get(_ex), SAMPLERS.get(_sm))
-
-
-def is_generation_metric(name: str) -> bool:
-    return name in GENERATION
+_register("fid", "fid", "inception", "prior", headline=True)
+_register("fid_gmm", "fid", "inception", "gmm")
+_register("fid_rec", "fid", "inception", "rec")
+_register("fid_domain", "fid", "domain", "prior", headline=True)
+_register("fid_domain_gmm", "fid", "domain", "gmm")
+_register("fid_domain_rec", "fid", "domain", "rec")
+_register("kid", "kid", "inception", "prior", headline=True)
+_register("kid_gmm", "kid", "inception", "gmm")
+_register("kid_domain", "kid", "domain", "prior", headline=True)
+_register("kid_domain_gmm", "kid", "domain", "gmm")
+_register("precision", "precision", "inception", "prior")
+_register("precision_gmm", "precision", "inception", "gmm")
+_register("precision_domain", "precision", "domain", "prior")
+_register("precision_domain_gmm", "precision", "domain", "gmm")
+_register("recall", "recall", "inception", "prior")
+_register("recall_gmm", "recall", "inception", "gmm")
+_register("recall_domain", "recall", "domain", "prior")
+_register("recall_domain_gmm", "recall", "domain", "gmm")
+_register("is", "is", "inception", "prior", headline=True)
+_register("is_gmm", "is", "inception", "gmm")
+_register("is_domain", "is", "domain", "prior", headline=True)
+_register("is_domain_gmm", "is", "domain", "gmm")
+_register("modes_covered", "modes_covered", "domain", "prior")
+_register("modes_covered_gmm", "modes_covered", "domain", "gmm")

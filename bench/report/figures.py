@@ -19,9 +19,6 @@ from bench.report.stats import pareto_front
 if TYPE_CHECKING:
     from bench.report.summary import GridImage, Report, Summary
 
-# the "main generation metric" of the quality-against-cost figure: the first of these present,
-# else the first registered metric that applies to GANs
-MAIN_GENERATION_METRICS = ("fid", "fid_domain", "kid", "kid_domain", "fld", "is_domain", "inception_score")
 DPI = 110
 
 
@@ -224,13 +221,13 @@ def rate_distortion(rep: Report, path: Path) -> FigureFile:
 
 
 def main_generation_metric(s: Summary) -> str | None:
+    """The metric of the quality-against-cost figure: the first headline generation metric
+    present (registry order), else the first metric present that applies to GANs."""
     from bench.metrics import METRICS
 
     present = [m for m in s.metrics if s.table[f"{m}_mean"].notna().any()]
-    for m in MAIN_GENERATION_METRICS:
-        if m in present:
-            return m
-    return next((m for m in present if "gan" in METRICS.get(m).families), None)
+    headline = [m for m in present if METRICS.get(m).headline]
+    return next(iter(headline), None) or next((m for m in present if "gan" in METRICS.get(m).families), None)
 
 
 def quality_vs_cost(rep: Report, path: Path) -> FigureFile:

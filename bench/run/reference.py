@@ -15,7 +15,7 @@ from bench.cache import content_key
 from bench.config import EvalConfig
 from bench.data import ImageData
 from bench.metrics.base import Result
-from bench.metrics.generative import GENERATION, GenerationEval
+from bench.metrics.generative import GenerationEval, generation_metric, generation_names
 from bench.metrics.reference import protocol
 from bench.store.tracking import RunLogger, Tracker
 from bench.suite import flatten
@@ -32,7 +32,7 @@ def log_reference(
     computing the row failed (logged as an error, never raised: the model runs it accompanies are
     already safe in the store).
     """
-    names = [m for m in cfg.metrics if m in GENERATION]
+    names = generation_names(cfg.metrics)
     if not names:
         return None
     gen = GenerationEval(data, cfg, seed=0, device=device)
@@ -47,7 +47,7 @@ def log_reference(
         return existing[0].info.run_id
     todo = [n for n in names if not existing or n not in existing[0].data.metrics]
     try:  # compute first: a failure leaves no half-made row in the store
-        results: dict[str, Result] = {n: gen.reference_result(GENERATION[n]) for n in todo}
+        results: dict[str, Result] = {n: gen.reference_result(generation_metric(n)) for n in todo}
     except Exception as e:  # the row accompanies runs that are already safe in the store: never lose them
         log.error("the reference row of %s was not computed: %s: %s", suite_name, type(e).__name__, e)
         return None
