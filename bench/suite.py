@@ -33,6 +33,7 @@ from bench.config import (  # noqa: F401  (re-exported: the schema's names, as t
     Suite,
     TrackingConfig,
     TrainConfig,
+    without_neutral_defaults,
 )
 
 # --------------------------------------------------------------------------- errors
@@ -338,10 +339,16 @@ class RunSpec:
         """Identity of the run for resuming: resolved config + code version.
 
         Default numerics (fp32, eager) leave the hash as it was before ``train`` existed, so the
-        runs of an existing store are still found; any other ``train`` setting changes it."""
+        runs of an existing store are still found; any other ``train`` setting changes it. The same
+        holds for eval options and model parameters marked ``HASH_NEUTRAL`` (``bench.config``)."""
+        from bench.models import MODELS
+
         run = self.resolved()
         if run["train"] == TrainConfig().model_dump():
             del run["train"]
+        # options added later are part of the hash only where they differ from their defaults
+        run["eval"] = without_neutral_defaults(run["eval"], EvalConfig)
+        run["params"] = without_neutral_defaults(run["params"], MODELS.get(self.model).cls.Params)
         blob = json.dumps({"run": run, "bench": bench.__version__}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
