@@ -146,12 +146,27 @@ class EvalConfig(Strict):
         return v
 
 
+class PublishedValue(Strict):
+    """A published result for one metric of one model: what the report compares the runs with."""
+
+    value: float
+    pm: float = Field(0.0, ge=0, description="the published ± (std or interval half-width; 0: none given)")
+    source: str = Field(min_length=1, description="where it is published: paper, table, column")
+    note: str = ""
+
+    @property
+    def band(self) -> tuple[float, float]:
+        return self.value - self.pm, self.value + self.pm
+
+
 class ModelConfig(BaseModel):
-    """``name`` (registry key), optional ``label``; every other key is a model parameter."""
+    """``name`` (registry key), optional ``label``, optional ``reference`` (published values by
+    metric name, not a parameter: it changes no result); every other key is a model parameter."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str
     label: str | None = None
+    reference: dict[str, PublishedValue] | None = None
 
     @property
     def params(self) -> dict[str, Any]:

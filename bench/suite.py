@@ -228,7 +228,7 @@ def _model_errors(models: list[Any]) -> list[FieldError]:
         if m["name"] not in MODELS:
             errors.append(FieldError(f"models.{i}.name", MODELS.unknown_message(m["name"])))
             continue
-        params = {k: v for k, v in m.items() if k not in ("name", "label")}
+        params = {k: v for k, v in m.items() if k not in ("name", "label", "reference")}
         try:
             MODELS.get(m["name"]).make_params(params)
         except ValidationError as e:
@@ -255,6 +255,16 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
             )
         elif "/" in lab:
             errors.append(FieldError(f"models.{i}.label", "labels cannot contain '/'"))
+
+    for i, m in enumerate(suite.models):
+        for metric in m.reference or {}:
+            if metric not in suite.eval.metrics:
+                errors.append(
+                    FieldError(
+                        f"models.{i}.reference.{metric}",
+                        f"{metric!r} is not among eval.metrics: a published value needs the measured one",
+                    )
+                )
 
     classes = [MODELS.get(m.name).cls for m in suite.models if m.name in MODELS]
     for i, name in enumerate(suite.eval.metrics):

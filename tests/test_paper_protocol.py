@@ -13,7 +13,7 @@ import bench
 from bench.data import load_dataset
 from bench.metrics.samplers import GMMOptions, latent_gmm
 from bench.models import build_model
-from bench.suite import expand, load_suite
+from bench.suite import SuiteError, expand, load_suite
 
 NEW_EVAL = ("gmm_kind", "gmm_weight_concentration", "gmm_max_iter", "dc_neighborhood", "fd_inf_points",
             "fd_inf_min_n")  # fmt: skip
@@ -119,3 +119,23 @@ def test_dirichlet_gmm_and_max_iter_are_fitting_options(data):
     assert (bayes.weights < 0.01).sum() >= 3 and (em.weights < 0.01).sum() == 0
     assert short.n_iter == 1 and not short.converged
     assert "Dirichlet-process weight prior (0.1)" in GMMOptions("dirichlet").describe(10)
+
+
+def test_a_reference_block_is_no_parameter_and_needs_its_metric(write_suite):
+    pub = {"psnr": {"value": 20.0, "pm": 1.5, "source": "a paper, Table 1"}}
+    plain = expand(load_suite(write_suite(tiny_suite())))[0]
+    with_ref = expand(load_suite(write_suite(tiny_suite(models=[{"name": "ae-mlp", "reference": pub}]))))[0]
+    assert "reference" not in with_ref.params and with_ref.config_hash == plain.config_hash
+    assert with_ref.suite.models[0].reference["psnr"].band == (18.5, 21.5)
+    bad = {"fid_domain": {"value": 1.0, "source": "x"}, "psnr": {"value": 1.0, "pm": -1, "source": "y"}}
+    path = write_suite(tiny_suite(models=[{"name": "ae-mlp", "reference": bad}]))
+    with pytest.raises(SuiteError) as e:
+        load_suite(path)
+    assert "models.0.reference.psnr.pm: Input should be greater than or equal to 0" in str(e.value)
+    path = write_suite(
+        tiny_suite(models=[{"name": "ae-mlp", "reference": {"fid_domain": bad["fid_domain"]}}])
+    )
+    with pytest.raises(
+        SuiteError, match="models.0.reference.fid_domain: 'fid_domain' is not among eval.metrics"
+    ):
+        load_suite(path)
