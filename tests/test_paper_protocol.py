@@ -3,6 +3,7 @@ earlier config hash."""
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,3 +140,30 @@ def test_a_reference_block_is_no_parameter_and_needs_its_metric(write_suite):
         SuiteError, match="models.0.reference.fid_domain: 'fid_domain' is not among eval.metrics"
     ):
         load_suite(path)
+
+
+PAPER_SUITES = sorted(Path(__file__).resolve().parents[1].glob("suites/paper-*.yaml"))
+
+
+def test_the_paper_suites_parse_and_list_the_papers_fids(capsys):
+    from bench.cli import main
+
+    assert len(PAPER_SUITES) >= 3
+    assert main(["validate", *map(str, PAPER_SUITES)]) == 0
+    out = capsys.readouterr().out
+    for path in PAPER_SUITES:
+        suite = load_suite(path)
+        e = suite.eval
+        assert f"{path}: ok" in out
+        assert e.n_samples == e.n_real == 10000 and e.reference_split == "test"
+        if suite.name.startswith("paper-lucic"):
+            assert e.metrics == ["fid"]
+            assert {m.params.get("ls_on") for m in suite.models if m.name == "lsgan"} == {"sigmoid"}
+        else:
+            assert e.metrics[:3] == ["fid_rec", "fid", "fid_gmm"] and e.gmm_kind == "dirichlet"
+        fids = [m for m in e.metrics if m.startswith("fid")]
+        for m in suite.models:  # every model carries the paper's value of every FID it reports
+            assert m.reference and set(m.reference) == set(fids), m.display
+            assert all(pv.source for pv in m.reference.values())
+    assert "  metrics: fid (generation: 10000 samples vs the first 10000 test images)" in out
+    assert "  metrics: fid_rec, fid, fid_gmm, recon_mse (generation" in out

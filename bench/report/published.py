@@ -54,7 +54,7 @@ def published_rows(data: StoreData, summary: Summary) -> list[dict[str, Any]]:
                         "measured": fmt_mean_ci(mean, ci) if n else "",
                         "seeds": n,
                         "published": f"{fmt_num(value)} ± {fmt_num(pm)}" if pm else fmt_num(value),
-                        "source": str(pub.get("source", "")),
+                        "source": "; ".join(str(x) for x in (pub.get("source"), pub.get("note")) if x),
                         "verdict": verdict(mean if n else math.nan, ci, value, pm),
                     }
                 )
