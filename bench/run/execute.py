@@ -102,6 +102,11 @@ class Execution:
             "bench.threads": str(torch.get_num_threads()),
             # what the model offers beyond its family: the report reads which metrics apply from it
             "bench.capabilities": ",".join(sorted(self.model_capabilities)),
+            # published values the suite compares this model with (not part of the config hash)
+            **{
+                f"bench.published.{metric}": json.dumps(pv.model_dump(), sort_keys=True)
+                for metric, pv in (spec.suite.models[spec.index].reference or {}).items()
+            },
         }
 
     def _log_config(self, run: RunLogger) -> None:
