@@ -20,7 +20,7 @@ def _err(msg: str) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check each suite file; print what it runs and the metrics it reports (exit 2 if any is bad)."""
-    from bench.metrics.generative import is_generation_metric
+    from bench.metrics.generative import generation_names
     from bench.suite import SuiteError, expand, load_suite
 
     rc = EXIT_OK
@@ -34,7 +34,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         n = len(expand(suite))
         print(f"{path}: ok ({len(suite.models)} models x {len(suite.seeds)} seeds = {n} runs)")
         e = suite.eval
-        gen = [m for m in e.metrics if is_generation_metric(m)]
+        gen = generation_names(e.metrics)
         where = f" (generation: {e.n_samples} samples vs the first {e.n_real} {e.reference_split} images)"
         print(f"  metrics: {', '.join(e.metrics)}{where if gen else ''}")
     return rc
