@@ -415,7 +415,3 @@ for _base in BASES:
     for _ex in _base.extractors:
         for _sm in _base.samplers:
             _register(_base, EXTRACTORS.get(_ex), SAMPLERS.get(_sm))
-
-
-def is_generation_metric(name: str) -> bool:
-    return name in GENERATION

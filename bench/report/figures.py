@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 # the "main generation metric" of the quality-against-cost figure: the first of these present,
 # else the first registered metric that applies to GANs
-MAIN_GENERATION_METRICS = ("fid", "fid_domain", "kid", "kid_domain", "fld", "is_domain", "inception_score")
+MAIN_GENERATION_METRICS = ("fid", "fid_domain", "kid", "kid_domain", "is_domain")
 DPI = 110
 
 
