@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from bench.files import atomic_write
+
 log = logging.getLogger("bench")
 
 DEFAULT_DIR = Path("~/.cache/bench")
@@ -46,27 +48,15 @@ def entry_path(kind: str, parts: dict[str, Any], suffix: str = ".pt") -> Path:
     return cache_dir() / kind / f"{content_key(parts)}{suffix}"
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_tensors(obj: Any, path: Path) -> None:
     """Atomically ``torch.save`` tensors / plain containers to ``path``."""
-    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _describe(path: Path, parts: dict[str, Any]) -> None:
     """A readable note beside each entry: what its key was made of."""
     text = json.dumps(parts, indent=2, sort_keys=True, default=str)
-    _write_atomic(path.with_suffix(".key.json"), lambda tmp: tmp.write_text(text))
+    atomic_write(path.with_suffix(".key.json"), lambda f: f.write(text), mode="w")
 
 
 _USED: set[Path] = set()  # entries this process read or wrote
@@ -102,7 +92,7 @@ def cached_json(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T
             log.warning("cache entry %s unreadable (%s); recomputing", path, e)
     value = compute()
     text = json.dumps(value, sort_keys=True)
-    _write_atomic(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda f: f.write(text), mode="w")
     _describe(path, parts)
     return json.loads(text)
 
@@ -158,7 +148,6 @@ def fetch_shared(tracker: Any, run_id: str) -> int:
         for src in sorted(Path(got).rglob("*")):
             dst = root / src.relative_to(got)
             if src.is_file() and not dst.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomic(dst, lambda tmp_path, src=src: tmp_path.write_bytes(src.read_bytes()))
+                atomic_write(dst, lambda f, src=src: f.write(src.read_bytes()))
                 n += not dst.name.endswith(".key.json")
         return n

@@ -63,11 +63,8 @@ class BudgetConfig(Strict):
 
     @property
     def kind(self) -> str:
+        """Which of steps | epochs | images | seconds the budget counts."""
         return next(k for k in BUDGET_KINDS if getattr(self, k) is not None)
-
-    @property
-    def amount(self) -> float:
-        return getattr(self, self.kind)
 
 
 class EvalConfig(Strict):

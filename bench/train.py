@@ -117,12 +117,12 @@ class Progress:
 
 def total_steps(budget: BudgetConfig, n_train: int) -> float:
     """Steps the budget allows (``inf`` for a time budget)."""
-    b = budget.batch_size
-    if budget.steps is not None:
+    b, kind = budget.batch_size, budget.kind
+    if kind == "steps":
         return budget.steps
-    if budget.epochs is not None:
+    if kind == "epochs":
         return budget.epochs * math.ceil(n_train / b)
-    if budget.images is not None:
+    if kind == "images":
         return math.ceil(budget.images / b)
     return math.inf
 
@@ -181,9 +181,9 @@ class Trainer:
 
     def done(self) -> bool:
         p, b = self.progress, self.budget
-        if b.seconds is not None:
+        if b.kind == "seconds":
             return p.train_seconds >= b.seconds
-        if b.images is not None:
+        if b.kind == "images":
             return p.images >= b.images
         return p.step >= total_steps(b, len(self.data.train_x))
 
@@ -198,7 +198,7 @@ class Trainer:
         """Train until the budget is used; raises ``Diverged``, or ``Interrupted`` when
         ``should_stop()`` turns true (checked after every step, once that step's work is done)."""
         model, data, p = self.model, self.data, self.progress
-        n, bs = len(data.train_x), self.budget.batch_size
+        n, bs, kind = len(data.train_x), self.budget.batch_size, self.budget.kind
         model.train()
         pending = self._pending
         sync = self.device.type == "cuda"
@@ -206,7 +206,7 @@ class Trainer:
             t0 = time.perf_counter()
             # 1. the batch: an index slice of the resident uint8 tensor
             idx = batch_indices(n, bs, p.step, self.seed, self.device)
-            if self.budget.images is not None:
+            if kind == "images":
                 idx = idx[: self.budget.images - p.images]  # the last batch stops exactly at the budget
             x = to_float(data.train_x[idx])  # (B, C, H, W) in [0, 1]
             # 2. one optimisation step of the model's kind
@@ -219,7 +219,7 @@ class Trainer:
                 raise
             for k, v in losses.items():
                 pending.setdefault(k, []).append(v)
-            if sync and self.budget.seconds is not None:
+            if sync and kind == "seconds":
                 torch.cuda.synchronize(self.device)  # a time budget needs honest time
             p.step += 1
             p.images += len(idx)

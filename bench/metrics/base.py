@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from bench.models import GenerativeModel
 
 ALL_FAMILIES = ("ae", "vae", "gan")
+ENCODER_FAMILIES = ("ae", "vae")  # the families with an encoder: codes and reconstructions
 
 
 @dataclass(frozen=True)
@@ -148,13 +149,6 @@ class EvalContext:
             with torch.inference_mode():
                 self._codes[split] = self._batched(lambda b: self.model.encode(b).flatten(1), x)
         return self._codes[split]
-
-    def samples(self, n: int) -> torch.Tensor:
-        """n samples (n, C, H, W) in [0, 1], from a generator seeded by the run seed (reproducible)."""
-        g = torch.Generator(device=self.device).manual_seed(self.seed + 1)
-        bs = self.cfg.batch_size
-        with torch.inference_mode():
-            return torch.cat([self.model.sample(min(bs, n - i), g) for i in range(0, n, bs)]).clamp_(0, 1)
 
     @property
     def recon_provenance(self) -> dict[str, Any]:

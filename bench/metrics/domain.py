@@ -38,6 +38,9 @@ log = logging.getLogger("bench")
 CODE_VERSION = 1
 FEATURE_DIM = 128
 TF_NAME = "bench-domain"  # the name torch-fidelity knows this extractor by
+FEATURES = ("penultimate", "logits")  # what the extractor provides
+# the feature each torch-fidelity metric reads (fid, kid, prc: the features; isc: the class logits)
+LAYERS = {"fid": "penultimate", "kid": "penultimate", "prc": "penultimate", "isc": "logits"}
 
 
 class DomainNet(nn.Module):
@@ -205,16 +208,16 @@ class FeatureExtractorDomain(FeatureExtractorBase):
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected uint8 (B, 3, H, W) images, got {x.dtype} {tuple(x.shape)}")
         feats, logits = self.net(to_float(x[:, : self.channels]))
-        out = {"penultimate": feats.float(), "logits": logits.float()}
+        out = dict(zip(FEATURES, (feats.float(), logits.float())))
         return tuple(out[f] for f in self.features_list)
 
     @staticmethod
     def get_provided_features_list():
-        return "penultimate", "logits"
+        return FEATURES
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric):
-        return {"isc": "logits", "fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}[metric]
+        return LAYERS[metric]
 
     @staticmethod
     def can_be_compiled():

@@ -30,6 +30,9 @@ from torch_fidelity.generative_model_base import GenerativeModelBase
 
 from bench.cache import cached_tensors
 from bench.data import ImageData
+from bench.metrics.domain import LAYERS as DOMAIN_LAYERS  # (importing it registers "bench-domain")
+from bench.metrics.domain import TF_NAME as DOMAIN_TF_NAME
+from bench.metrics.domain import classifier
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -111,6 +114,11 @@ class Prepared:
         return self.extractor.layers[kind]
 
 
+def _layers(extractor: Extractor, logits: bool = True) -> tuple[str, ...]:
+    """The layers an extractor's metrics read, each once (without logits: no ``isc`` layer)."""
+    return tuple(dict.fromkeys(v for k, v in extractor.layers.items() if logits or k != "isc"))
+
+
 @dataclass(frozen=True)
 class Extractor:
     """A registered feature extractor: its torch-fidelity name and how to get its weights."""
@@ -134,8 +142,8 @@ def _prepare_inception(cfg: EvalConfig, data: ImageData, device: torch.device) -
     from bench.metrics.inception import inception_weights
 
     w = inception_weights(cfg.inception_weights)
-    layers = ("2048", "logits_unbiased") if w.has_logits else ("2048",)
-    return Prepared(EXTRACTORS.get("inception"), w.path, w.sha256, layers, {"weights": w.source})
+    ex = EXTRACTORS.get("inception")
+    return Prepared(ex, w.path, w.sha256, _layers(ex, w.has_logits), {"weights": w.source})
 
 
 def _inception_missing(cfg: EvalConfig) -> str | None:
@@ -145,15 +153,14 @@ def _inception_missing(cfg: EvalConfig) -> str | None:
 
 
 def _prepare_domain(cfg: EvalConfig, data: ImageData, device: torch.device) -> Prepared:
-    from bench.metrics.domain import classifier
-
     c = classifier(data, device)
     prov = {
         "weights": f"bench domain classifier {c.key} trained on the {data.name} training split, "
         f"on {c.trained_on}",
         "classifier_test_accuracy": round(c.test_accuracy, 5),
     }
-    return Prepared(EXTRACTORS.get("domain"), c.path, c.sha256, ("penultimate", "logits"), prov)
+    ex = EXTRACTORS.get("domain")
+    return Prepared(ex, c.path, c.sha256, _layers(ex), prov)
 
 
 EXTRACTORS.add(
@@ -176,8 +183,8 @@ EXTRACTORS.add(
     Extractor(
         "domain",
         "_domain",
-        "bench-domain",
-        {"fid": "penultimate", "kid": "penultimate", "prc": "penultimate", "isc": "logits"},
+        DOMAIN_TF_NAME,
+        DOMAIN_LAYERS,
         "none",
         4096,
         "a small CNN classifier trained on the dataset: 128-d penultimate features and class logits",
@@ -191,8 +198,6 @@ EXTRACTORS.add(
 def _module(fidelity_name: str, path: str, sha256: str, layers: tuple[str, ...], device: str):
     """The torch-fidelity extractor module, built once per process and weights file."""
     from torch_fidelity.utils import create_feature_extractor
-
-    import bench.metrics.domain  # noqa: F401  (registers "bench-domain" with torch-fidelity)
 
     fe = create_feature_extractor(
         fidelity_name, list(layers), cuda=False, feature_extractor_weights_path=path, verbose=False

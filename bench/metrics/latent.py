@@ -11,9 +11,8 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from bench.metrics.base import EvalContext, Result, register_metric
+from bench.metrics.base import ENCODER_FAMILIES, EvalContext, Result, register_metric
 
-ENCODER_FAMILIES = ("ae", "vae")
 KNN_K = 10
 DENOISE_SIGMA = 0.3
 DENOISE_NOISE_SEED = 0  # the same noisy test images for every model and seed

@@ -7,9 +7,7 @@ import math
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from bench.metrics.base import EvalContext, Result, register_metric
-
-ENCODER_FAMILIES = ("ae", "vae")
+from bench.metrics.base import ENCODER_FAMILIES, EvalContext, Result, register_metric
 
 
 @register_metric(

@@ -12,8 +12,8 @@
 - ``rec`` (ae, vae; suffix ``_rec``, FID only): reconstructions of the first test images.
 
 The post-training fits (``fit_latent_sampler`` for the Gaussian, ``latent_gmm``) live here,
-shared by the runner, the metrics and ``bench eval``/``bench sample``; they are computed once
-per trained state.
+shared by a run's evaluation (``bench.run.execute``), the metrics and ``bench eval``/``bench
+sample``; they are computed once per trained state.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from torch_fidelity.generative_model_base import GenerativeModelBase
 
 from bench.data import ImageData, to_float
+from bench.metrics.base import ALL_FAMILIES, ENCODER_FAMILIES
 from bench.metrics.features import ImageSet, NoiseToImages, to_uint8
 from bench.registry import Registry
 
@@ -77,7 +78,7 @@ def train_codes(model, data: ImageData, batch_size: int = 500) -> Tensor:
 def fit_latent_sampler(model, data: ImageData, batch_size: int = 500) -> bool:
     """Fit a model's post-training latent sampler (``fit_latent_prior``: the AE's Gaussian "N").
 
-    Called by the runner after training and by ``bench eval``; a no-op for models that sample
+    Called by ``bench.run.execute`` after training and by ``bench eval``; a no-op for models that sample
     a fixed prior, and free for a model already fitted in its current state. Returns whether the
     model has such a sampler.
     """
@@ -286,7 +287,7 @@ SAMPLERS.add(
     Sampler(
         "prior",
         "",
-        ("ae", "vae", "gan"),
+        ALL_FAMILIES,
         "the model's own sampler (GAN z, VAE prior, AE Gaussian fitted to the codes)",
         _make_prior,
     ),
@@ -296,12 +297,12 @@ SAMPLERS.add(
     Sampler(
         "gmm",
         "_gmm",
-        ("ae", "vae"),
+        ENCODER_FAMILIES,
         "10-component GMM fitted to the training codes after training",
         _make_gmm,
     ),
 )
-SAMPLERS.add("rec", Sampler("rec", "_rec", ("ae", "vae"), "test-split reconstructions", _make_rec))
+SAMPLERS.add("rec", Sampler("rec", "_rec", ENCODER_FAMILIES, "test-split reconstructions", _make_rec))
 
 
 def draw(model, sampler: str, n: int, data: ImageData, seed: int, gmm_components: int = 10) -> Tensor:

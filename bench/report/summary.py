@@ -86,12 +86,6 @@ def _latest_per_seed(df: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def load_runs(tracker: Tracker, suites: list[str]) -> pd.DataFrame:
-    """One row per child run: identity columns, status, failure reason, final metric values."""
-    rows = [row for s in suites for row in _run_rows(s, tracker.runs(s))]
-    return _latest_per_seed(pd.DataFrame(rows))
-
-
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """Registered metrics present in the runs, in registry order."""
     from bench.metrics import METRICS
@@ -441,11 +435,6 @@ def reference_cell(ref: pd.Series | None, m: str) -> Cell:
     if ref is None or m not in ref or pd.isna(ref[m]):
         return Cell("n/a", kind="na")
     return Cell(fmt_num(float(ref[m])), float(ref[m]))
-
-
-def cell(row: pd.Series, m: str) -> str:
-    """The text of one metric or cost cell (kept for callers of the first report version)."""
-    return (metric_cell(row, m) if f"{m}_applies" in row else cost_cell(row, m)).text
 
 
 def metric_header(m: str) -> str:

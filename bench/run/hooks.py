@@ -1,8 +1,9 @@
 """What a suite reports while it runs: one small callback interface that ``run_suite`` calls.
 
-The runner knows nothing of progress bars or step-indexed images; it calls these hooks at the
-points of a run's life (suite start, run start, loss log, evaluation, run end, suite end) and
-each concern lives in its own module (``bench.run.progress``, ``bench.run.grids``).
+A run (``bench.run.execute``) knows nothing of progress bars or step-indexed images; it calls
+these hooks at the points of a run's life (suite start, run start, loss log, evaluation, run
+end, suite end) and each concern lives in its own module (``bench.run.progress``,
+``bench.run.grids``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class SuiteHooks:
 
     def evaluated(self, step: int, results: dict[str, Result]) -> None: ...
 
-    def run_finished(self, outcome: Any) -> None:  # a runner.RunOutcome
+    def run_finished(self, outcome: Any) -> None:  # a bench.run.context.RunOutcome
         ...
 
     def suite_finished(self, outcomes: Sequence[Any]) -> None:

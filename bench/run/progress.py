@@ -60,8 +60,9 @@ class ProgressReporter(SuiteHooks):
         from bench.train import total_steps
 
         budget = self.ctx.spec.suite.budget
-        total = total_steps(budget, len(self.ctx.data.train_x))
-        return (budget.seconds, "s") if math.isinf(total) else (total, "step")
+        if budget.kind == "seconds":
+            return budget.seconds, "s"
+        return total_steps(budget, len(self.ctx.data.train_x)), "step"
 
     def _done(self, step: int) -> float:
         _, unit = self._total()
