@@ -101,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         suite, executor, tracker, uri, where = _prepare_run(args)
     except BadInput:
         return EXIT_BAD_INPUT
-    from bench.report import markdown_table, write_report
+    from bench.report import terminal_summary, write_report
     from bench.run.context import StoreLost, resolve_device
     from bench.run.driver import run_suite
     from bench.run.progress import default_hooks
@@ -136,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("reports") / suite.name)
     summary, paths = write_report(tracker, [suite.name], out)
     print()
-    print(markdown_table(summary))
+    print(terminal_summary(summary))
     _print_report_paths(paths)
     ui_uri = "" if args.tracking_uri is None and suite.tracking.uri is None else f" --tracking-uri '{uri}'"
     print(f"browse the runs: bench ui{ui_uri}")
@@ -216,7 +216,7 @@ def cmd_relog(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import markdown_table, write_report
+    from bench.report import terminal_summary, write_report
     from bench.store.tracking import Tracker, TrackingError, resolve_uri
 
     tracker = Tracker(resolve_uri(args.tracking_uri))
@@ -231,7 +231,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     out = Path(args.out or Path("reports") / "+".join(args.suites))
     summary, paths = write_report(tracker, args.suites, out)
-    print(markdown_table(summary))
+    print(terminal_summary(summary))
     _print_report_paths(paths)
     return EXIT_OK
 
