@@ -315,6 +315,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def ui_links(uri: str, host: str, port: int) -> list[tuple[str, str]]:
+    """Each experiment's page of training runs in the MLflow UI (its "Model training" view; the UI
+    otherwise opens on its GenAI views, which bench never fills). Empty when the store cannot be read."""
+    try:
+        from mlflow import MlflowClient
+
+        exps = MlflowClient(uri).search_experiments(max_results=100)
+    except Exception:  # the UI itself reports an unreadable store
+        return []
+    base = f"http://{host}:{port}/#/experiments"
+    return [
+        (e.name, f"{base}/{e.experiment_id}/runs?workflowType=machine_learning")
+        for e in exps
+        if e.name != "Default"
+    ]
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -337,6 +354,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if root:
         cmd += ["--default-artifact-root", root]
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    for name, url in ui_links(uri, args.host, args.port):
+        print(f"  {name}: {url}")
     try:
         return subprocess.call(cmd)
     except KeyboardInterrupt:

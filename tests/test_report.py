@@ -195,7 +195,8 @@ def test_html_report_in_headless_chromium(report_dir):
         assert all(i["src"].startswith("data:image/png;base64") for i in images)
         assert b.evaluate("document.querySelectorAll('script[src], link[href], [src^=http]').length") == 0
         labels = (
-            "Array.from(document.querySelectorAll('#results-compression tbody tr.model td:first-child strong'))"
+            "Array.from(document.querySelectorAll("
+            "'#results-compression tbody tr.model td:first-child strong'))"
             ".map(e => e.textContent)"
         )
         assert b.evaluate(labels) == LABELS  # one row per model

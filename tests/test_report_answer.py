@@ -5,6 +5,14 @@ end are drawn as dot plots, not as curves."""
 from __future__ import annotations
 
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -114,3 +122,107 @@ def test_end_only_metrics_are_dot_plots(interrupted):
     assert not (out / "curves.png").exists()
     assert "Metrics at the end of the budget" in md
     assert "Not drawn: metrics against training progress: every metric was evaluated at one point" in md
+
+
+# --------------------------------------------------------------------------- in a browser
+
+
+def _browser():
+    from browser import CHROMIUM, Chromium
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    pytest.importorskip("websocket", reason="websocket-client is not installed (pip install -e '.[dev]')")
+    return Chromium(timeout=120)
+
+
+def test_report_html_shows_the_answer_and_the_reference_row(interrupted):
+    _, out, _ = interrupted
+    with _browser() as b:
+        b.open((out / "report.html").as_uri())
+        answers = b.evaluate("Array.from(document.querySelectorAll('#answer li')).map(e => e.textContent)")
+        assert [a.split(" (")[0] for a in answers] == [
+            "compression",
+            "feature learning",
+            "generation",
+            "cost",
+        ]
+        # the answer is above the tables, on the first screen
+        assert b.evaluate("document.getElementById('answer').getBoundingClientRect().top") < 1000
+        ref = b.evaluate(
+            "Array.from(document.querySelectorAll('#results-generation tfoot tr.reference td'))"
+            ".map(e => e.textContent.trim())"
+        )
+        assert ref[:3] == ["real data (reference)", "data", "—"] and ref[3] not in ("", "n/a")
+        models = b.evaluate(
+            "Array.from(document.querySelectorAll("
+            "'#results-generation tbody tr.model td:first-child strong'))"
+            ".map(e => e.textContent)"
+        )
+        assert models == ["ae-mlp", "gan-mlp", "vae-mlp"]
+        assert b.errors == []
+        if os.environ.get("BENCH_SCREENSHOT"):  # for looking at the page by eye
+            b.screenshot(Path(os.environ["BENCH_SCREENSHOT"]))
+
+
+def test_bench_ui_opens_on_the_training_runs(interrupted):
+    """``bench ui`` prints each experiment's runs page; in the browser it lists the suite run, and
+    expanding it shows the child runs by name, with their dataset."""
+    _, _, uri = interrupted
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # its own process group: the MLflow server and its workers stop with it
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]
+        url = lines[1].split("cut: ", 1)[1].strip()
+        assert url.endswith("/runs?workflowType=machine_learning")
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                time.sleep(0.5)
+        with _browser() as b:
+            b.open(url)
+            rows = "Array.from(document.querySelectorAll('[role=row]')).map(e => e.innerText)"
+            parent = _wait(b, "(" + rows + ").find(t => t.includes('cut ('))")
+            assert parent, "the suite run is not in the runs table"
+            b.evaluate(
+                "Array.from(document.querySelectorAll('[role=row]')).find(e => e.innerText.includes('cut ('))"
+                ".querySelectorAll('button').forEach(x => x.click())"
+            )
+            text = _wait(b, f"(({rows}).join(' ').includes('ae-mlp/seed0')) && ({rows}).join(' ')")
+            for name in ("ae-mlp/seed0", "ae-mlp/seed1", "gan-mlp/seed0", "vae-mlp/seed0", "gan-mlp/seed1"):
+                assert name in text, name
+            assert "synthetic (" in text  # the Dataset column: name and digest
+            if os.environ.get("BENCH_UI_SCREENSHOT"):
+                b.screenshot(Path(os.environ["BENCH_UI_SCREENSHOT"]))
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def _wait(b, expression: str, seconds: float = 90):
+    """Evaluate until the page gives a truthy value (the UI renders after its API calls answer)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = b.evaluate(expression)
+        if value:
+            return value
+        time.sleep(0.5)
+    return None
