@@ -356,6 +356,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
     for name, url in ui_links(uri, args.host, args.port):
         print(f"  {name}: {url}")
+    sys.stdout.flush()  # before the server's own output
     try:
         return subprocess.call(cmd)
     except KeyboardInterrupt:
