@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         suite, executor, tracker, uri, where = _prepare_run(args)
     except BadInput:
         return EXIT_BAD_INPUT
-    from bench.report import markdown_table, write_report
+    from bench.report import terminal_summary, write_report
     from bench.run.context import StoreLost, resolve_device
     from bench.run.driver import run_suite
     from bench.run.progress import default_hooks
@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("reports") / suite.name)
     summary, paths = write_report(tracker, [suite.name], out)
     print()
-    print(markdown_table(summary))
+    print(terminal_summary(summary))
     _print_report_paths(paths)
     ui_uri = "" if args.tracking_uri is None and suite.tracking.uri is None else f" --tracking-uri '{uri}'"
     print(f"browse the runs: bench ui{ui_uri}")
@@ -223,7 +223,7 @@ def cmd_relog(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import markdown_table, write_report
+    from bench.report import terminal_summary, write_report
     from bench.store.tracking import Tracker, TrackingError, resolve_uri
 
     tracker = Tracker(resolve_uri(args.tracking_uri))
@@ -238,7 +238,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     out = Path(args.out or Path("reports") / "+".join(args.suites))
     summary, paths = write_report(tracker, args.suites, out)
-    print(markdown_table(summary))
+    print(terminal_summary(summary))
     _print_report_paths(paths)
     return EXIT_OK
 
@@ -322,6 +322,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def ui_links(uri: str, host: str, port: int) -> list[tuple[str, str]]:
+    """Each experiment's page of training runs in the MLflow UI (its "Model training" view; the UI
+    otherwise opens on its GenAI views, which bench never fills). Empty when the store cannot be read."""
+    try:
+        from mlflow import MlflowClient
+
+        exps = MlflowClient(uri).search_experiments(max_results=100)
+    except Exception:  # the UI itself reports an unreadable store
+        return []
+    base = f"http://{host}:{port}/#/experiments"
+    return [
+        (e.name, f"{base}/{e.experiment_id}/runs?workflowType=machine_learning")
+        for e in exps
+        if e.name != "Default"
+    ]
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -344,6 +361,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if root:
         cmd += ["--default-artifact-root", root]
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    for name, url in ui_links(uri, args.host, args.port):
+        print(f"  {name}: {url}")
+    sys.stdout.flush()  # before the server's own output
     try:
         return subprocess.call(cmd)
     except KeyboardInterrupt:

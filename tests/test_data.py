@@ -69,6 +69,19 @@ def test_missing_files_say_where_to_put_them(tmp_path, monkeypatch):
     assert str(tmp_path / "empty") in str(e.value)
 
 
+def test_missing_files_without_a_root_name_the_folders_searched(tmp_path, monkeypatch):
+    """No dataset.root and no $BENCH_DATA_DIR: the message still lists folders, and the variable."""
+    monkeypatch.delenv("BENCH_DATA_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the default folder, ~/.cache/bench/data, is empty
+    with pytest.raises(DataError) as e:
+        IdxDataset("mnist", "MNIST", md5={}).load(None, download=False)
+    text = str(e.value)
+    listed = text.split("folders searched:\n")[1].split("\nor set")[0].split("\n")
+    assert listed and all(line.strip() for line in listed)
+    assert str(tmp_path / ".cache" / "bench" / "data") in listed[0]
+    assert "BENCH_DATA_DIR" in text
+
+
 def test_checksum_mismatch_is_detected(tmp_path):
     fake_mnist(tmp_path)
     ds = IdxDataset("mnist", "MNIST", md5={"train-images-idx3-ubyte.gz": "0" * 32})

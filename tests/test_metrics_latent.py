@@ -195,18 +195,19 @@ def test_one_table_compares_the_families_with_n_a_where_a_metric_does_not_apply(
     assert table.loc["ae-mlp", "compression_ratio_mean"] == pytest.approx(784 * 8 / (64 * 32))
     assert 0 <= table.loc["ae-mlp", "probe_acc_mean"] <= 1
     md = (tmp_path / "r" / "report.md").read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| model"))
-    cols = [c.strip().split(" ")[0] for c in header.strip("|").split("|")]
-    rows = {
-        line.split("|")[1].strip().removesuffix(" (baseline)"): [
-            c.strip() for c in line.strip().strip("|").split("|")
-        ]
-        for line in md.splitlines()
-        if line.startswith("| ") and not line.startswith("| model")
-    }
+    cells: dict[tuple[str, str], str] = {}  # (label, metric) -> cell, over the report's per-use tables
+    cols: list[str] = []
+    for line in md.splitlines():
+        if line.startswith("| model"):
+            cols = [c.strip().split(" ")[0] for c in line.strip("|").split("|")]
+        elif line.startswith("| ") and cols:
+            row = [c.strip() for c in line.strip().strip("|").split("|")]
+            cells |= {(row[0].removesuffix(" (baseline)"), c): v for c, v in zip(cols, row)}
+        elif not line.strip():
+            cols = []
 
     def cell(label, metric):
-        return rows[label][cols.index(metric)]
+        return cells[label, metric]
 
     assert all(cell("gan-mlp", m) == "n/a" for m in metrics)
     assert cell("wae-mmd", "nll_bound") == "n/a" and cell("ae-mlp", "nll_bound") == "n/a"

@@ -226,22 +226,23 @@ def test_html_report_in_headless_chromium(report_dir):
         assert all(i["src"].startswith("data:image/png;base64") for i in images)
         assert b.evaluate("document.querySelectorAll('script[src], link[href], [src^=http]').length") == 0
         labels = (
-            "Array.from(document.querySelectorAll('#results-table tbody tr.model td:first-child strong'))"
+            "Array.from(document.querySelectorAll("
+            "'#results-compression tbody tr.model td:first-child strong'))"
             ".map(e => e.textContent)"
         )
         assert b.evaluate(labels) == LABELS  # one row per model
-        assert b.evaluate("document.querySelectorAll('#results-table tbody tr').length") == len(LABELS)
+        assert b.evaluate("document.querySelectorAll('#results-compression tbody tr').length") == len(LABELS)
         assert b.evaluate("document.querySelectorAll('#failed tbody tr, table.failed tbody tr').length") == 2
 
         # the table sorts: recon_mse ascending, models without a value last; again for descending
         table = pd.read_csv(report_dir / "results.csv").set_index("label")
         order = table.recon_mse_mean.dropna().sort_values()
         col = b.evaluate(
-            "Array.from(document.querySelectorAll('#results-table thead th'))"
+            "Array.from(document.querySelectorAll('#results-compression thead th'))"
             ".findIndex(th => th.textContent.startsWith('recon_mse'))"
         )
         assert col > 0
-        click = f"document.querySelectorAll('#results-table thead th')[{col}].click()"
+        click = f"document.querySelectorAll('#results-compression thead th')[{col}].click()"
         b.evaluate(click)
         assert b.evaluate(labels)[:2] == list(order.index)
         assert set(b.evaluate(labels)[2:]) == {"gan-mlp", "vae-overflow"}

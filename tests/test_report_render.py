@@ -133,8 +133,14 @@ def test_reference_row_and_generation_figure(single):
     md = (out / "report.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| real data (reference) |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # model, family, seeds, recon_mse, the generation metric, then cost columns
-    assert cells[:5] == ["real data (reference)", "data", "—", "n/a", "1.25"]
+    # only in the table of the metric it has (model, family, seeds, the generation metric)
+    assert cells == ["real data (reference)", "data", "—", "1.25"]
+    assert sum(line.startswith("| real data (reference) |") for line in md.splitlines()) == 1
+    # and in results.csv, marked as the reference
+    res = pd.read_csv(out / "results.csv")
+    ref = res[res.reference]
+    assert list(ref.label) == ["real data (reference)"] and ref[f"{GEN}_mean"].iloc[0] == REF_FID
+    assert list(res.label[~res.reference]) == list(VALUES)
     assert (out / "quality_vs_cost.png").stat().st_size > 0
     assert "Quality against cost" in md and f"main generation metric ({GEN})" in md
     assert (out / "reference.csv").exists()
@@ -144,7 +150,7 @@ def test_reference_row_and_generation_figure(single):
     assert f"| synth | {GEN} | runs | `{merged}` |" in md
     html = (out / "report.html").read_text()
     assert '<tr class="reference">' in html and "real data (reference)" in html
-    assert html.count('<tr class="model') == 3
+    assert html.count('<tr class="model') == 3 * 3  # the compression, other-metric and cost tables
 
 
 def test_several_suites_in_one_report(store, tmp_path):
@@ -162,6 +168,7 @@ def test_several_suites_in_one_report(store, tmp_path):
     assert "\n| suite | model | family | seeds |" in md
     assert "| synth2 | gan-x (baseline) | gan | 3 |" in md
     html = (tmp_path / "report.html").read_text()
-    assert html.count('<tr class="model') == 6
-    assert pd.read_csv(tmp_path / "results.csv").shape[0] == 6
+    assert html.count('<tr class="model') == 6 * 3
+    res = pd.read_csv(tmp_path / "results.csv")
+    assert res.shape[0] == 6 + 1 and res.reference.sum() == 1  # synth2 has no reference run
     assert "Suite <code>synth2</code>" in html  # both configs

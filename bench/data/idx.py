@@ -62,6 +62,10 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+DATA_DIR_ENV = "BENCH_DATA_DIR"  # the folder to look in (and download into) when the suite names none
+DEFAULT_DATA_DIR = "~/.cache/bench/data"
+
+
 @dataclass(frozen=True)
 class IdxDataset:
     """An MNIST-layout dataset: four IDX files (.gz or raw) and their known checksums.
@@ -87,8 +91,10 @@ class IdxDataset:
     }
 
     def search_dirs(self, root: str | None) -> list[Path]:
-        bases = [Path(p).expanduser() for p in (root, os.environ.get("BENCH_DATA_DIR")) if p]
-        bases += [Path(p) for p in self.system_dirs]
+        """Where the files are looked for: dataset.root, $BENCH_DATA_DIR, the default download
+        folder (where a download without either puts them), then the system folders."""
+        bases = [Path(p).expanduser() for p in (root, os.environ.get(DATA_DIR_ENV)) if p]
+        bases += [Path(DEFAULT_DATA_DIR).expanduser()] + [Path(p) for p in self.system_dirs]
         dirs: list[Path] = []
         for b in bases:
             dirs += [b, b / self.name, b / self.folder / "raw"]
@@ -128,11 +134,12 @@ class IdxDataset:
         if files is None and download:
             files = self._download(root)
         if files is None:
-            where = "\n  ".join(str(d) for d in self.search_dirs(root)[:6])
+            where = "\n  ".join(str(d) for d in dict.fromkeys(self.search_dirs(root)))
             raise DataError(
                 f"{self.name}: IDX files not found and could not be downloaded. Put the four files "
-                f"({', '.join(s + '.gz' for s in self.FILES.values())}) in one of:\n  {where}\n"
-                f"or set dataset.root in the suite, or BENCH_DATA_DIR."
+                f"({', '.join(s + '.gz' for s in self.FILES.values())}) in one of the folders "
+                f"searched:\n  {where}\nor set dataset.root in the suite, or the environment "
+                f"variable {DATA_DIR_ENV} to the folder that holds them."
             )
         arrays = {k: self.read_verified(p) for k, p in files.items()}
         for split in ("train", "test"):
@@ -162,7 +169,7 @@ class IdxDataset:
 
         import torchvision
 
-        target = Path(root or os.environ.get("BENCH_DATA_DIR") or "~/.cache/bench/data").expanduser()
+        target = Path(root or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
         cls = getattr(torchvision.datasets, self.folder)
         created: Path | None = None  # the topmost folder this download creates, removed if it fails
         if not target.exists():

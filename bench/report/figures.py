@@ -51,6 +51,7 @@ def _plt():
             "legend.fontsize": 8,
             "legend.frameon": False,
             "font.size": 9,
+            "text.parse_math": False,  # labels are plain text: a "$" in a label is a dollar sign
         }
     )
     return plt
@@ -58,7 +59,7 @@ def _plt():
 
 def _colors(summary: Summary) -> dict[str, str]:
     """One colour per row, the same in every figure (table order)."""
-    keys = [summary.key(r) for _, r in summary.table.iterrows()]
+    keys = [summary.key(r) for _, r in summary.models.iterrows()]
     return {k: f"C{i % 10}" for i, k in enumerate(keys)}
 
 
@@ -96,14 +97,17 @@ def _band(ax, hist: pd.DataFrame, color: str, label: str | None) -> None:
 
 def metric_curves(rep: Report, path: Path) -> FigureFile:
     s, hist = rep.summary, rep.history
-    metrics = [m for m in s.metrics if not hist.empty and (hist.key == m).any()]
+    metrics = [m for m in s.metrics if eval_points(hist, m) > 1]
     if not metrics:
-        raise Skip("metrics against training progress: no metric history in the store")
+        raise Skip(
+            "metrics against training progress: every metric was evaluated at one point only "
+            "(the end of the budget); the dot plots show them"
+        )
     plt = _plt()
     colors = _colors(s)
     fig, axes = _grid(plt, len(metrics))
     for ax, m in zip(axes, metrics):
-        for _, row in s.table.iterrows():
+        for _, row in s.models.iterrows():
             h = hist[(hist.suite == row.suite) & (hist.label == row.label) & (hist.key == m)]
             if len(h):
                 _band(ax, h, colors[s.key(row)], s.key(row))
@@ -124,10 +128,79 @@ def metric_curves(rep: Report, path: Path) -> FigureFile:
     )
 
 
+def eval_points(hist: pd.DataFrame, metric: str) -> int:
+    """How many distinct steps a metric was evaluated at (the most over runs)."""
+    if hist.empty:
+        return 0
+    h = hist[hist.key == metric]
+    return int(h.groupby("run_id").step.nunique().max()) if len(h) else 0
+
+
+FAMILY_COLORS = {"ae": "#1f77b4", "vae": "#ff7f0e", "gan": "#2ca02c"}
+
+
+def metric_dots(rep: Report, path: Path) -> FigureFile:
+    """Per metric evaluated once (at the end of the budget): one row per model, the mean with its
+    95% interval, coloured by family, and the real-data reference as a vertical line."""
+    from bench.report.uses import metrics_by_use
+
+    s, hist = rep.summary, rep.history
+    if s.empty:
+        raise Skip("dot plots: no runs")
+    ordered = [m for _, ms in metrics_by_use(s) for m in ms if m in s.metrics]
+    metrics = [
+        m for m in ordered if eval_points(hist, m) <= 1 and s.long["mean"][s.long.metric == m].notna().any()
+    ]
+    if not metrics:
+        raise Skip("dot plots: every metric has several evaluation points (the curves show them)")
+    plt = _plt()
+    n_rows = len(s.models)
+    fig, axes = _grid(plt, len(metrics), ncols=3, w=4.2, h=0.9 + 0.32 * n_rows)
+    names = [s.key(r) for _, r in s.models.iterrows()]
+    for ax, m in zip(axes, metrics):
+        _dot_panel(ax, s, m, names)
+    handles = [
+        plt.Line2D([], [], color=c, marker="o", ls="", label=f)
+        for f, c in FAMILY_COLORS.items()
+        if (s.models.family == f).any()
+    ]
+    if any(math.isfinite(s.reference_value(x, m)) for x in set(s.models.suite) for m in metrics):
+        handles.append(plt.Line2D([], [], color="0.3", ls=":", label="real data"))
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles))
+    _save(fig, path)
+    return FigureFile(
+        path.name,
+        "Metrics at the end of the budget",
+        "One row per model: the mean over seeds with its 95% interval (Student t), coloured by family; "
+        "the dotted line is the real-data reference where there is one. Models a metric does not apply "
+        "to have no dot.",
+    )
+
+
+def _dot_panel(ax, s: Summary, m: str, names: list[str]) -> None:
+    ys = list(range(len(names)))[::-1]  # the first model on top
+    for y, (_, r) in zip(ys, s.models.iterrows()):
+        st = s.stat(r.suite, r.label, m)
+        if st is None or not math.isfinite(st["mean"]):
+            continue
+        err = st["ci95"] if math.isfinite(st["ci95"]) else None
+        color = FAMILY_COLORS.get(r.family, "0.4")
+        ax.errorbar(st["mean"], y, xerr=err, fmt="o", color=color, ms=5, capsize=3)
+    for suite in dict.fromkeys(s.models.suite):
+        ref = s.reference_value(suite, m)
+        if math.isfinite(ref):
+            ax.axvline(ref, ls=":", color="0.3", lw=1.2)
+    ax.set_yticks(ys, names)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_title(f"{m} {_arrow(m)}")
+    ax.grid(axis="y", alpha=0)
+
+
 def loss_curves(rep: Report, path: Path) -> FigureFile:
     s, hist = rep.summary, rep.history
     losses = hist[hist.key.str.startswith("train/")] if not hist.empty else hist
-    rows = [r for _, r in s.table.iterrows() if ((losses.suite == r.suite) & (losses.label == r.label)).any()]
+    has = [((losses.suite == r.suite) & (losses.label == r.label)).any() for _, r in s.models.iterrows()]
+    rows = [r for (_, r), h in zip(s.models.iterrows(), has) if h]
     if not rows:
         raise Skip("loss curves: no training losses in the store")
     plt = _plt()
@@ -149,34 +222,33 @@ def loss_curves(rep: Report, path: Path) -> FigureFile:
 
 
 def _points(s: Summary, xcol: str, ycol: str) -> pd.DataFrame:
-    t = s.table
-    need = [f"{xcol}_mean", f"{ycol}_mean"]
-    if any(c not in t for c in need):
-        return t.iloc[0:0]
-    return t[t[need[0]].notna() & t[need[1]].notna()]
+    """Models with a mean of both: suite, label, x, y, xe, ye (95% half-widths, NaN when none)."""
+    rows = []
+    for _, r in s.models.iterrows():
+        x, y = s.stat(r.suite, r.label, xcol), s.stat(r.suite, r.label, ycol)
+        if x is None or y is None or not (math.isfinite(x["mean"]) and math.isfinite(y["mean"])):
+            continue
+        rows.append(
+            {"suite": r.suite, "label": r.label, "family": r.family, "x": x["mean"], "y": y["mean"],
+             "xe": x["ci95"], "ye": y["ci95"]}  # fmt: skip
+        )
+    return pd.DataFrame(rows, columns=["suite", "label", "family", "x", "y", "xe", "ye"])
 
 
-def _scatter(ax, s: Summary, pts: pd.DataFrame, xcol: str, ycol: str, colors: dict[str, str]) -> None:
+def _scatter(ax, s: Summary, pts: pd.DataFrame, colors: dict[str, str]) -> None:
     for _, r in pts.iterrows():
-        xe, ye = r[f"{xcol}_ci95"], r[f"{ycol}_ci95"]
         ax.errorbar(
-            r[f"{xcol}_mean"],
-            r[f"{ycol}_mean"],
-            xerr=xe if math.isfinite(xe) else None,
-            yerr=ye if math.isfinite(ye) else None,
+            r.x,
+            r.y,
+            xerr=r.xe if math.isfinite(r.xe) else None,
+            yerr=r.ye if math.isfinite(r.ye) else None,
             fmt="o",
             color=colors[s.key(r)],
             ms=6,
             capsize=3,
             label=s.key(r),
         )
-        ax.annotate(
-            s.key(r),
-            (r[f"{xcol}_mean"], r[f"{ycol}_mean"]),
-            xytext=(6, 4),
-            textcoords="offset points",
-            fontsize=8,
-        )
+        ax.annotate(s.key(r), (r.x, r.y), xytext=(6, 4), textcoords="offset points", fontsize=8)
 
 
 def _log_if_wide(ax, values: pd.Series, axis: str) -> None:
@@ -196,16 +268,16 @@ def rate_distortion(rep: Report, path: Path) -> FigureFile:
         raise Skip("rate-distortion: no model has both compression_ratio and recon_mse")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
-    _scatter(ax, s, pts, "compression_ratio", "recon_mse", _colors(s))
-    x, y = pts["compression_ratio_mean"].tolist(), pts["recon_mse_mean"].tolist()
+    _scatter(ax, s, pts, _colors(s))
+    x, y = pts.x.tolist(), pts.y.tolist()
     front = pareto_front(
         x, y, METRICS.get("compression_ratio").higher_is_better, METRICS.get("recon_mse").higher_is_better
     )
     fx, fy = [x[i] for i in front], [y[i] for i in front]
     ax.plot(fx, fy, ls="--", color="0.35", lw=1, zorder=0, label="Pareto front")
     ax.scatter(fx, fy, s=170, facecolors="none", edgecolors="0.2", lw=1.2, zorder=3)
-    _log_if_wide(ax, pts["compression_ratio_mean"], "x")
-    _log_if_wide(ax, pts["recon_mse_mean"], "y")
+    _log_if_wide(ax, pts.x, "x")
+    _log_if_wide(ax, pts.y, "y")
     ax.set_xlabel("compression ratio ↑ (input bits / code bits)")
     ax.set_ylabel("recon_mse ↓")
     ax.set_title("Rate–distortion")
@@ -225,14 +297,12 @@ def main_generation_metric(s: Summary) -> str | None:
     present (registry order), else the first metric present that applies to GANs."""
     from bench.metrics import METRICS
 
-    present = [m for m in s.metrics if s.table[f"{m}_mean"].notna().any()]
+    present = [m for m in s.metrics if s.long["mean"][s.long.metric == m].notna().any()]
     headline = [m for m in present if METRICS.get(m).headline]
     return next(iter(headline), None) or next((m for m in present if "gan" in METRICS.get(m).families), None)
 
 
 def quality_vs_cost(rep: Report, path: Path) -> FigureFile:
-    from bench.report.summary import reference_row
-
     s = rep.summary
     m = main_generation_metric(s)
     if m is None:
@@ -244,13 +314,13 @@ def quality_vs_cost(rep: Report, path: Path) -> FigureFile:
         raise Skip(f"quality against cost: no model has both {m} and train_seconds")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
-    _scatter(ax, s, pts, "train_seconds", m, _colors(s))
+    _scatter(ax, s, pts, _colors(s))
     for suite in dict.fromkeys(pts.suite):
-        ref = reference_row(s, suite)
-        if ref is not None and m in ref and pd.notna(ref[m]):
+        ref = s.reference_value(suite, m)
+        if math.isfinite(ref):
             name = "real data" + (f" ({suite})" if s.multi_suite else "")
-            ax.axhline(float(ref[m]), ls=":", color="0.3", lw=1, label=name)
-    _log_if_wide(ax, pts["train_seconds_mean"], "x")
+            ax.axhline(ref, ls=":", color="0.3", lw=1, label=name)
+    _log_if_wide(ax, pts.x, "x")
     ax.set_xlabel("training seconds (wall clock of the optimisation steps)")
     ax.set_ylabel(f"{m} {_arrow(m)}")
     ax.set_title(f"{m} against training cost")
@@ -287,6 +357,7 @@ def image_panel(images: list[GridImage], s: Summary, path: Path, title: str, cap
 def make_figures(rep: Report, out_dir: Path) -> tuple[list[FigureFile], list[str]]:
     """Draw every figure that these runs support; return them and a note for each one skipped."""
     jobs = [
+        ("dots.png", metric_dots),
         ("curves.png", metric_curves),
         ("losses.png", loss_curves),
         ("rate_distortion.png", rate_distortion),

@@ -16,21 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.metrics import METRICS
-from bench.report.summary import (
-    COST_NAMES,
-    REFERENCE_NAME,
+from bench.report.summary import COST_NAMES, REFERENCE_NAME, Report, Summary, fmt_num
+from bench.report.tables import (
     Cell,
-    Report,
-    Summary,
-    cost_cell,
-    fmt_num,
-    metric_cell,
+    has_reference,
     metric_header,
     reference_cell,
-    reference_row,
     seeds_text,
+    stat_cell,
     table_notes,
+    use_tables,
 )
+from bench.report.uses import Use, answer_notes, answers
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 
@@ -54,30 +51,38 @@ def _cell(c: Cell, tip: str = "", cls: str = "") -> dict[str, Any]:
     }
 
 
-def _tip(row, m: str, baseline: str) -> str:
+def _tip(st: dict[str, Any] | None, baseline: str) -> str:
     """Hover text: the numbers behind a cell."""
-    if not math.isfinite(row[f"{m}_mean"]):
+    if st is None or not math.isfinite(st["mean"]):
         return ""
-    parts = [f"mean {row[f'{m}_mean']:.6g}", f"n = {row[f'{m}_n']}"]
-    if math.isfinite(row[f"{m}_std"]):
-        parts.append(f"sd {row[f'{m}_std']:.3g}")
-    if math.isfinite(row[f"{m}_ci95"]):
-        parts.append(f"95% CI ± {row[f'{m}_ci95']:.3g}")
-    p = row.get(f"{m}_p", math.nan)
+    parts = [f"mean {st['mean']:.6g}", f"n = {st['n']}"]
+    if math.isfinite(st["std"]):
+        parts.append(f"sd {st['std']:.3g}")
+    if math.isfinite(st["ci95"]):
+        parts.append(f"95% CI ± {st['ci95']:.3g}")
+    p = st.get("p", math.nan)
     if isinstance(p, float) and math.isfinite(p):
         parts.append(f"Welch p = {fmt_num(p)} against {baseline}")
     return ", ".join(parts)
 
 
-def _table_rows(s: Summary) -> tuple[list[dict], list[dict]]:
-    """The table's model rows and reference rows, as cells with their hover text."""
+def _table(s: Summary, use: Use, cols: list[str]) -> dict[str, Any]:
+    """One use's table: its columns, its model rows, and each suite's reference row."""
+    kind = "cost" if use.key == "cost" else "metric"
+    columns = [
+        {
+            "name": metric_header(m),
+            "kind": kind,
+            "title": METRICS.get(m).description if m in METRICS else COST_NAMES.get(m, m),
+        }
+        for m in cols
+    ]
     rows, refs = [], []
-    for suite in dict.fromkeys(s.table.suite) if not s.table.empty else []:
-        part = s.table[s.table.suite == suite]
+    for suite in dict.fromkeys(s.models.suite):
+        part = s.models[s.models.suite == suite]
+        base = s.baselines.get(suite, "")
         for _, row in part.iterrows():
-            base = s.baselines.get(suite, "")
-            cells = [_cell(metric_cell(row, m), _tip(row, m, base)) for m in s.metrics]
-            cells += [_cell(cost_cell(row, c), _tip(row, c, base), "cost") for c in s.costs]
+            stats = [s.stat(suite, row.label, m) for m in cols]
             rows.append(
                 {
                     "suite": suite,
@@ -88,16 +93,14 @@ def _table_rows(s: Summary) -> tuple[list[dict], list[dict]]:
                     "seeds_sort": int(row.seeds),
                     "failed": int(row.failed),
                     "running": int(row.running),
-                    "cells": cells,
+                    "cells": [_cell(stat_cell(st, row.seeds), _tip(st, base)) for st in stats],
                 }
             )
-        ref = reference_row(s, suite)
-        if ref is not None:
-            cells = [_cell(reference_cell(ref, m)) for m in s.metrics] + [
-                {"text": "", "sort": None, "significant": False, "cls": "cost", "tip": ""} for _ in s.costs
-            ]
+        if kind == "metric" and has_reference(s, suite, cols):
+            cells = [_cell(reference_cell(s, suite, m)) for m in cols]
             refs.append({"suite": suite, "label": REFERENCE_NAME, "cells": cells})
-    return rows, refs
+    return {"key": use.key, "title": use.title, "question": use.question, "columns": columns, "rows": rows,
+            "refs": refs}  # fmt: skip
 
 
 def _provenance(provenance) -> list[dict[str, Any]]:
@@ -123,11 +126,6 @@ def context(rep: Report, out_dir: Path) -> dict[str, Any]:
     """Plain data for the template."""
     s, data = rep.summary, rep.data
     multi = s.multi_suite
-    columns = [
-        {"name": metric_header(m), "kind": "metric", "title": METRICS.get(m).description} for m in s.metrics
-    ] + [{"name": COST_NAMES.get(c, c), "kind": "cost", "title": c} for c in s.costs]
-    rows, refs = _table_rows(s)
-
     def fig(f) -> dict[str, str]:
         return {"title": f.title, "caption": f.caption, "src": data_uri((out_dir / f.name).read_bytes())}
 
@@ -149,15 +147,15 @@ def context(rep: Report, out_dir: Path) -> dict[str, Any]:
         "uri": data.uri,
         "generated": rep.generated,
         "multi": multi,
-        "columns": columns,
-        "rows": rows,
-        "refs": refs,
+        "answers": [{"text": a.text(multi), "use": a.use.key} for a in answers(s)],
+        "answer_notes": answer_notes(),
+        "tables": [] if s.empty else [_table(s, u, cols) for u, cols in use_tables(s)],
         "notes": table_notes(s),
-        "empty_suites": [x for x in data.suites if s.table.empty or x not in set(s.table.suite)],
+        "empty_suites": [x for x in data.suites if s.empty or x not in set(s.models.suite)],
         "baselines": s.baselines,
         "failed": s.failed.to_dict("records") if not s.failed.empty else [],
         "figures": [fig(f) for f in rep.figures if f.name not in grid_figs],
-        "figure_notes": rep.notes if not s.table.empty else [],
+        "figure_notes": rep.notes if not s.empty else [],
         "grids": grids,
         "metrics": [
             {

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bench.report.summary import StoreData, Summary, fmt_mean_ci, fmt_num, md_escape
+from bench.report.summary import StoreData, Summary, fmt_mean_ci, fmt_num
+from bench.report.tables import md_escape
 
 
 def verdict(mean: float, ci: float, value: float, pm: float) -> str:
@@ -30,21 +31,18 @@ def verdict(mean: float, ci: float, value: float, pm: float) -> str:
 def published_rows(data: StoreData, summary: Summary) -> list[dict[str, Any]]:
     """One row per (suite, model, metric) with a published value in the stored suite config."""
     rows = []
-    table = summary.table
     for suite in data.suites:
         for m in data.suite_config(suite).get("models") or []:
             if not isinstance(m, dict) or not isinstance(m.get("reference"), dict):
                 continue
             label = m.get("label") or m.get("name")
-            sel = table[(table.suite == suite) & (table.label == label)] if not table.empty else table
             for metric, pub in m["reference"].items():
                 if not isinstance(pub, dict) or "value" not in pub:
                     continue
-                col = f"{metric}_mean"
-                found = not sel.empty and col in sel
-                mean = float(sel[col].iloc[0]) if found else math.nan
-                ci = float(sel[f"{metric}_ci95"].iloc[0]) if found else math.nan
-                n = int(sel[f"{metric}_n"].iloc[0]) if found else 0
+                st = summary.stat(suite, label, metric)
+                mean = float(st["mean"]) if st else math.nan
+                ci = float(st["ci95"]) if st else math.nan
+                n = int(st["n"]) if st else 0
                 value, pm = float(pub["value"]), float(pub.get("pm") or 0.0)
                 rows.append(
                     {

@@ -10,6 +10,7 @@ latest parent run. The figures live in ``bench.report.figures``, the HTML page i
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -265,27 +266,214 @@ def load_grids(tracker: Tracker, runs: pd.DataFrame) -> dict[str, list[GridImage
 
 # --------------------------------------------------------------------------- aggregating
 
+LONG_COLUMNS = [
+    "suite", "label", "family", "metric", "kind", "mean", "std", "ci95", "n", "applies", "p", "significant",
+    "best",
+]  # fmt: skip
+STATS = ["mean", "std", "ci95", "n", "applies", "p", "significant", "best"]  # per metric in the wide view
+
 
 @dataclass(frozen=True)
 class Summary:
-    """One row per (suite, model label); per metric ``m``: ``m_mean``, ``m_std``, ``m_ci95`` (half-width),
-    ``m_n`` (seeds with a value), ``m_applies``, ``m_p`` (Welch's p against the baseline),
-    ``m_significant`` and ``m_best``; per cost column the same without the last three."""
+    """The runs aggregated over training seeds, in long format.
 
-    table: pd.DataFrame
+    ``models``: one row per (suite, model label): model, family, baseline, seeds (finished),
+    failed, running. ``long``: one row per (suite, label, metric): ``kind`` (metric | cost),
+    mean, std, ci95 (half-width), n (seeds with a value), applies, p (Welch against the baseline),
+    significant, best (within the suite). ``values``: the finished runs' per-seed values (suite,
+    label, seed, metric, value), for tests between any two models. ``table`` is the wide view
+    (one row per model, ``<metric>_<stat>`` columns) that ``results.csv`` holds.
+    """
+
+    models: pd.DataFrame
+    long: pd.DataFrame
     failed: pd.DataFrame  # runs that did not finish, with their reason
     metrics: list[str]
     costs: list[str] = field(default_factory=list)
     reference: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per suite with a reference run
     baselines: dict[str, str] = field(default_factory=dict)  # suite -> baseline label
+    values: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def empty(self) -> bool:
+        return self.models.empty
 
     @property
     def multi_suite(self) -> bool:
-        return not self.table.empty and self.table.suite.nunique() > 1
+        return not self.models.empty and self.models.suite.nunique() > 1
 
     def key(self, row: pd.Series) -> str:
         """How a row is named in figures: its label, prefixed by its suite when there are several."""
         return f"{row.suite}/{row.label}" if self.multi_suite else row.label
+
+    @functools.cached_property
+    def _index(self) -> dict[tuple[str, str, str], dict[str, Any]]:
+        return {(r["suite"], r["label"], r["metric"]): r for r in self.long.to_dict("records")}
+
+    def stat(self, suite: str, label: str, metric: str) -> dict[str, Any] | None:
+        """The long row of one model and one metric (None: the metric is not in these runs)."""
+        return self._index.get((suite, label, metric))
+
+    def seed_values(self, suite: str, label: str, metric: str) -> pd.Series:
+        v = self.values
+        if v.empty:
+            return pd.Series(dtype=float)
+        return v.value[(v.suite == suite) & (v.label == label) & (v.metric == metric)]
+
+    def reference_value(self, suite: str, metric: str) -> float:
+        """The real-data reference value of a metric in a suite; NaN when there is none."""
+        ref = self.reference
+        if ref.empty or metric not in ref:
+            return math.nan
+        sel = ref[ref.suite == suite]
+        return float(sel[metric].iloc[-1]) if len(sel) and pd.notna(sel[metric].iloc[-1]) else math.nan
+
+    @functools.cached_property
+    def table(self) -> pd.DataFrame:
+        """The wide view: one row per model, per metric ``m``: ``m_mean``, ``m_std``, ``m_ci95``,
+        ``m_n`` and, for metrics (not cost columns), ``m_applies``, ``m_p``, ``m_significant``, ``m_best``."""
+        return wide(self)
+
+
+def wide(s: Summary) -> pd.DataFrame:
+    """``Summary.long`` pivoted to one row per model (the layout of ``results.csv``)."""
+    if s.models.empty:
+        return pd.DataFrame()
+    rows = []
+    for _, m in s.models.iterrows():
+        row = m.to_dict()
+        for name in s.metrics + s.costs:
+            st = s.stat(m.suite, m.label, name) or {}
+            for k in STATS if name in s.metrics else STATS[:4]:
+                row[f"{name}_{k}"] = st.get(k, math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def results_table(s: Summary) -> pd.DataFrame:
+    """``results.csv``: the wide view, and after each suite's models its real-data reference row
+    (``reference`` True, family ``data``, the reference values as means)."""
+    t = s.table
+    if t.empty:
+        return t
+    t = t.assign(reference=False)
+    parts = []
+    for suite in dict.fromkeys(t.suite):
+        parts.append(t[t.suite == suite])
+        ref = {m: s.reference_value(suite, m) for m in s.metrics}
+        if any(math.isfinite(v) for v in ref.values()):
+            row: dict[str, Any] = {"suite": suite, "label": REFERENCE_NAME, "model": "data", "family": "data"}
+            row |= {"baseline": False, "reference": True}
+            row |= {f"{m}_mean": v for m, v in ref.items()}
+            row |= {f"{m}_applies": math.isfinite(v) for m, v in ref.items()}
+            parts.append(pd.DataFrame([row]))
+    out = pd.concat(parts, ignore_index=True)
+    return out.astype({c: "Int64" for c in ("seeds", "failed", "running")})
+
+
+def _order(runs: pd.DataFrame, order: dict[str, list[str]] | None) -> list[tuple[str, str]]:
+    keys = []
+    for s in dict.fromkeys(runs.suite):
+        seen = list(dict.fromkeys(runs.label[runs.suite == s]))
+        wanted = (order or {}).get(s, [])
+        keys += [(s, lab) for lab in dict.fromkeys([x for x in wanted if x in seen] + seen)]
+    return keys
+
+
+def _failed(runs: pd.DataFrame) -> pd.DataFrame:
+    failed = runs[runs.status != "FINISHED"][["suite", "label", "seed", "status", "failure_reason", "run_id"]]
+    never_ended = ~failed.status.isin(["FAILED", "KILLED"]) & (failed.failure_reason.fillna("") == "")
+    failed.loc[never_ended, "failure_reason"] = "never ended: still running, or its process died"
+    return failed.reset_index(drop=True)
+
+
+def _model_rows(runs: pd.DataFrame, keys: list[tuple[str, str]], base: dict[str, str]) -> pd.DataFrame:
+    rows = []
+    for suite, label in keys:
+        allg = runs[(runs.suite == suite) & (runs.label == label)]
+        n_done = int((allg.status == "FINISHED").sum())
+        n_failed = int(allg.status.isin(["FAILED", "KILLED"]).sum())
+        rows.append(
+            {
+                "suite": suite,
+                "label": label,
+                "model": allg.model.iloc[0],
+                "family": allg.family.iloc[0],
+                "baseline": label == base[suite],
+                "seeds": n_done,
+                "failed": n_failed,
+                "running": len(allg) - n_done - n_failed,  # not ended: in progress, or its process died
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _seed_values(finished: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    cols = ["suite", "label", "seed", "metric", "value"]
+    if finished.empty:
+        return pd.DataFrame(columns=cols)
+    v = finished.melt(["suite", "label", "seed"], [c for c in names if c in finished], "metric", "value")
+    return v.dropna(subset=["value"])[cols].reset_index(drop=True)
+
+
+def _applies(runs: pd.DataFrame, suite: str, label: str, metric: str) -> bool:
+    from bench.metrics import METRICS
+
+    g = runs[(runs.suite == suite) & (runs.label == label)]
+    caps = g.capabilities.iloc[0] if "capabilities" in g else None
+    return METRICS.get(metric).applies_to(g.family.iloc[0], caps)
+
+
+def _long_rows(runs, models, metrics, costs, values, base) -> list[dict[str, Any]]:
+    from bench.metrics import METRICS
+
+    def vals(suite: str, label: str, m: str) -> pd.Series:
+        return values.value[(values.suite == suite) & (values.label == label) & (values.metric == m)]
+
+    rows = []
+    for _, mod in models.iterrows():
+        base_family = models[(models.suite == mod.suite) & (models.label == base[mod.suite])].family.iloc[0]
+        for m in metrics + costs:
+            is_metric = m in metrics
+            applies = not is_metric or _applies(runs, mod.suite, mod.label, m)
+            v = vals(mod.suite, mod.label, m) if applies else pd.Series(dtype=float)
+            p = math.nan
+            vs_base = is_metric and applies and mod.label != base[mod.suite]
+            if vs_base and METRICS.get(m).applies_to(base_family):
+                p = welch(v, vals(mod.suite, base[mod.suite], m)).p
+            rows.append(
+                {
+                    "suite": mod.suite,
+                    "label": mod.label,
+                    "family": mod.family,
+                    "metric": m,
+                    "kind": "metric" if is_metric else "cost",
+                    "mean": float(v.mean()) if len(v) else math.nan,
+                    "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
+                    "ci95": ci_half_width(v, CONFIDENCE),
+                    "n": len(v),
+                    "applies": applies,
+                    "p": p,
+                    "significant": bool(math.isfinite(p) and p < ALPHA),
+                    "best": False,
+                }
+            )
+    return rows
+
+
+def _mark_best(long: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Best mean per metric within each suite, where the models' means differ at all."""
+    from bench.metrics import METRICS
+
+    for m in metrics:
+        higher = METRICS.get(m).higher_is_better
+        for s in dict.fromkeys(long.suite):
+            sel = (long.suite == s) & (long.metric == m) & long["mean"].notna()
+            col = long.loc[sel, "mean"]
+            if col.nunique() < 2:
+                continue
+            long.loc[sel, "best"] = col == (col.max() if higher else col.min())
+    return long
 
 
 def summarise(
@@ -295,77 +483,22 @@ def summarise(
     references: pd.DataFrame | None = None,
 ) -> Summary:
     """Aggregate the runs over seeds. Only FINISHED runs count; the others are listed in ``failed``."""
-    from bench.metrics import METRICS
-
     references = references if references is not None else pd.DataFrame()
     if runs.empty:
-        return Summary(pd.DataFrame(), pd.DataFrame(), [], reference=references)
+        empty = pd.DataFrame()
+        return Summary(empty, pd.DataFrame(columns=LONG_COLUMNS), empty, [], reference=references)
     metrics = metric_columns(runs)
     costs = [c for c in COST_COLUMNS if c in runs.columns]
-    finished = runs[runs.status == "FINISHED"]
-    failed = runs[runs.status != "FINISHED"][["suite", "label", "seed", "status", "failure_reason", "run_id"]]
-    never_ended = ~failed.status.isin(["FAILED", "KILLED"]) & (failed.failure_reason.fillna("") == "")
-    failed.loc[never_ended, "failure_reason"] = "never ended: still running, or its process died"
-    suites = list(dict.fromkeys(runs.suite))
-    keys = []
-    for s in suites:
-        seen = list(dict.fromkeys(runs.label[runs.suite == s]))
-        wanted = (order or {}).get(s, [])
-        keys += [(s, lab) for lab in dict.fromkeys([x for x in wanted if x in seen] + seen)]
-    base = {s: (baselines or {}).get(s) for s in suites}
-    for s in suites:
+    keys = _order(runs, order)
+    base = {s: (baselines or {}).get(s) for s, _ in keys}
+    for s in base:
         if base[s] not in {lab for su, lab in keys if su == s}:
             base[s] = next(lab for su, lab in keys if su == s)
-
-    def values(suite: str, label: str, col: str) -> pd.Series:
-        grp = finished[(finished.suite == suite) & (finished.label == label)]
-        return grp[col].dropna() if col in grp else pd.Series(dtype=float)
-
-    rows = []
-    for suite, label in keys:
-        allg = runs[(runs.suite == suite) & (runs.label == label)]
-        n_done = int(((finished.suite == suite) & (finished.label == label)).sum())
-        n_failed = int(allg.status.isin(["FAILED", "KILLED"]).sum())
-        row: dict[str, Any] = {
-            "suite": suite,
-            "label": label,
-            "model": allg.model.iloc[0],
-            "family": allg.family.iloc[0],
-            "baseline": label == base[suite],
-            "seeds": n_done,
-            "failed": n_failed,
-            "running": len(allg) - n_done - n_failed,  # not ended: in progress, or its process died
-        }
-        base_family = runs[(runs.suite == suite) & (runs.label == base[suite])].family.iloc[0]
-        caps = allg.capabilities.iloc[0] if "capabilities" in allg else None
-        for m in metrics + costs:
-            is_metric = m in metrics
-            applies = not is_metric or METRICS.get(m).applies_to(row["family"], caps)
-            vals = values(suite, label, m) if applies else pd.Series(dtype=float)
-            row[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
-            row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
-            row[f"{m}_ci95"] = ci_half_width(vals, CONFIDENCE)
-            row[f"{m}_n"] = len(vals)
-            if not is_metric:
-                continue
-            row[f"{m}_applies"] = applies
-            p = math.nan
-            if applies and label != base[suite] and METRICS.get(m).applies_to(base_family):
-                p = welch(vals, values(suite, base[suite], m)).p
-            row[f"{m}_p"] = p
-            row[f"{m}_significant"] = bool(math.isfinite(p) and p < ALPHA)
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    for m in metrics:  # best per column, within each suite, where the models' means differ at all
-        higher = METRICS.get(m).higher_is_better
-        table[f"{m}_best"] = False
-        for s in suites:
-            sel = (table.suite == s) & table[f"{m}_mean"].notna()
-            col = table.loc[sel, f"{m}_mean"]
-            if col.nunique() < 2:
-                continue
-            table.loc[sel, f"{m}_best"] = col == (col.max() if higher else col.min())
-    return Summary(table, failed.reset_index(drop=True), metrics, costs, references, base)
+    models = _model_rows(runs, keys, base)
+    values = _seed_values(runs[runs.status == "FINISHED"], metrics + costs)
+    long = pd.DataFrame(_long_rows(runs, models, metrics, costs, values, base), columns=LONG_COLUMNS)
+    long = _mark_best(long, metrics)
+    return Summary(models, long, _failed(runs), metrics, costs, references, base, values)
 
 
 def _capabilities(tags: dict[str, str]) -> frozenset[str] | None:
@@ -375,7 +508,7 @@ def _capabilities(tags: dict[str, str]) -> frozenset[str] | None:
     return None if raw is None else frozenset(c for c in raw.split(",") if c)
 
 
-# --------------------------------------------------------------------------- formatting
+# --------------------------------------------------------------------------- numbers as text
 
 
 def fmt_num(x: float | None) -> str:
@@ -399,140 +532,6 @@ def fmt_mean_ci(mean: float, ci: float) -> str:
         return f"{mean:.3g} ± {ci:.2g}"
     d = max(0, 1 - math.floor(math.log10(ci)))
     return f"{mean:.{d}f} ± {ci:.{d}f}"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One rendered table cell: the text, the number to sort by, and its marks."""
-
-    text: str
-    value: float = math.nan
-    best: bool = False
-    significant: bool = False
-    kind: str = "value"  # value | na | missing
-
-
-def metric_cell(row: pd.Series, m: str) -> Cell:
-    if not row[f"{m}_applies"]:
-        return Cell("n/a", kind="na")
-    mean = row[f"{m}_mean"]
-    if not math.isfinite(mean):
-        return Cell("—", kind="missing")
-    text = fmt_mean_ci(mean, row[f"{m}_ci95"])
-    if row[f"{m}_n"] != row["seeds"]:
-        text += f" (n={row[f'{m}_n']})"
-    return Cell(text, mean, bool(row[f"{m}_best"]), bool(row[f"{m}_significant"]))
-
-
-def cost_cell(row: pd.Series, c: str) -> Cell:
-    mean = row[f"{c}_mean"]
-    if not math.isfinite(mean):
-        return Cell("—", kind="missing")
-    return Cell(fmt_mean_ci(mean, row[f"{c}_ci95"]), mean)
-
-
-def reference_cell(ref: pd.Series | None, m: str) -> Cell:
-    if ref is None or m not in ref or pd.isna(ref[m]):
-        return Cell("n/a", kind="na")
-    return Cell(fmt_num(float(ref[m])), float(ref[m]))
-
-
-def metric_header(m: str) -> str:
-    from bench.metrics import METRICS
-
-    if m in METRICS:
-        return f"{m} {'↑' if METRICS.get(m).higher_is_better else '↓'}"
-    return COST_NAMES.get(m, m)
-
-
-def row_name(row: pd.Series, summary: Summary) -> str:
-    n_models = int((summary.table.suite == row.suite).sum())
-    return row.label + (" (baseline)" if row.baseline and n_models > 1 else "")
-
-
-def seeds_text(row: pd.Series) -> str:
-    """Finished seeds, then those that failed or were killed, then those that never ended."""
-    extra = [f"+{row.failed} failed"] if row.failed else []
-    extra += [f"+{row.running} not ended"] if row.get("running", 0) else []
-    return f"{row.seeds}" + (f" ({', '.join(extra)})" if extra else "")
-
-
-def reference_row(summary: Summary, suite: str) -> pd.Series | None:
-    ref = summary.reference
-    if ref.empty:
-        return None
-    sel = ref[ref.suite == suite]
-    return sel.iloc[-1] if len(sel) else None
-
-
-def md_escape(text: str) -> str:
-    """Text for a markdown table cell: pipes escaped, one line."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_cell(c: Cell) -> str:
-    text = c.text + ("†" if c.significant else "")
-    return f"**{text}**" if c.best else text
-
-
-def markdown_table(summary: Summary, columns: list[str] | None = None) -> str:
-    """The comparison table in markdown; a real-data reference row closes each suite that has one."""
-    t = summary.table
-    if t.empty:
-        return "(no runs)\n"
-    cols = columns or summary.metrics + summary.costs
-    multi = summary.multi_suite
-    head = (["suite"] if multi else []) + ["model", "family", "seeds"]
-    lines = [
-        "| " + " | ".join(head + [metric_header(c) for c in cols]) + " |",
-        "|" + "---|" * len(head) + "--:|" * len(cols),
-    ]
-    for suite in dict.fromkeys(t.suite):
-        for _, row in t[t.suite == suite].iterrows():
-            ident = ([row.suite] if multi else []) + [
-                md_escape(row_name(row, summary)),
-                row.family,
-                seeds_text(row),
-            ]
-            cells = [
-                _md_cell(metric_cell(row, c) if c in summary.metrics else cost_cell(row, c)) for c in cols
-            ]
-            lines.append("| " + " | ".join(ident + cells) + " |")
-        ref = reference_row(summary, suite)
-        if ref is not None:
-            ident = ([suite] if multi else []) + [REFERENCE_NAME, "data", "—"]
-            cells = [reference_cell(ref, c).text if c in summary.metrics else "" for c in cols]
-            lines.append("| " + " | ".join(ident + cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def table_notes(summary: Summary) -> list[str]:
-    """What the table's numbers and marks mean, in the order a reader meets them."""
-    if summary.table.empty:
-        return []
-    base = ", ".join(
-        f"`{b}`" + (f" ({s})" if summary.multi_suite else "") for s, b in summary.baselines.items()
-    )
-    notes = [
-        f"Each cell is the mean ± the half-width of its {CONFIDENCE:.0%} confidence interval "
-        "(Student t, n − 1 degrees of freedom) over training seeds; `seeds` counts the finished runs "
-        "(n=k in a cell when fewer of them have the value; one seed shows the mean alone).",
-        "↑ higher is better, ↓ lower is better; **bold**: the best mean of its column"
-        + (" within its suite" if summary.multi_suite else "")
-        + "; n/a: the metric does not apply to the model (its family, or a capability it lacks)"
-        + "; —: not measured.",
-    ]
-    if summary.table.suite.value_counts().max() > 1:
-        notes.append(
-            f"† differs from the baseline {base} at p < {ALPHA:g} by Welch's two-sided t-test over "
-            "seeds (unequal variances; needs two or more seeds on each side; not corrected for multiple "
-            "comparisons)."
-        )
-    if summary.costs:
-        notes.append("What each model cost: " + "; ".join(COST_NOTES[c] for c in summary.costs) + ".")
-    if not summary.reference.empty:
-        notes.append(f"{REFERENCE_NAME}: the metrics of real held-out images scored as if they were samples.")
-    return notes
 
 
 # --------------------------------------------------------------------------- writing

@@ -15,11 +15,11 @@ from bench.report.summary import (
     load_grids,
     load_history,
     load_store,
-    markdown_table,
-    md_escape,
+    results_table,
     summarise,
-    table_notes,
 )
+from bench.report.tables import markdown_answers, markdown_tables, md_escape, table_notes
+from bench.report.uses import answer_notes
 from bench.store.tracking import Tracker
 
 log = logging.getLogger("bench")
@@ -30,10 +30,14 @@ def _markdown(rep: Report) -> str:
 
     s, data = rep.summary, rep.data
     md = [f"# {rep.title}", "", f"Tracking store: `{data.uri}`  ", f"Generated: {rep.generated}", ""]
-    md.append(markdown_table(s))
+    answers = markdown_answers(s)
+    if answers:
+        md += ["## Answer", "", answers]
+        md += [f"_{n}_" for n in answer_notes()] + [""]
+    md += ["## Results", "", markdown_tables(s)]
     md += [f"- {n}" for n in table_notes(s)]
     md += published_markdown(data, s)
-    empty = [x for x in data.suites if s.table.empty or x not in set(s.table.suite)]
+    empty = [x for x in data.suites if s.empty or x not in set(s.models.suite)]
     if empty:
         md += ["", f"No runs in: {', '.join(empty)}."]
     if not s.failed.empty:
@@ -48,7 +52,7 @@ def _markdown(rep: Report) -> str:
             md.append(
                 f"| {r.suite} | {r.label} | {r.seed} | {r.status} | {md_escape(r.failure_reason or '—')} |"
             )
-    if rep.figures or (rep.notes and not s.table.empty):
+    if rep.figures or (rep.notes and not s.empty):
         md += ["", "## Figures", ""]
         for f in rep.figures:
             md += [f"### {f.title}", "", f"![{f.title}]({f.name})", "", f.caption, ""]
@@ -91,8 +95,10 @@ def write_report(
 ) -> tuple[Summary, list[Path]]:
     """Write the report files into ``out_dir`` and log them to each suite's latest parent run.
 
-    Returns the summary and the written paths: ``report.md``, ``results.csv``, ``runs.csv``,
-    ``report.html``, then the figures (and ``reference.csv`` when a suite has a reference run).
+    Returns the summary and the written paths: ``report.md``, ``results.csv`` (one row per model,
+    then each suite's real-data reference row), ``runs.csv``, ``report.html``, ``summary.csv`` (the
+    long format: one row per suite, model and metric), then the figures (and ``reference.csv`` when
+    a suite has a reference run).
     """
     data = load_store(tracker, suites)
     summary = summarise(
@@ -112,11 +118,13 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     rep.figures, rep.notes = figures.make_figures(rep, out_dir)
 
-    paths = [out_dir / "report.md", out_dir / "results.csv", out_dir / "runs.csv", out_dir / "report.html"]
+    names = ["report.md", "results.csv", "runs.csv", "report.html", "summary.csv"]
+    paths = [out_dir / n for n in names]
     paths[0].write_text(_markdown(rep), encoding="utf-8")
-    summary.table.to_csv(paths[1], index=False)
+    results_table(summary).to_csv(paths[1], index=False)
     data.runs.to_csv(paths[2], index=False)
     paths[3].write_text(html.render(rep, out_dir), encoding="utf-8")
+    summary.long.to_csv(paths[4], index=False)
     paths += [out_dir / f.name for f in rep.figures]
     if not data.references.empty:
         paths.append(out_dir / "reference.csv")

@@ -7,6 +7,7 @@ method, so ``run`` reads as the list of steps. Which run to carry out (skip, res
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -85,6 +86,7 @@ class Execution:
             folder.clear_checkpoint()
             run = tracker.start_run(self.env.parent, self._tags(), spec.run_name, offline_dir=folder.offline)
             self._log_config(run)
+            log_dataset(run, self.env.data)
         folder.write_info(
             {"uri": tracker.uri, "run_id": run.run_id, "run_name": spec.run_name, "suite": spec.suite.name}
         )
@@ -208,6 +210,7 @@ class Execution:
         run.results(progress.step, results)
         self.env.hooks.evaluated(progress.step, results)
         log_artifacts(run, model, self.env.data, self.spec, self.env.device)
+        run.model(copy.deepcopy(model).cpu().eval(), progress.step)  # runs:/<id>/model, on any machine
         # what the run cost; this process's share only when it was resumed
         self.clock["wall_seconds"] = time.perf_counter() - self.t_start
         self.clock["tracking_seconds"] = run.seconds
@@ -240,6 +243,17 @@ def cost_metrics(progress: Progress, n_params: int, device: torch.device) -> dic
 
         out["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
     return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def log_dataset(run: RunLogger, data: ImageData) -> None:
+    """The run's dataset as an MLflow input: name, content digest and split sizes."""
+    profile = {
+        "train": int(data.train_x.shape[0]),
+        "test": int(data.test_x.shape[0]),
+        "image_shape": list(data.image_shape),
+        "num_classes": int(data.num_classes),
+    }
+    run.dataset(data.name, data.checksum, data.source, profile)
 
 
 def log_artifacts(run: RunLogger, model, data: ImageData, spec: RunSpec, device: torch.device) -> None:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from bench.store.journal import DONE, JOURNAL, read_journal
-from bench.store.tracking import Tracker
+from bench.store.tracking import Tracker, dataset_input
 
 
 def relog(folder: Path, tracker: Tracker) -> str:
@@ -39,6 +39,9 @@ def relog(folder: Path, tracker: Tracker) -> str:
             tracker.log_batch(run_id, tags=op["tags"])
         elif kind == "metrics":
             tracker.log_batch(run_id, metrics=op["values"], step=int(op["step"]), ts=int(op["timestamp"]))
+        elif kind == "inputs":
+            datasets = [dataset_input(op["name"], op["digest"], op["source"], op["profile"])]
+            tracker.call(client.log_inputs, run_id, datasets=datasets)
         elif kind == "artifact":
             tracker.call(client.log_artifact, run_id, str(folder / op["file"]), op.get("dir"))
         elif kind == "finish":

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from bench.metrics import Result
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+# every suite's experiment: the MLflow UI (3.x) opens such an experiment on its training runs, not
+# on its GenAI views (traces, token usage), which bench never fills
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+MODEL_ARTIFACT = "model"  # runs:/<run_id>/model loads a run's final model (mlflow.pytorch.load_model)
 
 
 class TrackingError(RuntimeError):
@@ -223,13 +227,20 @@ class Tracker:
                     f"experiment {name!r} is deleted in {self.uri}: restore it "
                     f"(mlflow experiments restore) or remove it for good (mlflow gc)"
                 )
+            if create:  # an experiment made before bench tagged them gets its tags on its next run
+                for k, v in EXPERIMENT_TAGS.items():
+                    if exp.tags.get(k) != v:
+                        self.call(self.client.set_experiment_tag, exp.experiment_id, k, v)
             return exp.experiment_id
         if not create:
             return None
         root = _artifact_root(self.uri)
         try:
             return self.call(
-                self.client.create_experiment, name, artifact_location=f"{root}/{name}" if root else None
+                self.client.create_experiment,
+                name,
+                artifact_location=f"{root}/{name}" if root else None,
+                tags=EXPERIMENT_TAGS,
             )
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -328,7 +339,7 @@ class Tracker:
 
     def artifact_bytes(self, run_id: str, path: str) -> bytes | None:
         """The content of one artifact, or None when the run has no such file."""
-        with tempfile.TemporaryDirectory() as d:
+        with tempfile.TemporaryDirectory() as d, self.as_default():
             try:
                 local = self.client.download_artifacts(run_id, path, d)
             except Exception:  # MLflow raises several types for a missing artifact
@@ -407,7 +418,30 @@ class Tracker:
 
     def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path:
         """Copy one artifact of a run into the local folder ``dst``; returns its local path."""
-        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
+        with self.as_default():
+            return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
+
+    def as_default(self) -> _Env:
+        """This store as MLflow's default while in the block. A run's ``model/`` folder is also its
+        logged model's name, and MLflow looks logged models up in its default store (not the
+        client's) when it lists or downloads run artifacts: without this it would open (and
+        create) ``./mlflow.db``."""
+        return _Env({"MLFLOW_TRACKING_URI": self.uri})
+
+
+def dataset_input(name: str, digest: str, source: str, profile: dict[str, Any], context: str = "train"):
+    """An MLflow dataset input: what the UI's Dataset column shows and its dataset filter selects.
+    ``profile`` (split sizes, image shape) is stored as JSON with it."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(
+        name=name,
+        digest=digest,
+        source_type="local",
+        source=json.dumps({"uri": source}),
+        profile=json.dumps(profile, sort_keys=True),
+    )
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -714,6 +748,51 @@ class RunLogger:
             Image.fromarray(image).save(path)
             parent = str(Path(name).parent)
             self.file(path, None if parent == "." else parent)
+
+    @_timed
+    def dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        """Record the run's dataset as an MLflow input (name, content digest, split sizes)."""
+        payload = {"name": name, "digest": digest, "source": source, "profile": profile}
+        self._write(
+            "inputs", payload, self.client.log_inputs, self.run_id, datasets=[dataset_input(**payload)]
+        )
+
+    @_timed
+    def model(self, model: Any, step: int) -> str | None:
+        """Log ``model`` with ``mlflow.pytorch.log_model`` as this run's model ``MODEL_ARTIFACT``,
+        so that ``mlflow.pytorch.load_model("runs:/<run_id>/model")`` returns it. Returns the
+        logged model's id; None when the run is offline (its state_dict is kept in the journal)
+        or when MLflow could not log it (a warning says why: the run's results stand)."""
+        import logging
+        from importlib import metadata
+
+        if self.journal is not None:
+            return None
+        try:
+            import mlflow.pytorch
+            from mlflow.entities import LoggedModelOutput
+
+            exp = self.tracker.call(self.client.get_run, self.run_id).info.experiment_id
+            logged = self.tracker.call(
+                self.client.create_logged_model, exp, name=MODEL_ARTIFACT, source_run_id=self.run_id
+            )
+            with self.tracker.as_default():  # log_model writes through MLflow's fluent API
+                mlflow.pytorch.log_model(
+                    model,
+                    name=MODEL_ARTIFACT,
+                    model_id=logged.model_id,
+                    serialization_format="pickle",  # the models' forward is not one traceable call
+                    pip_requirements=[f"torch=={metadata.version('torch')}"],  # no slow inference
+                )
+            self.tracker.call(
+                self.client.log_outputs, self.run_id, [LoggedModelOutput(logged.model_id, step)]
+            )
+            return logged.model_id
+        except Exception as e:  # the model is a convenience beside state_dict.pt: never fail a run for it
+            logging.getLogger("bench").warning(
+                "run %s: the model was not logged to MLflow: %s", self.run_id, e
+            )
+            return None
 
     @_timed
     def torch_state(self, artifact_file: str, state: dict) -> None:

@@ -1,0 +1,186 @@
+"""The report's tables, from the long-format summary: cells, one markdown table per use (and one
+for cost), and the notes that say what the numbers and marks mean.
+
+A row of a table is a model of a suite; a column is a metric of the use; the real-data reference
+row closes each suite's block in the tables whose metrics it has.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from bench.report.summary import (
+    ALPHA,
+    CONFIDENCE,
+    COST_NAMES,
+    COST_NOTES,
+    REFERENCE_NAME,
+    Summary,
+    fmt_mean_ci,
+    fmt_num,
+)
+from bench.report.uses import Use, answer_notes, answers, higher_is_better, metrics_by_use
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One rendered table cell: the text, the number to sort by, and its marks."""
+
+    text: str
+    value: float = math.nan
+    best: bool = False
+    significant: bool = False
+    kind: str = "value"  # value | na | missing
+
+
+def stat_cell(st: dict[str, Any] | None, seeds: int) -> Cell:
+    """The cell of one long-format row (a metric or a cost column of one model)."""
+    if st is None:
+        return Cell("—", kind="missing")
+    if not st["applies"]:
+        return Cell("n/a", kind="na")
+    mean = st["mean"]
+    if not math.isfinite(mean):
+        return Cell("—", kind="missing")
+    text = fmt_mean_ci(mean, st["ci95"])
+    if st["kind"] == "cost":
+        return Cell(text, mean)
+    if st["n"] != seeds:
+        text += f" (n={st['n']})"
+    return Cell(text, mean, bool(st["best"]), bool(st["significant"]))
+
+
+def reference_cell(s: Summary, suite: str, m: str) -> Cell:
+    v = s.reference_value(suite, m)
+    return Cell(fmt_num(v), v) if math.isfinite(v) else Cell("n/a", kind="na")
+
+
+def metric_header(m: str) -> str:
+    if m in COST_NAMES:
+        return COST_NAMES[m]
+    higher = higher_is_better(m)
+    return m if higher is None else f"{m} {'↑' if higher else '↓'}"
+
+
+def row_name(row: Any, summary: Summary) -> str:
+    n_models = int((summary.models.suite == row.suite).sum())
+    return row.label + (" (baseline)" if row.baseline and n_models > 1 else "")
+
+
+def seeds_text(row: Any) -> str:
+    """Finished seeds, then those that failed or were killed, then those that never ended."""
+    extra = [f"+{row.failed} failed"] if row.failed else []
+    extra += [f"+{row.running} not ended"] if row.get("running", 0) else []
+    return f"{row.seeds}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def md_escape(text: str) -> str:
+    """Text for a markdown table cell: pipes escaped, one line."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_cell(c: Cell) -> str:
+    text = c.text + ("†" if c.significant else "")
+    return f"**{text}**" if c.best else text
+
+
+def has_reference(s: Summary, suite: str, columns: list[str]) -> bool:
+    return any(math.isfinite(s.reference_value(suite, m)) for m in columns)
+
+
+def markdown_table(summary: Summary, columns: list[str] | None = None) -> str:
+    """One comparison table in markdown (every metric and cost column unless ``columns`` says);
+    a real-data reference row closes each suite that has a value in these columns."""
+    if summary.empty:
+        return "(no runs)\n"
+    cols = columns or summary.metrics + summary.costs
+    multi = summary.multi_suite
+    head = (["suite"] if multi else []) + ["model", "family", "seeds"]
+    lines = [
+        "| " + " | ".join(head + [metric_header(c) for c in cols]) + " |",
+        "|" + "---|" * len(head) + "--:|" * len(cols),
+    ]
+    for suite in dict.fromkeys(summary.models.suite):
+        for _, row in summary.models[summary.models.suite == suite].iterrows():
+            ident = ([row.suite] if multi else []) + [md_escape(row_name(row, summary)), row.family]
+            cells = [_md_cell(stat_cell(summary.stat(suite, row.label, c), row.seeds)) for c in cols]
+            lines.append("| " + " | ".join(ident + [seeds_text(row)] + cells) + " |")
+        if has_reference(summary, suite, cols):
+            ident = ([suite] if multi else []) + [REFERENCE_NAME, "data", "—"]
+            cells = [reference_cell(summary, suite, c).text for c in cols]
+            lines.append("| " + " | ".join(ident + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def use_tables(summary: Summary) -> list[tuple[Use, list[str]]]:
+    """The report's tables: one per use that has metrics in these runs, then cost."""
+    return metrics_by_use(summary)
+
+
+def markdown_answers(summary: Summary) -> str:
+    """The answer section: one line per use (and suite)."""
+    lines = [f"- {a.text(summary.multi_suite)}" for a in answers(summary)]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def markdown_tables(summary: Summary, level: str = "###") -> str:
+    """One table per use, then the cost table, each under its own heading."""
+    if summary.empty:
+        return "(no runs)\n"
+    out = []
+    for use, cols in use_tables(summary):
+        out += [f"{level} {use.title}", "", f"_{use.question}_", "", markdown_table(summary, cols)]
+    return "\n".join(out)
+
+
+def terminal_summary(summary: Summary) -> str:
+    """What ``bench run`` and ``bench report`` print: the answers, then the tables."""
+    answers_md = markdown_answers(summary)
+    return (answers_md + "\n" if answers_md else "") + markdown_tables(summary)
+
+
+def table_notes(summary: Summary) -> list[str]:
+    """What the tables' numbers and marks mean, in the order a reader meets them."""
+    if summary.empty:
+        return []
+    base = ", ".join(
+        f"`{b}`" + (f" ({s})" if summary.multi_suite else "") for s, b in summary.baselines.items()
+    )
+    notes = [
+        f"Each cell is the mean ± the half-width of its {CONFIDENCE:.0%} confidence interval "
+        "(Student t, n − 1 degrees of freedom) over training seeds; `seeds` counts the finished runs "
+        "(n=k in a cell when fewer of them have the value; one seed shows the mean alone).",
+        "↑ higher is better, ↓ lower is better; **bold**: the best mean of its column"
+        + (" within its suite" if summary.multi_suite else "")
+        + "; n/a: the metric does not apply to the model (its family, or a capability it lacks)"
+        + "; —: not measured.",
+    ]
+    if summary.models.suite.value_counts().max() > 1:
+        notes.append(
+            f"† differs from the baseline {base} at p < {ALPHA:g} by Welch's two-sided t-test over "
+            "seeds (unequal variances; needs two or more seeds on each side; not corrected for multiple "
+            "comparisons)."
+        )
+    if summary.costs:
+        notes.append("What each model cost: " + "; ".join(COST_NOTES[c] for c in summary.costs) + ".")
+    if not summary.reference.empty:
+        notes.append(f"{REFERENCE_NAME}: the metrics of real held-out images scored as if they were samples.")
+    return notes
+
+
+__all__ = [
+    "Cell",
+    "answer_notes",
+    "fmt_mean_ci",
+    "fmt_num",
+    "markdown_answers",
+    "markdown_table",
+    "markdown_tables",
+    "md_escape",
+    "reference_cell",
+    "stat_cell",
+    "table_notes",
+    "terminal_summary",
+]

@@ -1,0 +1,236 @@
+"""What the comparison is for: the four uses of a learned code (compression, feature learning,
+denoising, generation) plus what training cost, each with its metrics, and the answer per use.
+
+``USES`` is the one place that says which metric serves which use; the report's answer section,
+its per-use tables and its figures all read it. A metric no use names is shown under "other".
+An ``Answer`` is computed from the summary alone: the best model on the use's headline metric
+(its first metric with values), the runner-up, whether they differ over seeds (Welch), the best
+of each family, and the real-data reference where there is one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bench.report.stats import welch
+
+if TYPE_CHECKING:
+    from bench.report.summary import Summary
+
+ALPHA = 0.05
+FAMILIES = ("ae", "vae", "gan")
+FAMILY_NAMES = {"ae": "AE", "vae": "VAE", "gan": "GAN"}
+
+
+@dataclass(frozen=True)
+class Use:
+    key: str  # anchor and file-name part
+    title: str
+    question: str  # what the use's numbers answer, in words
+    metrics: tuple[str, ...]  # in order of preference: the first one with values is the headline
+    rate: tuple[str, ...] = ()  # shown beside the headline (the rate of a rate-distortion answer)
+
+
+_GENERATION_BASES = ("fid", "fid_domain", "kid", "kid_domain", "precision", "precision_domain", "recall")
+_GENERATION_BASES += ("recall_domain", "is", "is_domain", "modes_covered")
+
+USES: tuple[Use, ...] = (
+    Use(
+        "compression",
+        "Compression",
+        "rate and distortion: how well the code reconstructs its input, and how small it is",
+        ("recon_mse", "psnr", "ssim", "compression_ratio"),
+        rate=("compression_ratio",),
+    ),
+    Use(
+        "features",
+        "Feature learning",
+        "how much of the class the frozen code carries (linear probe, k nearest neighbours)",
+        ("probe_acc", "knn_acc"),
+    ),
+    Use("denoising", "Denoising", "how well a noisy input is restored", ("denoise_psnr",)),
+    Use(
+        "generation",
+        "Generation",
+        "how close samples are to real images (the real-data row is the floor or ceiling a model can reach)",
+        # the headline: Inception FID, then the domain classifier's; sampler variants after the defaults
+        _GENERATION_BASES
+        + tuple(f"{b}_{v}" for v in ("gmm", "rec") for b in _GENERATION_BASES)
+        + ("nll_bound",),
+    ),
+)
+COST = Use(
+    "cost",
+    "Cost",
+    "what training took under the shared budget",
+    ("train_seconds", "images_per_s", "param_count", "peak_memory_mb", "budget_steps", "budget_images"),
+)
+# direction of the cost columns (the metrics' own comes from the registry); none: not ranked
+COST_HIGHER = {"train_seconds": False, "images_per_s": True, "param_count": False, "peak_memory_mb": False}
+OTHER = Use("other", "Other metrics", "metrics no use names", ())
+
+
+def use_of(metric: str) -> Use:
+    for u in (*USES, COST):
+        if metric in u.metrics:
+            return u
+    return OTHER
+
+
+def metrics_by_use(s: Summary) -> list[tuple[Use, list[str]]]:
+    """Each use with the summary's metrics that serve it, in the use's order; uses without metrics
+    left out; cost last, after any metric no use names."""
+    present = s.metrics + s.costs
+    out = [(u, [m for m in u.metrics if m in present]) for u in USES]
+    other = [m for m in s.metrics if use_of(m) is OTHER]
+    if other:
+        out.append((OTHER, other))
+    out.append((COST, [c for c in COST.metrics if c in s.costs]))
+    return [(u, ms) for u, ms in out if ms]
+
+
+def higher_is_better(metric: str) -> bool | None:
+    from bench.metrics import METRICS
+
+    if metric in METRICS:
+        return METRICS.get(metric).higher_is_better
+    return COST_HIGHER.get(metric)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    label: str
+    family: str
+    mean: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer of one use in one suite, on its headline metric."""
+
+    suite: str
+    use: Use
+    metric: str
+    higher: bool
+    ranking: list[Ranked]  # best first
+    p: float = math.nan  # Welch, best against runner-up
+    family_best: dict[str, Ranked] = field(default_factory=dict)
+    reference: float = math.nan
+    rates: dict[str, float] = field(default_factory=dict)  # rate metric -> the best model's mean
+
+    @property
+    def best(self) -> Ranked:
+        return self.ranking[0]
+
+    @property
+    def runner_up(self) -> Ranked | None:
+        return self.ranking[1] if len(self.ranking) > 1 else None
+
+    @property
+    def tie(self) -> bool:
+        return self.runner_up is not None and self.runner_up.mean == self.best.mean
+
+    def text(self, with_suite: bool = False) -> str:
+        """One line, in words and numbers."""
+        from bench.report.summary import fmt_num
+
+        arrow = "↑" if self.higher else "↓"
+        head = f"{self.use.title.lower()} ({self.metric} {arrow})"
+        if with_suite:
+            head = f"{self.suite}: {head}"
+        b, r = self.best, self.runner_up
+        best_word = ("lowest" if not self.higher else "highest") if self.use is COST else "best"
+        if self.tie:
+            parts = [f"{b.label} and {r.label} tie at {fmt_num(b.mean)}"]
+        else:
+            parts = [f"{b.label} ({FAMILY_NAMES.get(b.family, b.family)}) {fmt_num(b.mean)} {best_word}"]
+        parts[0] += "".join(f" (at {k} {fmt_num(v)})" for k, v in self.rates.items())
+        if r is not None and not self.tie:
+            parts.append(f"runner-up {r.label} ({FAMILY_NAMES.get(r.family, r.family)}) {fmt_num(r.mean)}")
+        shown = {b.label} | ({r.label} if r is not None else set())
+        parts += [
+            f"best {FAMILY_NAMES[f]} {self.family_best[f].label} {fmt_num(self.family_best[f].mean)}"
+            for f in FAMILIES
+            if f in self.family_best and self.family_best[f].label not in shown
+        ]
+        if r is not None and not self.tie:
+            parts.append(f"{b.label} vs {r.label} {self.verdict()}")
+        if math.isfinite(self.reference):
+            parts.append(f"real data {fmt_num(self.reference)}")
+        return f"{head}: " + "; ".join(parts)
+
+    def verdict(self) -> str:
+        if not math.isfinite(self.p):
+            return "not testable (needs two or more seeds with some spread on each side)"
+        word = "significant" if self.p < ALPHA else "not significant"
+        return f"{word} (Welch p = {self.p:.2g})"
+
+
+def _headline(s: Summary, suite: str, use: Use) -> str | None:
+    sel = s.long[(s.long.suite == suite) & s.long["mean"].notna()]
+    have = set(sel.metric)
+    return next((m for m in use.metrics if m in have and higher_is_better(m) is not None), None)
+
+
+def answer(s: Summary, suite: str, use: Use) -> Answer | None:
+    """The answer of ``use`` in ``suite``; None when no model has a value for any of its metrics."""
+    m = _headline(s, suite, use)
+    if m is None:
+        return None
+    higher = bool(higher_is_better(m))
+    rows = s.long[(s.long.suite == suite) & (s.long.metric == m) & s.long["mean"].notna()]
+    rows = rows.sort_values("mean", ascending=not higher, kind="stable")
+    ranking = [Ranked(r.label, r.family, float(r["mean"])) for _, r in rows.iterrows()]
+    p = math.nan
+    if len(ranking) > 1:
+        p = welch(
+            s.seed_values(suite, ranking[0].label, m), s.seed_values(suite, ranking[1].label, m)
+        ).p
+    family_best: dict[str, Ranked] = {}
+    for r in ranking:
+        family_best.setdefault(r.family, r)
+    rates: dict[str, float] = {}
+    for rate in use.rate:
+        st = s.stat(suite, ranking[0].label, rate)
+        if rate != m and st is not None and math.isfinite(st["mean"]):
+            rates[rate] = float(st["mean"])
+    return Answer(suite, use, m, higher, ranking, p, family_best, s.reference_value(suite, m), rates)
+
+
+def answers(s: Summary) -> list[Answer]:
+    """Every use's answer in every suite (uses in ``USES`` order, then cost)."""
+    if s.empty:
+        return []
+    out = []
+    for suite in dict.fromkeys(s.models.suite):
+        for use in (*USES, COST):
+            a = answer(s, suite, use)
+            if a is not None:
+                out.append(a)
+    return out
+
+
+def answer_notes() -> list[str]:
+    return [
+        "Each line: the use, its headline metric (the first of the use's metrics these runs have; ↑ higher "
+        "is better, ↓ lower), the best model's mean over seeds, the runner-up, the best model of each other "
+        "family, and whether best and runner-up differ by Welch's two-sided t-test over seeds "
+        f"(p < {ALPHA:g}; not corrected for multiple comparisons).",
+    ]
+
+
+def as_dict(a: Answer) -> dict[str, Any]:
+    """Plain data for templates and CSV."""
+    return {
+        "suite": a.suite,
+        "use": a.use.key,
+        "title": a.use.title,
+        "metric": a.metric,
+        "best": a.best.label,
+        "runner_up": a.runner_up.label if a.runner_up else "",
+        "p": a.p,
+        "significant": bool(math.isfinite(a.p) and a.p < ALPHA),
+        "text": a.text(),
+    }
