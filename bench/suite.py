@@ -73,6 +73,8 @@ def _pydantic_errors(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list
 # --------------------------------------------------------------------------- loading
 
 
+# evaluation settings added after stores existed: left out of the config hash at their defaults
+HASH_OPTIONAL_EVAL = ("gmm_fit_n",)
 MAX_YAML_VALUES = 100_000  # a suite is a few hundred values; more means an alias bomb or a wrong file
 
 
@@ -338,10 +340,15 @@ class RunSpec:
         """Identity of the run for resuming: resolved config + code version.
 
         Default numerics (fp32, eager) leave the hash as it was before ``train`` existed, so the
-        runs of an existing store are still found; any other ``train`` setting changes it."""
+        runs of an existing store are still found; any other ``train`` setting changes it. The
+        same holds for evaluation settings added later (``HASH_OPTIONAL_EVAL``) at their defaults."""
         run = self.resolved()
         if run["train"] == TrainConfig().model_dump():
             del run["train"]
+        defaults = EvalConfig().model_dump()
+        for key in HASH_OPTIONAL_EVAL:
+            if run["eval"].get(key) == defaults[key]:
+                del run["eval"][key]
         blob = json.dumps({"run": run, "bench": bench.__version__}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
