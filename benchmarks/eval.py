@@ -124,6 +124,72 @@ class Worker:
             print(json.dumps(reply), flush=True)
 
 
+# --------------------------------------------------------------------------- kernels
+
+
+def kernels(n_train: int, n_test: int, n_feat: int, repeats: int) -> None:
+    """The replaced library calls against their torch versions on the same synthetic inputs, in
+    one process, alternately (A B A B ...): wall and CPU seconds, median of ``repeats``."""
+    import statistics
+
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    from bench.metrics.neighbours import knn_classify, kth_neighbour_distance, precision_recall
+    from bench.metrics.probe import fit_logistic
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(10, 64, generator=g)
+    ytr, yte = torch.randint(0, 10, (n_train,), generator=g), torch.randint(0, 10, (n_test,), generator=g)
+    xtr = centres[ytr] + 2 * torch.randn(n_train, 64, generator=g)
+    xte = centres[yte] + 2 * torch.randn(n_test, 64, generator=g)
+    real = torch.randn(n_feat, 128, generator=g).double()
+    fake = (torch.randn(n_feat, 128, generator=g) + 0.1).double()
+    radii = kth_neighbour_distance(real, 3)  # cached on disk for the reference set
+
+    def acc(pred):
+        return (pred == yte).double().mean().item()
+
+    def sk_probe():
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+        pred = clf.fit(xtr.double().numpy(), ytr.numpy()).predict(xte.double().numpy())
+        return (pred == yte.numpy()).mean()
+
+    def sk_knn():
+        clf = KNeighborsClassifier(n_neighbors=10, algorithm="brute").fit(xtr.double().numpy(), ytr.numpy())
+        return (clf.predict(xte.double().numpy()) == yte.numpy()).mean()
+
+    def tf_prc():
+        r = prc_features_to_metric(fake, real, prc_neighborhood=3, prc_batch_size=1000, save_cpu_ram=True,
+                                   verbose=False)  # fmt: skip
+        return r["precision"], r["recall"]
+
+    pairs = {
+        "probe_acc": (sk_probe, lambda: acc(fit_logistic(xtr, ytr, 10).predict(xte))),
+        "knn_acc": (sk_knn, lambda: acc(knn_classify(xtr, ytr, xte, 10, 10))),
+        "precision + recall": (tf_prc, lambda: precision_recall(fake, real, 3, real_radii=radii)),
+    }
+    head = ["library wall s", "torch wall s", "library CPU s", "torch CPU s", "wall ratio", "library value"]
+    print(f"| computation (train {n_train}, test {n_test}, features {n_feat}) | " + " | ".join(head)
+          + " | torch value |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (lib, ours) in pairs.items():
+        t = {"lib": [], "ours": []}
+        for _ in range(repeats):
+            for side, fn in (("lib", lib), ("ours", ours)):
+                w0, c0 = time.perf_counter(), time.process_time()
+                value = fn()
+                t[side].append((time.perf_counter() - w0, time.process_time() - c0, value))
+        med = {k: [statistics.median(x[i] for x in v) for i in (0, 1)] for k, v in t.items()}
+        (lw, lc), (ow, oc) = med["lib"], med["ours"]
+        print(f"| {name} | {lw:.2f} | {ow:.2f} | {lc:.2f} | {oc:.2f} | {lw / ow:.1f}x "
+              f"| {t['lib'][0][2]} | {t['ours'][0][2]} |", flush=True)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -163,8 +229,14 @@ def main() -> None:
     ap.add_argument("--skip-single", action="store_true", help="time only the whole evaluation")
     ap.add_argument("--all-for", help="labels of the trees timed for the whole evaluation (default: all)")
     ap.add_argument("--json", help="write every measurement here")
+    ap.add_argument("--kernels", metavar="TRAIN,TEST,FEATURES", help="only the library-against-torch "
+                    "comparison of the replaced computations, on synthetic inputs")  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=3, help="for --kernels")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.kernels:
+        kernels(*map(int, args.kernels.split(",")), args.repeats)
+        return
     if args.worker:
         Worker(args).serve()
         return
