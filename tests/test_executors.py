@@ -142,6 +142,10 @@ def test_each_finished_run_reports_where_its_time_went(tmp_path, write_suite):
         assert m[key] >= 0, key
     assert m["train_seconds"] + m["eval_seconds"] + m["tracking_seconds"] <= m["wall_seconds"]
     assert m["tracking_seconds"] > 0 and m["eval_seconds"] > 0
+    # and each metric's share of the evaluation
+    per_metric = {k.removeprefix("eval_seconds."): v for k, v in m.items() if k.startswith("eval_seconds.")}
+    assert set(per_metric) == {"recon_mse", "psnr", "ssim", "compression_ratio"}  # tiny_suite's metrics
+    assert all(v >= 0 for v in per_metric.values()) and sum(per_metric.values()) <= m["eval_seconds"]
     client = MlflowClient(uri)
     (suite_run,) = client.search_runs(
         [client.get_experiment_by_name("cost").experiment_id], "tags.`bench.kind` = 'suite'"

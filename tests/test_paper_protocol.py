@@ -17,7 +17,7 @@ from bench.models import build_model
 from bench.suite import SuiteError, expand, load_suite
 
 NEW_EVAL = ("gmm_kind", "gmm_weight_concentration", "gmm_max_iter", "dc_neighborhood", "fd_inf_points",
-            "fd_inf_min_n")  # fmt: skip
+            "fd_inf_min_n", "gmm_fit_n")  # fmt: skip
 NEW_PARAMS = ("ls_on", "init", "bn_momentum", "bn_eps", "g_activation", "prior_mean")
 
 

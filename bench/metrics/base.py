@@ -9,6 +9,7 @@ batches under ``torch.inference_mode``: adding a metric never touches the traini
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bench.data import ImageData, to_float
+from bench.metrics.codes import train_codes
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -143,9 +145,12 @@ class EvalContext:
             return self._batched(self.model.reconstruct, self.test_uint8).clamp_(0, 1)
 
     def codes(self, split: str) -> torch.Tensor:
-        """Deterministic codes (N, d) of a whole split (computed once per evaluation)."""
+        """Deterministic codes (N, d) of a whole split (computed once per evaluation; the training
+        split's once per trained state, shared with the post-training latent fits)."""
+        if split == "train":
+            return train_codes(self.model, self.data, self.cfg.batch_size)
         if split not in self._codes:
-            x = self.data.train_x if split == "train" else self.data.test_x
+            x = self.data.test_x
             with torch.inference_mode():
                 self._codes[split] = self._batched(lambda b: self.model.encode(b).flatten(1), x)
         return self._codes[split]
@@ -156,12 +161,19 @@ class EvalContext:
 
 
 def evaluate(
-    model: GenerativeModel, data: ImageData, cfg: EvalConfig, seed: int, device: torch.device
+    model: GenerativeModel,
+    data: ImageData,
+    cfg: EvalConfig,
+    seed: int,
+    device: torch.device,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, Result]:
     """Compute every requested metric that applies to the model's family.
 
     Metrics that do not apply (wrong family, or a capability the model lacks) are absent from the
-    result (reported as n/a, never as 0).
+    result (reported as n/a, never as 0). ``seconds``, when given, receives each computed metric's
+    wall time, in the order of ``cfg.metrics``: what metrics share (codes, samples, features) is
+    charged to the first that needs it.
     """
     was_training = model.training
     model.eval()
@@ -172,8 +184,13 @@ def evaluate(
             metric = METRICS.get(name)
             if not metric.applies_to_model(model):
                 continue
+            t0 = time.perf_counter()
             r = metric.fn(ctx)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             out[name] = r if isinstance(r, Result) else Result(float(r))
+            if seconds is not None:
+                seconds[name] = time.perf_counter() - t0
     finally:
         model.train(was_training)
     return out

@@ -296,6 +296,21 @@ def real_statistics(
     )
 
 
+def real_radii(
+    real: RealImages, prep: Prepared, layer: str, k: int, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """Each real image's k-NN radius in feature space (float64: the distance to its k-th nearest
+    other real image, as precision/recall define it), cached on disk like the statistics."""
+    from bench.metrics.neighbours import CHUNK, kth_neighbour_distance
+
+    def compute() -> dict[str, torch.Tensor]:
+        f = real_features(real, prep, batch_size, device)[layer].double().to(device)
+        return {"radii": kth_neighbour_distance(f, k, CHUNK).cpu()}
+
+    parts = {"what": "knn-radii", "layer": layer, "k": k, "dtype": "float64", **real.key(prep)}
+    return cached_tensors("radii", parts, compute)["radii"]
+
+
 def frechet_distance(s1: dict[str, torch.Tensor], s2: dict[str, torch.Tensor]) -> float:
     """Fréchet distance of two Gaussians given as float64 {"mu", "sigma"}, computed by torch-fidelity."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric

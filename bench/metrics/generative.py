@@ -41,8 +41,10 @@ from bench.metrics.features import (
     fid_statistics,
     frechet_distance,
     real_features,
+    real_radii,
     real_statistics,
 )
+from bench.metrics.neighbours import precision_recall
 from bench.metrics.prdc import density_coverage, fd_infinity, fd_infinity_counts
 from bench.metrics.samplers import SAMPLERS, GMMOptions, Sampler, SampleRequest
 
@@ -228,7 +230,7 @@ class GenerationEval:
                 self.cfg.batch_size,
                 self.cfg.gmm_components,
                 self.seed,
-                GMMOptions(self.cfg.gmm_kind, self.cfg.gmm_weight_concentration, self.cfg.gmm_max_iter),
+                GMMOptions.of(self.cfg),
             )
             self._sources[sm.name] = sm.make(req)
         return self._sources[sm.name]
@@ -356,16 +358,14 @@ def _kid(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
 
 
 def _prc(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
-    from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
-
-    cfg, layer = gen.cfg, prep.layer("prc")
+    """torch-fidelity's precision/recall (``metric_prc``), computed by ``neighbours.precision_recall``:
+    exact k-NN radii in float64, the real ones cached on disk, on the evaluation's device."""
+    cfg, layer, k = gen.cfg, prep.layer("prc"), gen.cfg.prc_neighborhood
     real = real_features(gen.reference, prep, cfg.batch_size, gen.device)[layer]
-    r = prc_features_to_metric(  # torch-fidelity's convention: input 1 generated, input 2 real
-        fake[layer].double(), real.double(), prc_neighborhood=cfg.prc_neighborhood,
-        prc_batch_size=PRC_BATCH, save_cpu_ram=True, verbose=False,
-    )  # fmt: skip
-    values = {"precision": r[KEY_METRIC_PRECISION], "recall": r[KEY_METRIC_RECALL]}
-    return values, {"neighborhood": cfg.prc_neighborhood}
+    radii = real_radii(gen.reference, prep, layer, k, cfg.batch_size, gen.device)
+    dev = gen.device  # input 1 generated, input 2 real, as torch-fidelity orders them
+    p, r = precision_recall(fake[layer].double().to(dev), real.double().to(dev), k, radii.to(dev), PRC_BATCH)
+    return {"precision": p, "recall": r}, {"neighborhood": k}
 
 
 def _isc(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):

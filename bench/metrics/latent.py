@@ -1,37 +1,37 @@
 """Latent and application metrics: what the codes are good for (feature learning, denoising) and
 how well VAE-style models explain the data (a bound on the negative log-likelihood).
 
-The probes use scikit-learn, fitted on the codes of the training split and scored on the codes
-of the test split; GANs have no encoder, so none of these applies to them (reported as n/a).
+The probes (``probe.py``, ``neighbours.py``: torch, on the evaluation's device) are fitted on the
+codes of the training split and scored on the codes of the test split; GANs have no encoder, so
+none of these applies to them (reported as n/a).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from bench.metrics.base import ENCODER_FAMILIES, EvalContext, Result, register_metric
+from bench.metrics.neighbours import knn_classify
+from bench.metrics.probe import fit_logistic
 
 KNN_K = 10
+PROBE_MAX_ITER = 1000
 DENOISE_SIGMA = 0.3
 DENOISE_NOISE_SEED = 0  # the same noisy test images for every model and seed
 
 
-def _labelled_codes(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train codes, train labels, test codes, test labels) as float64 / int64 arrays."""
-    tr = ctx.codes("train").double().cpu().numpy()
-    te = ctx.codes("test").double().cpu().numpy()
-    return tr, ctx.data.train_y.cpu().numpy(), te, ctx.data.test_y.cpu().numpy()
-
-
-def _probe_provenance(ctx: EvalContext, tr: np.ndarray, te: np.ndarray) -> dict:
+def _probe_provenance(ctx: EvalContext, tr: torch.Tensor, te: torch.Tensor) -> dict:
     return {
         "fit": {"split": "train", "n": len(tr)},
         "score": {"split": "test", "n": len(te)},
         "code_dim": int(tr.shape[1]),
         "code": "deterministic code (posterior mean for VAEs), through any quantiser",
     }
+
+
+def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
+    return (pred.cpu() == y.cpu()).double().mean().item()
 
 
 @register_metric(
@@ -41,17 +41,15 @@ def _probe_provenance(ctx: EvalContext, tr: np.ndarray, te: np.ndarray) -> dict:
     description="test accuracy of a logistic regression on frozen codes (fit on train, standardised)",
 )
 def probe_acc(ctx: EvalContext) -> Result:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    tr, ytr, te, yte = _labelled_codes(ctx)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
-    clf.fit(tr, ytr)
-    acc = float((clf.predict(te) == yte).mean())
+    tr, te = ctx.codes("train"), ctx.codes("test")
+    probe = fit_logistic(tr, ctx.data.train_y, ctx.data.num_classes, c=1.0, max_iter=PROBE_MAX_ITER)
+    acc = _accuracy(probe.predict(te), ctx.data.test_y)
     prov = {
         **_probe_provenance(ctx, tr, te),
-        "impl": "sklearn LogisticRegression(C=1, lbfgs), StandardScaler",
+        "impl": "multinomial logistic regression (C=1, float64, full-batch L-BFGS in torch) "
+        "on standardised codes",
+        "probe_iterations": probe.n_iter,
+        "probe_converged": probe.converged,
     }
     return Result(acc, prov)
 
@@ -63,15 +61,12 @@ def probe_acc(ctx: EvalContext) -> Result:
     description=f"test accuracy of a {KNN_K}-nearest-neighbour classifier (Euclidean) on the training codes",
 )
 def knn_acc(ctx: EvalContext) -> Result:
-    from sklearn.neighbors import KNeighborsClassifier
-
-    tr, ytr, te, yte = _labelled_codes(ctx)
-    clf = KNeighborsClassifier(n_neighbors=KNN_K, algorithm="brute")
-    clf.fit(tr, ytr)
-    acc = float((clf.predict(te) == yte).mean())
+    tr, te = ctx.codes("train"), ctx.codes("test")
+    pred = knn_classify(tr.float(), ctx.data.train_y, te.float(), KNN_K, ctx.data.num_classes)
+    acc = _accuracy(pred, ctx.data.test_y)
     prov = {
         **_probe_provenance(ctx, tr, te),
-        "impl": f"sklearn KNeighborsClassifier(k={KNN_K}, brute, Euclidean)",
+        "impl": f"exact {KNN_K}-NN (Euclidean, float32, torch.cdist + topk), majority vote",
     }
     return Result(acc, prov)
 

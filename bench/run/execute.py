@@ -117,9 +117,16 @@ class Execution:
 
     # 3. evaluation (timed), at every ``eval.every`` and at the end
     def evaluate(self, model: GenerativeModel) -> dict[str, Result]:
-        t0 = time.perf_counter()
-        results = evaluate(model, self.env.data, self.spec.suite.eval, self.spec.seed, self.env.device)
+        """Evaluate; the time goes to ``eval_seconds`` and each metric's to ``eval_seconds.<metric>``
+        (summed over the run's evaluations; what metrics share is charged to the first that needs it)."""
+        t0, per_metric = time.perf_counter(), {}
+        results = evaluate(
+            model, self.env.data, self.spec.suite.eval, self.spec.seed, self.env.device, per_metric
+        )
         self.clock["eval_seconds"] += time.perf_counter() - t0
+        for name, seconds in per_metric.items():
+            key = f"eval_seconds.{name}"
+            self.clock[key] = self.clock.get(key, 0.0) + seconds
         return results
 
     # 4. a checkpoint: the store first holds every value up to this step

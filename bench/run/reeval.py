@@ -184,7 +184,7 @@ def sample_grid(
 
     from torchvision.utils import make_grid
 
-    from bench.metrics.samplers import SAMPLERS, draw
+    from bench.metrics.samplers import SAMPLERS, GMMOptions, draw
     from bench.run.context import resolve_device
 
     chosen = SAMPLERS.get(sampler)
@@ -204,6 +204,7 @@ def sample_grid(
     suite = suite_of_run(run, [], [])
     data = load_data(suite)
     model = load_model(tracker, run, resolve_device(device or suite.device))
-    images = draw(model, sampler, n, data, seed, suite.eval.gmm_components)  # (n, C, H, W) in [0, 1]
+    e = suite.eval
+    images = draw(model, sampler, n, data, seed, e.gmm_components, GMMOptions.of(e))  # (n, C, H, W) in [0, 1]
     grid = make_grid(images.cpu(), nrow=math.ceil(math.sqrt(n)), padding=2, pad_value=1.0)
     return run, (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()

@@ -1,0 +1,292 @@
+"""Benchmark evaluation: the 15 metrics of suites/fashion-mnist.yaml, one at a time, against the
+forward passes they cannot avoid.
+
+One vae-conv is trained briefly on Fashion-MNIST (or its weights loaded from ``--weights``), then
+every metric is timed as one ``evaluate`` call of its own (caches that live in the model between
+calls are cleared first, so each call pays for what it needs), then all metrics in one call (what
+a run pays). The forward-pass floor is timed beside them: encode the train and test splits,
+decode the images the metrics need, and run the domain classifier over the generated ones.
+
+Each code tree runs in a worker process of its own (``--tree label=DIR``: its ``bench`` package
+is imported from DIR); the workers take turns metric by metric, so a busy machine slows every
+tree alike and the ratios are measured side by side. The domain classifier and the reference
+set's cached features are warmed up before the clock starts.
+
+    python benchmarks/eval.py                                   # this checkout only
+    git archive <commit> | tar -x -C /tmp/before                # an earlier version...
+    python benchmarks/eval.py --tree before=/tmp/before --tree after=.   # ...against this one
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SUITE_METRICS = [
+    "recon_mse", "psnr", "ssim", "compression_ratio", "probe_acc", "knn_acc", "denoise_psnr",
+    "nll_bound", "fid_domain", "fid_domain_gmm", "is_domain", "kid_domain", "precision_domain",
+    "recall_domain", "modes_covered",
+]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- worker (one code tree)
+
+
+class Worker:
+    def __init__(self, args) -> None:
+        import torch
+
+        from bench.config import BudgetConfig, DatasetConfig, EvalConfig
+        from bench.data import from_config
+        from bench.models import build_model
+
+        self.torch, self.EvalConfig = torch, EvalConfig
+        self.device = torch.device(args.device)
+        self.data = from_config(DatasetConfig(name="fashion-mnist")).to(self.device)
+        torch.manual_seed(0)
+        self.model = build_model(args.model, {}, self.data.image_shape).to(self.device)
+        weights = Path(args.weights)
+        if weights.is_file():
+            self.model.load_state_dict(torch.load(weights, map_location=self.device, weights_only=True))
+        else:
+            from bench.train import Trainer
+
+            Trainer(self.model, self.data, BudgetConfig(steps=args.steps, batch_size=64), 0).run()
+            torch.save(self.model.state_dict(), weights)
+        self.model.eval()
+        # untimed warm-up: the domain classifier, the reference features and statistics, and
+        # whatever else a tree caches on disk about the reference set
+        self.evaluate(["fid_domain", "precision_domain"], n_samples=100)
+
+    def clear(self) -> None:
+        import bench.metrics.samplers as samplers
+
+        getattr(samplers, "_FITS", {}).clear()  # codes and fits memoised on the model
+
+    def evaluate(self, metrics: list[str], **eval_kw) -> tuple[float, dict]:
+        from bench.metrics import evaluate
+
+        self.clear()
+        cfg = self.EvalConfig(metrics=metrics, **eval_kw)
+        per_metric = {}  # filled where this tree's evaluate times each metric
+        kw = {"seconds": per_metric} if "seconds" in inspect.signature(evaluate).parameters else {}
+        t0 = time.perf_counter()
+        out = evaluate(self.model, self.data, cfg, 0, self.device, **kw)
+        seconds = time.perf_counter() - t0
+        print(f"# per metric: {json.dumps(per_metric)}", file=sys.stderr, flush=True)
+        return seconds, {k: r.value for k, r in out.items()}
+
+    def floor(self) -> dict[str, float]:
+        """Seconds of the forward passes one evaluation cannot avoid (batches of 500, inference mode)."""
+        from bench.data import to_float
+        from bench.metrics.features import EXTRACTORS, _module
+
+        torch, model, data, bs = self.torch, self.model, self.data, 500
+        out = {}
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            codes = [model.encode(to_float(x[i : i + bs])) for x in (data.train_x, data.test_x)
+                     for i in range(0, len(x), bs)]  # fmt: skip
+            out["encode train + test (70,000)"] = time.perf_counter() - t0
+            z = torch.cat(codes[-20:])  # test codes: 10,000
+            t0 = time.perf_counter()
+            imgs = [model.decode(z[i : i + bs]) for _ in range(4) for i in range(0, len(z), bs)]
+            out["decode 40,000 (reconstructions, denoising, prior, GMM)"] = time.perf_counter() - t0
+            ex = EXTRACTORS.get("domain")
+            prep = ex.prepare(self.EvalConfig(), data, self.device)
+            fe = _module(ex.fidelity_name, str(prep.weights_path), prep.weights_sha256, prep.layers,
+                         str(self.device))  # fmt: skip
+            x = torch.cat(imgs[:40]).clamp(0, 1).mul(255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+            t0 = time.perf_counter()
+            for i in range(0, len(x), bs):
+                fe(x[i : i + bs])
+            out["domain classifier over 20,000 generated images"] = time.perf_counter() - t0
+        return out
+
+    def serve(self) -> None:
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            if cmd["what"] == "metric":
+                seconds, values = self.evaluate([cmd["metric"]])
+                reply = {"seconds": seconds, "values": values}
+            elif cmd["what"] == "all":
+                seconds, values = self.evaluate(cmd["metrics"])
+                reply = {"seconds": seconds, "values": values}
+            else:
+                reply = {"floor": self.floor()}
+            print(json.dumps(reply), flush=True)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def kernels(n_train: int, n_test: int, n_feat: int, repeats: int) -> None:
+    """The replaced library calls against their torch versions on the same synthetic inputs, in
+    one process, alternately (A B A B ...): wall and CPU seconds, median of ``repeats``."""
+    import statistics
+
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    from bench.metrics.neighbours import knn_classify, kth_neighbour_distance, precision_recall
+    from bench.metrics.probe import fit_logistic
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(10, 64, generator=g)
+    ytr, yte = torch.randint(0, 10, (n_train,), generator=g), torch.randint(0, 10, (n_test,), generator=g)
+    xtr = centres[ytr] + 2 * torch.randn(n_train, 64, generator=g)
+    xte = centres[yte] + 2 * torch.randn(n_test, 64, generator=g)
+    real = torch.randn(n_feat, 128, generator=g).double()
+    fake = (torch.randn(n_feat, 128, generator=g) + 0.1).double()
+    radii = kth_neighbour_distance(real, 3)  # cached on disk for the reference set
+
+    def acc(pred):
+        return (pred == yte).double().mean().item()
+
+    def sk_probe():
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+        pred = clf.fit(xtr.double().numpy(), ytr.numpy()).predict(xte.double().numpy())
+        return (pred == yte.numpy()).mean()
+
+    def sk_knn():
+        clf = KNeighborsClassifier(n_neighbors=10, algorithm="brute").fit(xtr.double().numpy(), ytr.numpy())
+        return (clf.predict(xte.double().numpy()) == yte.numpy()).mean()
+
+    def tf_prc():
+        r = prc_features_to_metric(fake, real, prc_neighborhood=3, prc_batch_size=1000, save_cpu_ram=True,
+                                   verbose=False)  # fmt: skip
+        return r["precision"], r["recall"]
+
+    pairs = {
+        "probe_acc": (sk_probe, lambda: acc(fit_logistic(xtr, ytr, 10).predict(xte))),
+        "knn_acc": (sk_knn, lambda: acc(knn_classify(xtr, ytr, xte, 10, 10))),
+        "precision + recall": (tf_prc, lambda: precision_recall(fake, real, 3, real_radii=radii)),
+    }
+    head = ["library wall s", "torch wall s", "library CPU s", "torch CPU s", "wall ratio", "library value"]
+    print(f"| computation (train {n_train}, test {n_test}, features {n_feat}) | " + " | ".join(head)
+          + " | torch value |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (lib, ours) in pairs.items():
+        t = {"lib": [], "ours": []}
+        for _ in range(repeats):
+            for side, fn in (("lib", lib), ("ours", ours)):
+                w0, c0 = time.perf_counter(), time.process_time()
+                value = fn()
+                t[side].append((time.perf_counter() - w0, time.process_time() - c0, value))
+        med = {k: [statistics.median(x[i] for x in v) for i in (0, 1)] for k, v in t.items()}
+        (lw, lc), (ow, oc) = med["lib"], med["ours"]
+        print(f"| {name} | {lw:.2f} | {ow:.2f} | {lc:.2f} | {oc:.2f} | {lw / ow:.1f}x "
+              f"| {t['lib'][0][2]} | {t['ours'][0][2]} |", flush=True)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def start(label: str, tree: str, args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
+    cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--steps", str(args.steps),
+           "--weights", args.weights, "--device", args.device]  # fmt: skip
+    p = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if not line:
+        raise SystemExit(f"worker {label} ({tree}) failed to start")
+    print(f"# worker {label} ready ({tree})", file=sys.stderr, flush=True)
+    return p
+
+
+def ask(p: subprocess.Popen, cmd: dict) -> dict:
+    p.stdin.write(json.dumps(cmd) + "\n")
+    p.stdin.flush()
+    line = p.stdout.readline()
+    if not line:
+        raise SystemExit("a worker died")
+    return json.loads(line)
+
+
+def fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.5g}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tree", action="append", help="label=DIR of a code tree (default: this checkout)")
+    ap.add_argument("--model", default="vae-conv")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--weights", default="/tmp/bench-eval-vae-conv.pt", help="loaded if present, else saved")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--metrics", default=",".join(SUITE_METRICS))
+    ap.add_argument("--skip-single", action="store_true", help="time only the whole evaluation")
+    ap.add_argument("--all-for", help="labels of the trees timed for the whole evaluation (default: all)")
+    ap.add_argument("--json", help="write every measurement here")
+    ap.add_argument("--kernels", metavar="TRAIN,TEST,FEATURES", help="only the library-against-torch "
+                    "comparison of the replaced computations, on synthetic inputs")  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=3, help="for --kernels")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.kernels:
+        kernels(*map(int, args.kernels.split(",")), args.repeats)
+        return
+    if args.worker:
+        Worker(args).serve()
+        return
+    trees = [t.split("=", 1) for t in (args.tree or [f"this={Path(__file__).resolve().parents[1]}"])]
+    metrics = args.metrics.split(",")
+    workers = {label: start(label, tree, args) for label, tree in trees}
+    res: dict = {label: {"single": {}, "values": {}} for label in workers}
+    if not args.skip_single:
+        for m in metrics:
+            for label, p in workers.items():
+                r = ask(p, {"what": "metric", "metric": m})
+                res[label]["single"][m] = r["seconds"]
+                res[label]["values"].update(r["values"])
+                print(f"# {m} {label}: {r['seconds']:.1f} s", file=sys.stderr, flush=True)
+    whole = args.all_for.split(",") if args.all_for else list(workers)
+    for label, p in workers.items():
+        if label not in whole:
+            res[label]["all"] = None
+            continue
+        r = ask(p, {"what": "all", "metrics": metrics})
+        res[label]["all"], res[label]["all_values"] = r["seconds"], r["values"]
+        print(f"# all {label}: {r['seconds']:.1f} s", file=sys.stderr, flush=True)
+    for label, p in workers.items():
+        res[label]["floor"] = ask(p, {"what": "floor"})["floor"] if label in whole else None
+        p.stdin.close()
+        p.wait()
+    labels = list(workers)
+    print("| metric | " + " | ".join(f"{lb} (s)" for lb in labels) + " | "
+          + " | ".join(f"{lb} value" for lb in labels) + " |")  # fmt: skip
+    print("|---" * (1 + 2 * len(labels)) + "|")
+    if not args.skip_single:
+        for m in metrics:
+            secs = [fmt(res[lb]["single"].get(m)) for lb in labels]
+            vals = [fmt(res[lb]["values"].get(m)) for lb in labels]
+            print(f"| {m} | " + " | ".join(secs) + " | " + " | ".join(vals) + " |")
+        sums = [fmt(sum(res[lb]["single"].values())) for lb in labels]
+        print("| sum of the single calls | " + " | ".join(sums) + " |" * (len(labels) + 1))
+    print("| all metrics in one call | " + " | ".join(fmt(res[lb]["all"]) for lb in labels)
+          + " |" * (len(labels) + 1))  # fmt: skip
+    for lb in [lb for lb in labels if res[lb]["floor"]]:
+        floor = res[lb]["floor"]
+        print(f"\nforward-pass floor ({lb}):")
+        for k, v in floor.items():
+            print(f"  {k}: {v:.1f} s")
+        total = sum(floor.values())
+        print(f"  total: {total:.1f} s; all metrics in one call: {res[lb]['all']:.1f} s "
+              f"= {res[lb]['all'] / total:.2f}x the floor")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

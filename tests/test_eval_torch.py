@@ -1,0 +1,187 @@
+"""The torch implementations of the evaluation's heavy parts against the libraries they replace, on
+the same inputs: the k-NN classifier and the linear probe against scikit-learn (accuracy within
+0.3 points), precision/recall against torch-fidelity (identical), the ex-post GMM fitted on a
+subset against the full fit (held-out log-likelihood within 1%), and the shared training codes."""
+
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch_fidelity.metric_prc import prc_features_to_metric
+
+from bench.config import EvalConfig
+from bench.data import ImageData
+from bench.metrics import evaluate
+from bench.metrics.neighbours import knn_classify, kth_neighbour_distance, precision_recall
+from bench.metrics.probe import fit_logistic
+from bench.metrics.samplers import GMMOptions, gmm_fit_subset, latent_gmm
+
+
+def clusters(n: int, d: int, seed: int, spread: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ten overlapping Gaussian classes in d dimensions (accuracies well away from 0 and 1)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(10, d, generator=torch.Generator().manual_seed(99)) * 2
+    y = torch.randint(0, 10, (n,), generator=g)
+    return centres[y] + spread * torch.randn(n, d, generator=g), y
+
+
+def test_knn_predicts_what_scikit_learn_predicts():
+    xtr, ytr = clusters(3000, 12, 0)
+    xte, yte = clusters(1000, 12, 1)
+    ours = knn_classify(xtr, ytr, xte, 10, 10, chunk=256)
+    sk = KNeighborsClassifier(n_neighbors=10, algorithm="brute").fit(xtr.double().numpy(), ytr.numpy())
+    theirs = torch.from_numpy(sk.predict(xte.double().numpy()))
+    acc_ours, acc_sk = (ours == yte).double().mean().item(), (theirs == yte).double().mean().item()
+    assert 0.3 < acc_sk < 0.95
+    assert abs(acc_ours - acc_sk) <= 0.003
+    assert (ours == theirs).double().mean().item() >= 0.995
+
+
+def test_knn_breaks_vote_ties_towards_the_smallest_label():
+    train = torch.tensor([[0.0], [1.0], [-1.0], [2.0]])
+    labels = torch.tensor([3, 1, 1, 3])  # the 4 nearest of 0.1: two votes each for 1 and 3
+    assert knn_classify(train, labels, torch.tensor([[0.1]]), 4, 5).item() == 1
+    with pytest.raises(ValueError, match="5 nearest neighbours asked of 4"):
+        knn_classify(train, labels, torch.tensor([[0.1]]), 5, 5)
+
+
+def test_linear_probe_matches_scikit_learn():
+    xtr, ytr = clusters(4000, 16, 2, spread=5.0)
+    xte, yte = clusters(1000, 16, 3, spread=5.0)
+    xtr, xte = xtr * 5 + 40, xte * 5 + 40  # unstandardised, as codes are
+    probe = fit_logistic(xtr, ytr, 10)
+    assert probe.converged
+    ours = probe.predict(xte)
+    sk = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    theirs = torch.from_numpy(sk.fit(xtr.double().numpy(), ytr.numpy()).predict(xte.double().numpy()))
+    acc_ours, acc_sk = (ours == yte).double().mean().item(), (theirs == yte).double().mean().item()
+    assert 0.3 < acc_sk < 0.95
+    assert abs(acc_ours - acc_sk) <= 0.003
+    assert (ours == theirs).double().mean().item() >= 0.99
+    # the same optimum: the coefficients agree with scikit-learn's (on the standardised codes)
+    coef = torch.from_numpy(sk[-1].coef_).T
+    torch.testing.assert_close(probe.weight, coef, atol=2e-3, rtol=2e-3)
+
+
+def test_linear_probe_leaves_a_constant_code_unscaled():
+    xtr, ytr = clusters(500, 4, 4)
+    xtr = torch.cat([xtr, torch.full((500, 1), 7.0)], 1)
+    probe = fit_logistic(xtr, ytr, 10)
+    assert probe.scale[-1] == 1 and torch.isfinite(probe.weight).all()
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_precision_recall_equal_torch_fidelity(k):
+    g = torch.Generator().manual_seed(k)
+    real = torch.randn(700, 16, generator=g).double()
+    fake = (0.8 * torch.randn(600, 16, generator=g) + 0.3).double()
+    fake[:20] = real[:20]  # duplicates: distances of exactly zero
+    ref = prc_features_to_metric(fake, real, prc_neighborhood=k, prc_batch_size=250, save_cpu_ram=True)
+    ours = precision_recall(fake, real, k, chunk=128)
+    assert ours == (ref["precision"], ref["recall"])
+    radii = kth_neighbour_distance(real, k, chunk=300)  # as cached for the reference set
+    assert precision_recall(fake, real, k, real_radii=radii, chunk=1000) == ours
+    full = torch.cdist(real, real).kthvalue(k + 1, dim=1).values
+    torch.testing.assert_close(radii, full, rtol=1e-12, atol=1e-12)
+
+
+def test_precision_recall_of_the_domain_metrics_equal_torch_fidelity(tmp_path, monkeypatch):
+    """Through the evaluation: the metric computed from the reference's cached radii equals
+    torch-fidelity's value on the same features."""
+    from bench.metrics import generative
+    from bench.metrics.features import real_features
+
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path))
+    seen = {}
+    real_prc = generative._prc
+
+    def spy(gen, prep, fake, n_fake, seed):
+        out = real_prc(gen, prep, fake, n_fake, seed)
+        layer = prep.layer("prc")
+        real = real_features(gen.reference, prep, gen.cfg.batch_size, gen.device)[layer]
+        seen["ref"] = prc_features_to_metric(
+            fake[layer].double(), real.double(), prc_neighborhood=gen.cfg.prc_neighborhood,
+            prc_batch_size=1000, save_cpu_ram=True,
+        )  # fmt: skip
+        return out
+
+    monkeypatch.setitem(generative.SCORERS, "prc", spy)
+    from bench.data import load_dataset
+    from bench.models import build_model
+
+    data = load_dataset("synthetic", train_size=512, test_size=256)
+    torch.manual_seed(0)
+    model = build_model("gan-mlp", {}, data.image_shape)
+    cfg = EvalConfig(metrics=["precision_domain", "recall_domain"], n_samples=200, n_real=256)
+    res = evaluate(model, data, cfg, 0, torch.device("cpu"))
+    assert res["precision_domain"].value == seen["ref"]["precision"]
+    assert res["recall_domain"].value == seen["ref"]["recall"]
+
+
+class Flatten(torch.nn.Module):
+    """A fake autoencoder whose code is its image (flattened); counts how often it encodes."""
+
+    family = "ae"
+    has_encoder = True
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.encoded = 0
+
+    def encode(self, x):
+        self.encoded += len(x)
+        return x.flatten(1) * 255
+
+
+def code_data(train: torch.Tensor, test: torch.Tensor) -> ImageData:
+    def imgs(c):
+        return c.round().clamp(0, 255).to(torch.uint8)[:, None, None, :]
+
+    return ImageData(
+        "codes", imgs(train), torch.zeros(len(train), dtype=torch.long), imgs(test),
+        torch.zeros(len(test), dtype=torch.long), num_classes=10, checksum="gmm-test", source="test",
+    )  # fmt: skip
+
+
+def mixture(n: int, seed: int) -> torch.Tensor:
+    """Codes from 4 well-separated anisotropic Gaussians in 6 dimensions, on a 0..255 scale."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[60.0] * 6, [190.0] * 6, [60.0] * 3 + [190.0] * 3, [190.0] * 3 + [60.0] * 3])
+    k = torch.randint(0, 4, (n,), generator=g)
+    scales = torch.tensor([4.0, 8.0, 12.0, 6.0, 10.0, 5.0])
+    return centres[k] + scales * torch.randn(n, 6, generator=g)
+
+
+def gmm_log_likelihood(gmm, x: torch.Tensor) -> float:
+    mix = torch.distributions.Categorical(gmm.weights.double())
+    comp = torch.distributions.MultivariateNormal(gmm.means.double(), scale_tril=gmm.chol.double())
+    return torch.distributions.MixtureSameFamily(mix, comp).log_prob(x.double()).mean().item()
+
+
+def test_gmm_fitted_on_a_subset_explains_held_out_codes_as_well_as_the_full_fit():
+    data = code_data(mixture(6000, 0), mixture(2000, 1))
+    model = Flatten()
+    full = latent_gmm(model, data, 4, seed=0, options=GMMOptions(fit_n=None))
+    part = latent_gmm(model, data, 4, seed=0, options=GMMOptions(fit_n=1500))
+    assert (full.n_fit, part.n_fit) == (6000, 1500)
+    held_out = data.test_x.flatten(1).double()
+    ll_full, ll_part = gmm_log_likelihood(full, held_out), gmm_log_likelihood(part, held_out)
+    assert abs(ll_part - ll_full) <= 0.01 * abs(ll_full)
+    assert model.encoded == 6000  # both fits read the one encoding of the training split
+    subset = gmm_fit_subset(6000, 1500, seed=0)
+    assert len(subset.unique()) == 1500 and torch.equal(subset, gmm_fit_subset(6000, 1500, seed=0))
+    assert gmm_fit_subset(6000, 6000, seed=0) is None and gmm_fit_subset(6000, None, seed=0) is None
+
+
+def test_an_evaluation_encodes_the_training_split_once_and_times_each_metric():
+    data = code_data(mixture(600, 2), mixture(200, 3))
+    model = Flatten()
+    model.reconstruct = lambda x: x
+    seconds = {}
+    cfg = EvalConfig(metrics=["knn_acc", "probe_acc", "recon_mse"], n_samples=100)
+    evaluate(model, data, cfg, 0, torch.device("cpu"), seconds)
+    assert model.encoded == 600 + 200  # train once, test once, for both probes
+    assert list(seconds) == ["knn_acc", "probe_acc", "recon_mse"] and min(seconds.values()) >= 0
