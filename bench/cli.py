@@ -15,7 +15,9 @@ EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _err(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    from bench.store.tracking import redact_uri  # no credentials in an error line
+
+    print(redact_uri(msg), file=sys.stderr)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -94,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import yaml
 
     from bench.run.executors import WorkerLost
-    from bench.store.tracking import TrackingError
+    from bench.store.tracking import TrackingError, redact_uri
 
     # 1-2. validate everything before any work
     try:
@@ -139,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(markdown_table(summary))
     _print_report_paths(paths)
     ui_uri = "" if args.tracking_uri is None and suite.tracking.uri is None else f" --tracking-uri '{uri}'"
-    print(f"browse the runs: bench ui{ui_uri}")
+    print(redact_uri(f"browse the runs: bench ui{ui_uri}"))
     skipped = sum(o.skipped for o in outcomes)
     resumed = sum(bool(o.resumed_from) for o in outcomes)  # from step 0 it is trained, not resumed
     print(
@@ -189,7 +191,7 @@ def _store_lost_message(e, args: argparse.Namespace, uri: str) -> None:
 def cmd_relog(args: argparse.Namespace) -> int:
     from bench.store.journal import JOURNAL, read_journal
     from bench.store.relog import relog
-    from bench.store.tracking import Tracker, TrackingError
+    from bench.store.tracking import Tracker, TrackingError, has_redacted_userinfo, redact_uri
 
     code = EXIT_OK
     for given in args.folders:
@@ -203,6 +205,13 @@ def cmd_relog(args: argparse.Namespace) -> int:
             code = EXIT_BAD_INPUT
             continue
         uri = args.tracking_uri or head["uri"]
+        if has_redacted_userinfo(uri):
+            _err(
+                f"{folder}: the journal's store {uri} needs credentials, which bench never writes to "
+                "disk: give it with --tracking-uri"
+            )
+            code = EXIT_BAD_INPUT
+            continue
         tracker = Tracker(uri, retry_seconds=args.retry_seconds)
         try:
             tracker.check()
@@ -211,7 +220,7 @@ def cmd_relog(args: argparse.Namespace) -> int:
             _err(f"{folder}: {e}")
             code = EXIT_BAD_INPUT
             continue
-        print(f"{folder}: re-logged into run {run_id} of {uri}")
+        print(redact_uri(f"{folder}: re-logged into run {run_id} of {uri}"))
     return code
 
 
@@ -318,7 +327,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
-    from bench.store.tracking import _artifact_root, resolve_uri
+    from bench.store.tracking import _artifact_root, redact_uri, resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
     cmd = [
@@ -336,7 +345,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     root = _artifact_root(uri)
     if root:
         cmd += ["--default-artifact-root", root]
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    print(redact_uri(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)"))
     try:
         return subprocess.call(cmd)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ skipped with a note that says why (the report shows the note instead of an empty
 from __future__ import annotations
 
 import io
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 # else the first registered metric that applies to GANs
 MAIN_GENERATION_METRICS = ("fid", "fid_domain", "kid", "kid_domain", "fld", "is_domain", "inception_score")
 DPI = 110
+log = logging.getLogger("bench")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ def _plt():
             "legend.fontsize": 8,
             "legend.frameon": False,
             "font.size": 9,
+            # labels come from suite files: drawn as plain text, never as mathtext or LaTeX
+            "text.parse_math": False,
+            "text.usetex": False,
         }
     )
     return plt
@@ -323,4 +328,14 @@ def make_figures(rep: Report, out_dir: Path) -> tuple[list[FigureFile], list[str
             figures.append(draw(rep, out_dir / name))
         except Skip as e:
             notes.append(f"Not drawn: {e}.")
+        except Exception as e:  # a figure that fails never stops the tables from being written
+            log.warning("figure %s failed: %s: %s", name, type(e).__name__, e)
+            notes.append(f"Not drawn: {name}: it failed ({type(e).__name__}: {str(e)[:200]}).")
+            _close_all()
     return figures, notes
+
+
+def _close_all() -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

@@ -31,6 +31,7 @@ from bench.report.summary import (
     seeds_text,
     table_notes,
 )
+from bench.store.tracking import redact_uri
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 
@@ -146,7 +147,7 @@ def context(rep: Report, out_dir: Path) -> dict[str, Any]:
     prov = _provenance(data.provenance)
     return {
         "title": rep.title,
-        "uri": data.uri,
+        "uri": redact_uri(data.uri),
         "generated": rep.generated,
         "multi": multi,
         "columns": columns,

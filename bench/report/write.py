@@ -11,15 +11,18 @@ from bench.report import figures, html
 from bench.report.summary import (
     Report,
     Summary,
+    csv_safe,
     load_grids,
     load_history,
     load_store,
     markdown_table,
+    md_code,
     md_escape,
+    md_fence,
     summarise,
     table_notes,
 )
-from bench.store.tracking import Tracker
+from bench.store.tracking import Tracker, redact_uri
 
 log = logging.getLogger("bench")
 
@@ -28,7 +31,8 @@ def _markdown(rep: Report) -> str:
     from bench.metrics import METRICS
 
     s, data = rep.summary, rep.data
-    md = [f"# {rep.title}", "", f"Tracking store: `{data.uri}`  ", f"Generated: {rep.generated}", ""]
+    md = [f"# {rep.title}", "", f"Tracking store: `{md_code(redact_uri(data.uri))}`  "]
+    md += [f"Generated: {rep.generated}", ""]
     md.append(markdown_table(s))
     md += [f"- {n}" for n in table_notes(s)]
     empty = [x for x in data.suites if s.table.empty or x not in set(s.table.suite)]
@@ -44,7 +48,8 @@ def _markdown(rep: Report) -> str:
         ]
         for _, r in s.failed.iterrows():
             md.append(
-                f"| {r.suite} | {r.label} | {r.seed} | {r.status} | {md_escape(r.failure_reason or '—')} |"
+                f"| {r.suite} | {md_escape(r.label)} | {r.seed} | {r.status} "
+                f"| {md_escape(r.failure_reason or '—')} |"
             )
     if rep.figures or (rep.notes and not s.table.empty):
         md += ["", "## Figures", ""]
@@ -67,17 +72,12 @@ def _markdown(rep: Report) -> str:
             "|---|---|---|---|",
         ]
         for _, p in data.provenance.iterrows():
-            md.append(f"| {p.suite} | {p.metric} | {p.source} | `{md_escape(p.provenance)}` |")
+            md.append(f"| {p.suite} | {p.metric} | {p.source} | `{md_code(p.provenance)}` |")
     for suite in data.suites:
         if suite in data.configs:
-            md += [
-                "",
-                f"## Suite `{suite}` (resolved config)",
-                "",
-                "```yaml",
-                data.configs[suite].rstrip(),
-                "```",
-            ]
+            config = data.configs[suite].rstrip()
+            fence = md_fence(config)
+            md += ["", f"## Suite `{suite}` (resolved config)", "", f"{fence}yaml", config, fence]
         env = data.environments.get(suite)
         if env:
             md += ["", "Environment: " + ", ".join(f"{k} `{v}`" for k, v in env.items() if v is not None)]
@@ -112,13 +112,13 @@ def write_report(
 
     paths = [out_dir / "report.md", out_dir / "results.csv", out_dir / "runs.csv", out_dir / "report.html"]
     paths[0].write_text(_markdown(rep), encoding="utf-8")
-    summary.table.to_csv(paths[1], index=False)
-    data.runs.to_csv(paths[2], index=False)
+    csv_safe(summary.table).to_csv(paths[1], index=False)
+    csv_safe(data.runs).to_csv(paths[2], index=False)
     paths[3].write_text(html.render(rep, out_dir), encoding="utf-8")
     paths += [out_dir / f.name for f in rep.figures]
     if not data.references.empty:
         paths.append(out_dir / "reference.csv")
-        data.references.to_csv(paths[-1], index=False)
+        csv_safe(data.references).to_csv(paths[-1], index=False)
 
     if log_to_store:
         artifact_dir = "report" if len(suites) == 1 else f"report/{'+'.join(suites)}"

@@ -23,7 +23,7 @@ from bench.run.checkpoint import RunFolder
 from bench.run.context import Resume, RunOutcome, SuiteEnv, finish_quietly
 from bench.run.grids import reconstruction_grid, sample_grid
 from bench.run.hooks import RunContext
-from bench.store.tracking import RunLogger
+from bench.store.tracking import RunLogger, redact_uri
 from bench.suite import RunSpec, flatten
 from bench.train import Diverged, Interrupted, Progress, Trainer
 
@@ -86,7 +86,12 @@ class Execution:
             run = tracker.start_run(self.env.parent, self._tags(), spec.run_name, offline_dir=folder.offline)
             self._log_config(run)
         folder.write_info(
-            {"uri": tracker.uri, "run_id": run.run_id, "run_name": spec.run_name, "suite": spec.suite.name}
+            {
+                "uri": redact_uri(tracker.uri),
+                "run_id": run.run_id,
+                "run_name": spec.run_name,
+                "suite": spec.suite.name,
+            }
         )
         return run
 
@@ -121,7 +126,7 @@ class Execution:
         run.flush()
         state = {
             "run_id": run.run_id,
-            "uri": self.env.tracker.uri,
+            "uri": redact_uri(self.env.tracker.uri),  # no credentials on disk
             "config_hash": self.spec.config_hash,
             "step": step,
             "trainer": trainer.state_dict(),

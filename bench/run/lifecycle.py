@@ -25,7 +25,7 @@ from bench.run.context import Resume, RunOutcome, SuiteEnv
 from bench.run.execute import STORED_CHECKPOINT, Execution
 from bench.store.journal import pending_journal
 from bench.store.relog import relog
-from bench.store.tracking import Tracker, process_alive
+from bench.store.tracking import Tracker, process_alive, redact_uri
 from bench.suite import RunSpec
 
 log = logging.getLogger("bench")
@@ -102,7 +102,9 @@ def find_resume(
         return None
     if state is None:
         return None
-    if state.get("config_hash") != spec.config_hash or state.get("uri") != tracker.uri:
+    if state.get("config_hash") != spec.config_hash or redact_uri(str(state.get("uri"))) != redact_uri(
+        tracker.uri
+    ):
         log.info(
             "%s: checkpoint of another store or config; %s starts from step 0", folder.path, spec.run_name
         )

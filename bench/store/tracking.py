@@ -32,6 +32,23 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be reached or written; the message names the URI."""
 
 
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the userinfo of every URI in it (``user:token@``) replaced by ``***@``.
+
+    Everything bench prints, logs or writes about a tracking store goes through this: reports,
+    error lines, run folders and journals never hold credentials (MLflow also reads them from
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` / ``MLFLOW_TRACKING_TOKEN``)."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def has_redacted_userinfo(uri: str) -> bool:
+    """Whether ``uri`` is a redacted one (its credentials were left out when it was written)."""
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://\*\*\*@", uri))
+
+
 def resolve_uri(cli_uri: str | None, suite_uri: str | None = None) -> str:
     """--tracking-uri, then the suite's tracking.uri, then $MLFLOW_TRACKING_URI, then ./mlflow.db."""
     return cli_uri or suite_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
@@ -188,21 +205,25 @@ class Tracker:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TrackingLost(
-                        f"the tracking store {self.uri} did not answer for {self.retry_seconds:g} s "
-                        f"({attempts} attempt{'s' if attempts > 1 else ''}): {short_reason(e)}"
+                        redact_uri(
+                            f"the tracking store {self.uri} did not answer for {self.retry_seconds:g} s "
+                            f"({attempts} attempt{'s' if attempts > 1 else ''}): {short_reason(e)}"
+                        )
                     ) from e
                 if attempts == 1:
                     log.warning(
                         "tracking store %s: %s; retrying for up to %g s",
-                        self.uri,
-                        short_reason(e),
+                        redact_uri(self.uri),
+                        redact_uri(short_reason(e)),
                         self.retry_seconds,
                     )
                 time.sleep(min(delay, left))
                 delay = min(delay * 2, 30.0)
                 continue
             if attempts:
-                log.warning("tracking store %s answers again (after %d retries)", self.uri, attempts)
+                log.warning(
+                    "tracking store %s answers again (after %d retries)", redact_uri(self.uri), attempts
+                )
             return result
 
     def check(self) -> None:
@@ -211,7 +232,9 @@ class Tracker:
             with _Env(_CHECK_ENV):
                 self.client.search_experiments(max_results=1)
         except Exception as e:  # MLflow raises many types for "cannot reach"
-            raise TrackingError(f"cannot reach the tracking store {self.uri}: {short_reason(e)}") from None
+            raise TrackingError(
+                redact_uri(f"cannot reach the tracking store {self.uri}: {short_reason(e)}")
+            ) from None
 
     def experiment_id(self, name: str, create: bool = True) -> str | None:
         from mlflow.exceptions import MlflowException
@@ -220,7 +243,7 @@ class Tracker:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 raise TrackingError(
-                    f"experiment {name!r} is deleted in {self.uri}: restore it "
+                    f"experiment {name!r} is deleted in {redact_uri(self.uri)}: restore it "
                     f"(mlflow experiments restore) or remove it for good (mlflow gc)"
                 )
             return exp.experiment_id
@@ -378,7 +401,7 @@ class Tracker:
         try:
             return self.client.get_run(run_id)
         except Exception as e:  # MlflowException for unknown ids, many types for bad ones
-            raise TrackingError(f"no run {run_id!r} in {self.uri}") from e
+            raise TrackingError(f"no run {run_id!r} in {redact_uri(self.uri)}") from e
 
     def log_batch(
         self,
@@ -541,7 +564,8 @@ class RunLogger:
         self.journal = Journal(
             self.offline_dir,
             {
-                "uri": absolute_uri(self.tracker.uri),  # `bench relog` may run from another folder
+                # `bench relog` may run from another folder; credentials are never written to disk
+                "uri": redact_uri(absolute_uri(self.tracker.uri)),
                 "run_id": self.run_id,
                 "experiment": exp_name,
                 "run_name": ident.get("run_name"),

@@ -1,0 +1,237 @@
+"""Hostile input that is not a suite file: planted cache files, secrets in URIs, labels that
+would be markup or formulas, journals that point outside their folder, models that cannot be built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cache import CacheFileError, cached_tensors, entry_path
+
+
+class Planted:
+    """Unpickling this creates ``marker``: proof that code from the file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def plant(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"fc.weight": Planted(marker)}, path)
+    return path
+
+
+def test_the_planted_pickle_is_live(tmp_path):
+    """The fixture's file does run code under an unrestricted load, so the tests below can fail."""
+    marker = tmp_path / "ran"
+    path = plant(tmp_path / "x.pt", marker)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_a_planted_file_at_the_converted_inception_path_never_runs(tmp_path, monkeypatch):
+    from bench.metrics import features, inception
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    marker = tmp_path / "ran"
+    path = plant(inception._converted_path(), marker)
+    with pytest.raises(CacheFileError, match=f"{path}: refused to load"):
+        features._module("inception-v3-compat", str(path), "0" * 64, ("2048",), "cpu")
+    assert not marker.exists()
+
+
+def test_a_planted_domain_classifier_never_runs(tmp_path):
+    from bench.metrics import features
+    from bench.metrics.domain import TF_NAME, FeatureExtractorDomain
+
+    marker = tmp_path / "ran"
+    path = plant(tmp_path / "cache" / "domain" / "synthetic-x.pt", marker)
+    with pytest.raises(CacheFileError, match=str(path)):
+        features._module(TF_NAME, str(path), "0" * 64, ("penultimate",), "cpu")
+    with pytest.raises(CacheFileError, match=str(path)):
+        FeatureExtractorDomain(TF_NAME, ["logits"], feature_extractor_weights_path=str(path))
+    assert not marker.exists()
+
+
+def test_a_planted_cache_entry_is_recomputed_not_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    marker = tmp_path / "ran"
+    parts = {"what": "reference statistics", "n": 3}
+    plant(entry_path("stats", parts), marker)
+    got = cached_tensors("stats", parts, lambda: {"mu": torch.arange(3.0)})
+    assert torch.equal(got["mu"], torch.arange(3.0)) and not marker.exists()
+    assert torch.equal(torch.load(entry_path("stats", parts), weights_only=True)["mu"], torch.arange(3.0))
+
+
+# --------------------------------------------------------------------------- reports
+
+HTML_LABEL = "<img src=x onerror=alert(1)>"
+FORMULA_LABEL = '=HYPERLINK("http://x","y")'
+MATH_LABEL = r"$\frac{1}{$ broken"  # mathtext would raise on this
+SECRET_URI = "http://alice:s3cret-token@tracking.example:5000"
+
+
+@pytest.fixture(scope="module")
+def hostile_store(tmp_path_factory) -> str:
+    """Runs whose labels would be HTML, a spreadsheet formula and broken mathtext, one failed run
+    whose reason has markup, written straight into a sqlite store in bench's data contract."""
+    import yaml
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("hostile")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("hostile")
+    parent = client.create_run(
+        exp, run_name="hostile", tags={"bench.kind": "suite", "bench.suite": "hostile"}
+    )
+    labels = [HTML_LABEL, FORMULA_LABEL, MATH_LABEL]
+    suite = {"name": "hostile", "models": [{"name": "ae-mlp", "label": lab} for lab in labels]}
+    client.log_text(parent.info.run_id, yaml.safe_dump(suite) + "# ```\n", "suite.yaml")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    for label in labels:
+        for seed in (0, 1):
+            tags = {
+                "bench.kind": "run",
+                "label": label,
+                "model": "ae-mlp",
+                "family": "ae",
+                "seed": str(seed),
+                "mlflow.parentRunId": parent.info.run_id,
+            }
+            rid = client.create_run(exp, run_name=f"x/seed{seed}", tags=tags).info.run_id
+            for step in (1, 2):
+                client.log_metric(rid, "recon_mse", 0.01 * (step + seed + len(label) % 3), step=step)
+                client.log_metric(rid, "train/loss", 1.0 / step + seed, step=step)
+            client.set_terminated(rid, "FINISHED")
+    tags = {
+        "bench.kind": "run",
+        "label": HTML_LABEL,
+        "model": "ae-mlp",
+        "family": "ae",
+        "seed": "2",
+        "mlflow.parentRunId": parent.info.run_id,
+        "failure_reason": "@SUM(1) <script>x</script> | [a](b)",
+    }
+    rid = client.create_run(exp, run_name="x/seed2", tags=tags).info.run_id
+    client.set_terminated(rid, "FAILED")
+    return uri
+
+
+@pytest.fixture(scope="module")
+def hostile_report(hostile_store, tmp_path_factory):
+    import bench.report.write as write
+    from bench.store.tracking import Tracker
+
+    out = tmp_path_factory.mktemp("hostile_report")
+    real = write.load_store
+
+    def with_secret_uri(tracker, suites):  # as if the store were a server behind credentials
+        data = real(tracker, suites)
+        data.uri = SECRET_URI
+        return data
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(write, "load_store", with_secret_uri)
+    try:
+        write.write_report(Tracker(hostile_store), ["hostile"], out, log_to_store=False)
+    finally:
+        mp.undo()
+    return out
+
+
+def test_labels_are_escaped_in_report_md(hostile_report):
+    import re
+
+    md = (hostile_report / "report.md").read_text()
+    prose = re.sub(r"(?ms)^(`{3,})yaml$.*?^\1$", "", md)  # fenced code is text, not markup
+    prose = re.sub(r"`[^`\n]*`", "", prose)  # and so are code spans
+    assert "<img" not in prose and "<script>" not in prose
+    assert "&lt;img src=x onerror=alert(1)&gt;" in md
+    assert "\\[a\\](b)" in md and "\\| \\[a" in md  # no link, no extra table column
+    failed = next(line for line in md.splitlines() if "FAILED" in line)
+    assert failed.count(" | ") == 4  # five cells: the reason's pipe is escaped
+    # the resolved config's fence is longer than the backticks inside it
+    assert "````yaml" in md
+
+
+def test_csv_cells_cannot_be_formulas(hostile_report):
+    import csv
+
+    for name in ("results.csv", "runs.csv"):
+        with open(hostile_report / name, newline="") as f:
+            rows = list(csv.reader(f))
+        cells = [c for row in rows for c in row]
+        assert not any(c.startswith(("=", "+", "@")) for c in cells), name
+        assert not any(c.startswith("-") and not _is_number(c) for c in cells), name
+        assert "'" + FORMULA_LABEL in cells, name
+    with open(hostile_report / "runs.csv", newline="") as f:
+        assert "'@SUM(1) <script>x</script> | [a](b)" in [c for row in csv.reader(f) for c in row]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def test_a_dollar_label_is_drawn_as_text_and_the_report_is_whole(hostile_report):
+    for name in ("report.md", "results.csv", "runs.csv", "report.html", "curves.png", "losses.png"):
+        assert (hostile_report / name).stat().st_size > 0, name
+    assert "Not drawn: curves.png" not in (hostile_report / "report.md").read_text()
+
+
+def test_a_failing_figure_never_stops_the_tables(hostile_store, tmp_path, monkeypatch):
+    from bench.report import figures
+    from bench.report.write import write_report
+    from bench.store.tracking import Tracker
+
+    def broken(rep, path):
+        raise ValueError("drawing failed")
+
+    monkeypatch.setattr(figures, "metric_curves", broken)
+    write_report(Tracker(hostile_store), ["hostile"], tmp_path, log_to_store=False)
+    md = (tmp_path / "report.md").read_text()
+    assert "Not drawn: curves.png: it failed (ValueError: drawing failed)" in md
+    assert (tmp_path / "results.csv").stat().st_size > 0 and (tmp_path / "losses.png").exists()
+
+
+def test_credentials_never_reach_a_report(hostile_report):
+    for name in ("report.md", "report.html"):
+        text = (hostile_report / name).read_text()
+        assert "s3cret" not in text and "alice" not in text, name
+        assert "http://***@tracking.example:5000" in text, name
+
+
+def test_redact_uri():
+    from bench.store.tracking import redact_uri
+
+    assert redact_uri(SECRET_URI) == "http://***@tracking.example:5000"
+    assert redact_uri("postgresql://u:p@ss@db/x") == "postgresql://***@db/x"
+    assert redact_uri(f"cannot reach {SECRET_URI}/api: refused") == (
+        "cannot reach http://***@tracking.example:5000/api: refused"
+    )
+    for plain in ("sqlite:////tmp/a@b/mlflow.db", "http://host:5000", "./mlruns", "mail me at a@b.c"):
+        assert redact_uri(plain) == plain
+
+
+def test_an_unreachable_store_error_hides_its_credentials(capsys):
+    import socket
+
+    from bench.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc = main(["report", "x", "--tracking-uri", f"http://alice:s3cret@127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "s3cret" not in err and f"http://***@127.0.0.1:{port}" in err, err
