@@ -190,7 +190,7 @@ def _store_lost_message(e, args: argparse.Namespace, uri: str) -> None:
 
 def cmd_relog(args: argparse.Namespace) -> int:
     from bench.store.journal import JOURNAL, read_journal
-    from bench.store.relog import relog
+    from bench.store.relog import JournalError, check_journal, relog
     from bench.store.tracking import Tracker, TrackingError, has_redacted_userinfo, redact_uri
 
     code = EXIT_OK
@@ -200,6 +200,7 @@ def cmd_relog(args: argparse.Namespace) -> int:
             folder = folder / "offline"  # the run folder was given
         try:
             head = read_journal(folder)[0]
+            check_journal(folder)  # before the store is touched
         except (OSError, ValueError) as e:
             _err(str(e))
             code = EXIT_BAD_INPUT
@@ -216,7 +217,7 @@ def cmd_relog(args: argparse.Namespace) -> int:
         try:
             tracker.check()
             run_id = relog(folder, tracker)
-        except TrackingError as e:
+        except (TrackingError, JournalError) as e:
             _err(f"{folder}: {e}")
             code = EXIT_BAD_INPUT
             continue

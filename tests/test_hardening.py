@@ -235,3 +235,66 @@ def test_an_unreachable_store_error_hides_its_credentials(capsys):
     rc = main(["report", "x", "--tracking-uri", f"http://alice:s3cret@127.0.0.1:{port}"])
     err = capsys.readouterr().err
     assert rc == 2 and "s3cret" not in err and f"http://***@127.0.0.1:{port}" in err, err
+
+
+# --------------------------------------------------------------------------- relog
+
+
+def _journal(folder: Path, secret: Path, entry: dict) -> Path:
+    from bench.store.journal import Journal
+
+    j = Journal(folder, {"uri": "x", "run_id": None, "experiment": "relogged", "run_name": "r/seed0"})
+    j.add("metrics", values={"loss": 1.0}, step=1, timestamp=1)
+    j.add("artifact", file=j.keep_text("fine", "notes.txt"), dir=None)
+    j.add("artifact", **entry)
+    j.add("finish", status="FINISHED")
+    return folder
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink", "artifact-dir"])
+def test_relog_uploads_only_files_inside_the_journal_folder(how, tmp_path, capsys):
+    from bench.cli import main
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    folder = tmp_path / "run" / "offline"
+    folder.mkdir(parents=True)
+    entry = {
+        "absolute": {"file": str(secret), "dir": None},
+        "dotdot": {"file": "files/../../../secret.txt", "dir": None},
+        "symlink": {"file": "files/link.txt", "dir": None},
+        "artifact-dir": {"file": "files/notes.txt", "dir": "../../outside"},
+    }[how]
+    _journal(folder, secret, entry)
+    if how == "symlink":
+        (folder / "files" / "link.txt").symlink_to(secret)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = main(["relog", str(folder), "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{folder}/journal.jsonl: entry 3: artifact" in err, err
+    assert (folder / "journal.jsonl").is_file()  # not replayed: kept for a look
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store was touched
+
+
+def test_relog_itself_refuses_before_sending(tmp_path, store):
+    from bench.store.relog import JournalError, relog
+    from bench.store.tracking import Tracker
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    folder = _journal(tmp_path / "offline", secret, {"file": str(secret), "dir": None})
+    tracker = Tracker(store)
+    with pytest.raises(JournalError, match="entry 3: artifact file"):
+        relog(folder, tracker)
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was sent: the store was never opened
+
+
+def test_relog_of_a_journal_without_credentials_asks_for_them(tmp_path, capsys):
+    from bench.cli import main
+    from bench.store.journal import Journal
+
+    folder = tmp_path / "offline"
+    Journal(folder, {"uri": "http://***@tracking.example:5000", "run_id": "abc", "experiment": "e"})
+    rc = main(["relog", str(folder)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "give it with --tracking-uri" in err and "http://***@tracking.example:5000" in err
