@@ -187,3 +187,72 @@ def test_unusable_sqlite_path_exits_2(tmp_path, write_suite, capsys):
     rc, lines = run_cli(["run", str(path)], capsys)
     assert rc == 2 and len(lines) == 1
     assert lines[0].startswith(f"{path}: tracking.uri: cannot reach the tracking store {uri}: ")
+
+
+# --------------------------------------------------------------------------- bounded reading
+
+
+def test_a_suite_file_over_the_size_limit_is_not_parsed(tmp_path, capsys):
+    from bench.suite import MAX_SUITE_BYTES
+
+    path = tmp_path / "big.yaml"
+    path.write_text("models: [" + "1, " * (MAX_SUITE_BYTES // 3 + 10) + "]\n")  # a flow list, 1 MiB+
+    rc, lines = run_cli(["validate", str(path)], capsys)
+    assert rc == 2 and lines == [
+        f"{path}: (file): cannot read: the file is larger than {MAX_SUITE_BYTES} bytes (1 MiB, "
+        "MAX_SUITE_BYTES); a suite is a few kB"
+    ]
+
+
+def test_node_count_is_bounded_while_composing(tmp_path, capsys):
+    """Under the size limit, a flow list of 200,000 values stops at the node cap while composing."""
+    path = tmp_path / "many.yaml"
+    path.write_text("models: [" + "1," * 200_000 + "]\n")
+    rc, lines = run_cli(["validate", str(path)], capsys)
+    assert rc == 2 and lines == [
+        f"{path}: (file): the document has more than 100000 values (MAX_YAML_VALUES)"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_only_regular_files_are_read(kind, tmp_path):
+    if kind == "fifo":
+        path = tmp_path / "suite.yaml"
+        os.mkfifo(path)  # nobody writes to it: reading would wait forever
+    else:
+        path = Path("/dev/zero")  # reading would never end
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "validate", str(path)],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang guard only
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip() == f"{path}: (file): cannot read: not a regular file (a FIFO, device or socket)"
+    )
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("models.0.hidden=[1, 2", "the value '[1, 2' did not parse as YAML: "),
+        ("budget.steps=&a [*a]", "did not parse as YAML: recursive alias *a"),
+        ("models.-1.beta=2", "no such place in the suite"),
+        ("models.0_0.beta=2", "no such place in the suite"),
+    ],
+)
+def test_set_values_and_indices(item, message, write_suite, capsys):
+    path = write_suite(tiny_suite())
+    rc, lines = run_cli(["validate", str(path), "--set", item], capsys)
+    key = item.partition("=")[0]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"{path}: --set {key}: "), lines
+    assert message in lines[0], lines
+
+
+def test_a_deep_set_value_is_bounded(write_suite, capsys):
+    path = write_suite(tiny_suite())
+    rc, lines = run_cli(["validate", str(path), "--set", "budget.steps=" + "[" * 3000 + "]" * 3000], capsys)
+    assert rc == 2 and len(lines) == 1 and "nested more than 32 levels deep" in lines[0], lines
