@@ -53,8 +53,19 @@ def _prepare_run(args: argparse.Namespace):
     except SuiteError as e:
         _err(str(e))
         raise BadInput from None
+    from bench.run.context import device_problem
+
     if args.device:
+        problem = device_problem(args.device)
+        if problem and (args.executor != "ray" or problem.startswith("device must")):
+            _err(f"--device: {problem}")
+            raise BadInput from None
         suite = suite.model_copy(update={"device": args.device})
+    elif args.executor != "ray":  # Ray's workers may have devices this machine lacks
+        problem = device_problem(suite.device)
+        if problem:
+            _err(f"{args.suite}: device: {problem}")
+            raise BadInput from None
     from bench.run.driver import make_executor
     from bench.run.executors import ExecutorError
 

@@ -298,6 +298,9 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
 
 
 def validate_suite(raw: dict[str, Any], file: str = "<suite>") -> Suite:
+    text_errors = _unencodable(raw)
+    if text_errors:  # a lone surrogate ("\\ud800") cannot be logged, written or shown
+        raise SuiteError(file, text_errors)
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as e:
@@ -308,6 +311,35 @@ def validate_suite(raw: dict[str, Any], file: str = "<suite>") -> Suite:
     if errors:
         raise SuiteError(file, errors)
     return suite
+
+
+def _unencodable(value: Any, path: tuple[Any, ...] = ()) -> list[FieldError]:
+    """Every key or string value that is not encodable text (a lone surrogate from a YAML escape)."""
+
+    def bad(text: str) -> bool:
+        try:
+            text.encode("utf-8")
+            return False
+        except UnicodeEncodeError:
+            return True
+
+    errors: list[FieldError] = []
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, path)]
+    while stack:
+        v, p = stack.pop()
+        if isinstance(v, dict):
+            for k, item in v.items():
+                key = k if isinstance(k, str) and not bad(k) else ascii(k)
+                if isinstance(k, str) and bad(k):
+                    errors.append(
+                        FieldError(_loc(p + (key,)), "the key is not encodable text (a lone surrogate)")
+                    )
+                stack.append((item, p + (key,)))
+        elif isinstance(v, list):
+            stack.extend((item, p + (i,)) for i, item in enumerate(v))
+        elif isinstance(v, str) and bad(v):
+            errors.append(FieldError(_loc(p), f"{ascii(v)} is not encodable text (a lone surrogate)"))
+    return sorted(errors, key=lambda e: e.loc)
 
 
 def _dedupe(errors: list[FieldError]) -> list[FieldError]:

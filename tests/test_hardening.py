@@ -298,3 +298,73 @@ def test_relog_of_a_journal_without_credentials_asks_for_them(tmp_path, capsys):
     rc = main(["relog", str(folder)])
     err = capsys.readouterr().err
     assert rc == 2 and "give it with --tracking-uri" in err and "http://***@tracking.example:5000" in err
+
+
+# --------------------------------------------------------------------------- one bad model
+
+
+def _cli(args, capsys):
+    from bench.cli import main
+
+    rc = main(args)
+    return rc, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("where", ["flag", "suite"])
+def test_a_device_this_machine_lacks_is_exit_2_before_any_run(
+    where, tmp_path, write_suite, capsys, monkeypatch
+):
+    from conftest import tiny_suite
+
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite(device="cpu" if where == "flag" else "cuda:99"))
+    store = tmp_path / "store.db"
+    args = ["run", str(path), "--tracking-uri", f"sqlite:///{store}"]
+    rc, lines = _cli(args + (["--device", "cuda:99"] if where == "flag" else []), capsys)
+    source = "--device" if where == "flag" else f"{path}: device"
+    expected = (
+        "'cuda:99': this machine has no CUDA device (use cpu or auto)"
+        if not torch.cuda.is_available()
+        else f"'cuda:99': this machine has {torch.cuda.device_count()} CUDA device(s)"
+    )
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"{source}: {expected}"), lines
+    assert not store.exists()
+
+
+def test_a_bad_device_flag_is_refused(tmp_path, write_suite, capsys):
+    from conftest import tiny_suite
+
+    path = write_suite(tiny_suite())
+    rc, lines = _cli(
+        ["run", str(path), "--device", "gpu", "--tracking-uri", f"sqlite:///{tmp_path / 's.db'}"], capsys
+    )
+    assert rc == 2 and lines == ["--device: device must be auto, cpu, mps, cuda or cuda:N (got 'gpu')"]
+
+
+def test_a_model_that_cannot_be_built_is_one_failed_run(tmp_path, write_suite, capsys, monkeypatch):
+    """What validation lets through fails its own run; the suite goes on and writes its report."""
+    from conftest import tiny_suite
+    from mlflow import MlflowClient
+
+    import bench.run.execute as execute
+
+    real = execute.build_model
+
+    def build(name, params, image_shape):
+        if name == "vae-mlp":
+            raise MemoryError("cannot allocate 9 TB")
+        return real(name, params, image_shape)
+
+    monkeypatch.setattr(execute, "build_model", build)
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite(models=[{"name": "ae-mlp"}, {"name": "vae-mlp"}, {"name": "gan-mlp"}]))
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    rc, lines = _cli(["run", str(path), "--tracking-uri", uri, "--out", str(tmp_path / "rep")], capsys)
+    assert rc == 1
+    assert "run vae-mlp/seed0 FAILED: cannot build the model: MemoryError: cannot allocate 9 TB" in lines
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    status = {r.data.tags.get("label", r.data.tags.get("bench.kind")): r.info.status for r in runs}
+    # the suite run ends (FAILED: one of its runs failed), never left RUNNING
+    assert status == {"ae-mlp": "FINISHED", "vae-mlp": "FAILED", "gan-mlp": "FINISHED", "suite": "FAILED"}
+    assert "cannot build the model" in (tmp_path / "rep" / "report.md").read_text()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from bench.models.base import GenerativeModel, ModelParams, register
+from bench.models.base import GenerativeModel, ModelParams, Widths, register, widths_field
 from bench.models.nets import BACKBONES, make_backbone
 
 Tensor = torch.Tensor
@@ -47,8 +47,8 @@ class GANParams(ModelParams):
     gp_lambda: float = Field(10.0, ge=0)
     clip: float = Field(0.01, gt=0)
     d_batch_norm: bool = True
-    d_hidden: tuple[int, ...] | None = Field(None, description="MLP D widths (mlp backbone only)")
-    g_hidden: tuple[int, ...] | None = Field(None, description="MLP G widths (mlp backbone only)")
+    d_hidden: Widths | None = widths_field("MLP D widths (mlp backbone only)")
+    g_hidden: Widths | None = widths_field("MLP G widths (mlp backbone only)")
 
     @field_validator("backbone")
     @classmethod
