@@ -114,7 +114,7 @@ def test_damaged_data_files_exit_2_naming_the_file(damage, tmp_path, write_suite
         assert "IDX files not found" in text and str(root) in text
     else:
         assert str(victim) in text
-        assert ("checksum mismatch" if damage == "corrupted" else "cannot read IDX file") in text
+        assert "checksum mismatch" in text  # the published .gz md5 is checked before decompressing
     # nothing written: no store, and no partial download or cache beside the data
     assert not store.exists() and not (tmp_path / ".bench").exists()
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
@@ -144,6 +144,47 @@ def test_wrong_dimensions_name_the_file(tmp_path):
         f.write(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + (28).to_bytes(4, "big"))  # header cut short
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: truncated IDX header"):
         IdxDataset("mnist", "MNIST", md5={}).load(str(tmp_path), download=False)
+
+
+def test_a_garbled_gzip_is_a_data_error_naming_the_file(tmp_path):
+    fake_mnist(tmp_path, n_train=20, n_test=5)
+    victim = tmp_path / "train-labels-idx1-ubyte.gz"
+    victim.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\xff" * 64)  # no valid deflate block
+    with pytest.raises(DataError, match=f"{victim}: cannot read IDX file \\(error: .*invalid block type"):
+        IdxDataset("mnist", "MNIST", md5={}).load(str(tmp_path), download=False)
+
+
+def test_a_gzip_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    """A header that declares more than MAX_IDX_BYTES is refused before the payload is inflated."""
+    from bench.data import idx
+
+    fake_mnist(tmp_path, n_train=20, n_test=5)
+    victim = tmp_path / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(victim, "wb") as f:  # 3 GB of zeros announced; 8 MB written, compressed to 8 kB
+        f.write(b"\x00\x00\x08\x03" + (3_000_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
+        f.write(bytes(8 << 20))
+    reads = []
+    real_open = idx.gzip.open
+
+    def counting_open(*a, **k):
+        f = real_open(*a, **k)
+        real_read = f.read
+        f.read = lambda n=-1: reads.append(n) or real_read(n)
+        return f
+
+    monkeypatch.setattr(idx.gzip, "open", counting_open)
+    with pytest.raises(DataError, match=f"{victim}: the IDX header declares 2352000016 bytes"):
+        IdxDataset("mnist", "MNIST", md5={}).load(str(tmp_path), download=False)
+    assert -1 not in reads and sum(n for n in reads if n > 0) < 1 << 20  # only the header was read
+
+
+def test_a_gz_with_a_wrong_published_md5_is_never_decompressed(tmp_path, monkeypatch):
+    from bench.data import idx
+
+    fake_mnist(tmp_path, n_train=20, n_test=5)
+    monkeypatch.setattr(idx.gzip, "open", lambda *a, **k: pytest.fail("decompressed before the md5 check"))
+    with pytest.raises(DataError, match="checksum mismatch"):
+        MNIST.load(str(tmp_path), download=False)
 
 
 # --------------------------------------------------------------------------- tracking store
