@@ -378,13 +378,14 @@ def _model_errors(models: list[Any]) -> list[FieldError]:
 
 def _semantic_errors(suite: Suite) -> list[FieldError]:
     """Checks that need the registries: names, model parameters, metric applicability."""
-    from bench.data import DATASETS
+    from bench.data import DATASETS, config_problems
     from bench.metrics import METRICS
     from bench.models import MODELS
 
     errors: list[FieldError] = []
     if suite.dataset.name not in DATASETS:
         errors.append(FieldError("dataset.name", DATASETS.unknown_message(suite.dataset.name)))
+    errors += [FieldError(loc, msg) for loc, msg in config_problems(suite.dataset)]
     errors += _model_errors([m.model_dump() for m in suite.models])
 
     labels = [m.display for m in suite.models]

@@ -187,6 +187,28 @@ def test_a_gz_with_a_wrong_published_md5_is_never_decompressed(tmp_path, monkeyp
         MNIST.load(str(tmp_path), download=False)
 
 
+@pytest.mark.parametrize("damage", ["missing", "directory"])
+def test_a_named_root_is_used_or_fails_never_another_copy(damage, tmp_path, monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # no download, even where there is network
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    elsewhere = tmp_path / "elsewhere"
+    fake_mnist(elsewhere, n_train=20, n_test=5)
+    monkeypatch.setenv("BENCH_DATA_DIR", str(elsewhere))  # a complete copy bench must not fall back to
+    root = tmp_path / "mine"
+    fake_mnist(root, n_train=20, n_test=5)
+    victim = root / "t10k-labels-idx1-ubyte.gz"
+    victim.unlink()
+    if damage == "directory":
+        victim.mkdir()
+        with pytest.raises(DataError, match=f"{victim}: not a regular file"):
+            IdxDataset("mnist", "MNIST", md5={}).load(str(root), download=False)
+    else:
+        with pytest.raises(DataError, match="IDX files not found") as e:
+            IdxDataset("mnist", "MNIST", md5={}).load(str(root))
+        assert str(root) in str(e.value) and str(elsewhere) not in str(e.value)
+    assert IdxDataset("mnist", "MNIST", md5={}).load(None, download=False).source == str(elsewhere)
+
+
 # --------------------------------------------------------------------------- tracking store
 
 

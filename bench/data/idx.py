@@ -118,15 +118,21 @@ class IdxDataset:
     }
 
     def search_dirs(self, root: str | None) -> list[Path]:
-        bases = [Path(p).expanduser() for p in (root, os.environ.get("BENCH_DATA_DIR")) if p]
-        bases += [Path(p) for p in self.system_dirs]
+        """Where the files are looked for: a ``root`` the suite names, and only there (a root that
+        lacks them never falls back to another copy); else ``$BENCH_DATA_DIR``, then system copies."""
+        if root:
+            bases = [Path(root).expanduser()]
+        else:
+            bases = [Path(p).expanduser() for p in (os.environ.get("BENCH_DATA_DIR"),) if p]
+            bases += [Path(p) for p in self.system_dirs]
         dirs: list[Path] = []
         for b in bases:
             dirs += [b, b / self.name, b / self.folder / "raw"]
         return dirs
 
     def find(self, root: str | None) -> dict[str, Path] | None:
-        """The four files in the first directory that holds all of them (.gz preferred)."""
+        """The four files in the first directory that holds all of them (.gz preferred).
+        Under a named ``root``, something that is not a regular file where one belongs is an error."""
         for d in self.search_dirs(root):
             found = {}
             for key, stem in self.FILES.items():
@@ -134,6 +140,8 @@ class IdxDataset:
                     if cand.is_file():
                         found[key] = cand
                         break
+                    if root and cand.exists():  # a directory, FIFO or device where a file belongs
+                        raise DataError(f"{cand}: not a regular file (dataset.root must hold the IDX files)")
             if len(found) == 4:
                 return found
         return None
