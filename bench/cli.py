@@ -92,6 +92,7 @@ def _prepare_run(args: argparse.Namespace):
     tracker = Tracker(uri, retry_seconds=suite.tracking.retry_seconds)
     try:
         tracker.check()
+        tracker.check_writable()
     except TrackingError as e:
         _err(f"{where}: {e}")
         raise BadInput from None
@@ -457,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if getattr(args, "tracking_uri", None) is not None and not args.tracking_uri.strip():
+        _err("--tracking-uri: empty; give a tracking URI, or leave the flag out for the default store")
+        return EXIT_BAD_INPUT
     return args.fn(args)
 
 

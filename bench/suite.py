@@ -122,6 +122,17 @@ class _BoundedLoader(yaml.SafeLoader):
                 self._open.pop()
 
 
+# integers are decimal digits: YAML 1.1's 0x10, 010 (octal), 10_0 and 1:30 (base 60) stay text, so
+# the schema refuses them instead of reading another number than the one the reader sees
+_BoundedLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(0|[1-9][0-9]*)$"), list("-+0123456789")
+)
+
+
 def load_yaml_value(text: str) -> Any:
     """One YAML value (a ``--set`` value) with the suite file's bounds; raises ``yaml.YAMLError``
     or ``ValueError`` (beyond the bounds)."""

@@ -368,3 +368,60 @@ def test_a_model_that_cannot_be_built_is_one_failed_run(tmp_path, write_suite, c
     # the suite run ends (FAILED: one of its runs failed), never left RUNNING
     assert status == {"ae-mlp": "FINISHED", "vae-mlp": "FAILED", "gan-mlp": "FINISHED", "suite": "FAILED"}
     assert "cannot build the model" in (tmp_path / "rep" / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------- strict numbers
+
+
+def test_an_exact_exponent_is_the_integer_it_writes(write_suite):
+    from bench.suite import load_suite
+
+    path = write_suite(
+        "name: t\ndataset: {name: synthetic, train_size: 2e3}\nbudget: {steps: 1e3, seconds: null}\n"
+        "models: [{name: vae-mlp, beta: 1e0}]\n"
+    )
+    suite = load_suite(path)
+    assert suite.budget.steps == 1000 and suite.dataset.train_size == 2000
+    assert type(suite.budget.steps) is int
+
+
+def test_an_empty_tracking_uri_is_refused(write_suite, tmp_path, capsys, monkeypatch):
+    from conftest import tiny_suite
+
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite())
+    for verb in (["run", str(path)], ["report", "tiny"]):
+        rc, lines = _cli([*verb, "--tracking-uri", ""], capsys)
+        assert rc == 2 and lines == [
+            "--tracking-uri: empty; give a tracking URI, or leave the flag out for the default store"
+        ]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_read_only_sqlite_store_is_exit_2_at_start_up(
+    hostile_store, tmp_path, write_suite, capsys, monkeypatch
+):
+    import os
+    import shutil
+    import subprocess
+
+    from conftest import tiny_suite
+
+    db = tmp_path / "store.db"
+    uri = f"sqlite:///{db}"
+    shutil.copyfile(hostile_store.removeprefix("sqlite:///"), db)  # an existing, valid store
+    if os.geteuid() == 0:  # root writes through file modes: make the file immutable instead
+        if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+            pytest.skip("running as root where chattr +i is not available")
+        undo = ["chattr", "-i", str(db)]
+    else:
+        db.chmod(0o444)
+        undo = ["chmod", "644", str(db)]
+    try:
+        monkeypatch.chdir(tmp_path)
+        path = write_suite(tiny_suite())
+        rc, lines = _cli(["run", str(path), "--tracking-uri", uri], capsys)
+    finally:
+        subprocess.run(undo, check=True)
+    assert rc == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"--tracking-uri: the tracking store {uri} is read-only here ("), lines

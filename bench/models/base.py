@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
+from bench.config import number_kind, strict_number
 from bench.registry import Registry
 
 Family = Literal["ae", "vae", "gan"]
@@ -41,6 +42,12 @@ class ModelParams(BaseModel):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_numbers(cls, v: Any, info: ValidationInfo) -> Any:  # as the suite's own sections
+        field = cls.model_fields.get(info.field_name or "")
+        return strict_number(number_kind(field.annotation) if field else None, v)
 
 
 class GenerativeModel(nn.Module):

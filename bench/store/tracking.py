@@ -236,6 +236,29 @@ class Tracker:
                 redact_uri(f"cannot reach the tracking store {self.uri}: {short_reason(e)}")
             ) from None
 
+    def check_writable(self) -> None:
+        """Fail fast when a sqlite store cannot be written (a read-only file, folder or mount):
+        a write inside a transaction that is rolled back. Other stores are judged at the first write."""
+        import sqlite3
+
+        db = sqlite_path(self.uri)
+        if db is None or not db.is_file():
+            return
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=30)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("CREATE TABLE bench_write_check (x)")
+                con.execute("ROLLBACK")
+            finally:
+                con.close()
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):  # another writer holds it: writable
+                return
+            raise TrackingError(
+                f"the tracking store {redact_uri(self.uri)} is read-only here ({e}): bench cannot log to it"
+            ) from None
+
     def experiment_id(self, name: str, create: bool = True) -> str | None:
         from mlflow.exceptions import MlflowException
 
