@@ -425,3 +425,45 @@ def test_a_read_only_sqlite_store_is_exit_2_at_start_up(
         subprocess.run(undo, check=True)
     assert rc == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"--tracking-uri: the tracking store {uri} is read-only here ("), lines
+
+
+# --------------------------------------------------------------------------- reasons
+
+
+def test_a_suite_run_left_open_by_a_lost_store_is_closed_with_that_reason(
+    hostile_store, tmp_path, monkeypatch
+):
+    import platform
+    import shutil
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    from bench.run.driver import close_stale_suites, note_lost_suite
+    from bench.store.tracking import Tracker
+
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    db = tmp_path / "store.db"
+    shutil.copyfile(hostile_store.removeprefix("sqlite:///"), db)
+    uri = f"sqlite:///{db}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("hostile").experiment_id
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a process of this host that no longer exists
+    dead = {
+        "bench.kind": "suite",
+        "bench.suite": "hostile",
+        "bench.host": platform.node(),
+        "bench.pid": str(ended.pid),
+    }
+    lost, killed = (client.create_run(exp, run_name=n, tags=dead).info.run_id for n in ("lost", "killed"))
+    tracker = Tracker(uri)
+    note_lost_suite(tracker, lost, "the tracking store http://***@h did not answer for 2 s")
+    close_stale_suites(tracker, "hostile")
+    a, b = client.get_run(lost), client.get_run(killed)
+    assert a.info.status == "FAILED" and a.data.tags["failure_reason"] == (
+        "the tracking store stopped answering while it ran: "
+        "the tracking store http://***@h did not answer for 2 s"
+    )
+    assert b.info.status == "KILLED" and b.data.tags["failure_reason"].endswith("(killed)")
+    assert not list((tmp_path / "home" / "lost-suites").iterdir())  # the note is used once

@@ -412,12 +412,12 @@ class Tracker:
             raise
         return None if run.info.lifecycle_stage == "deleted" else run
 
-    def close_stale(self, run: Any, reason: str) -> None:
-        """Mark a run left RUNNING by a process that died as KILLED, with its reason."""
+    def close_stale(self, run: Any, reason: str, status: str = "KILLED") -> None:
+        """Close a run left RUNNING by a process that ended (KILLED by default), with its reason."""
         from mlflow.entities import RunTag
 
         self.call(self.client.log_batch, run.info.run_id, tags=[RunTag("failure_reason", reason)])
-        self.call(self.client.set_terminated, run.info.run_id, "KILLED")
+        self.call(self.client.set_terminated, run.info.run_id, status)
 
     def run(self, run_id: str) -> Any:
         """One run by id; raises ``TrackingError`` when the store has no such run."""
