@@ -45,7 +45,7 @@ def _prepare_run(args: argparse.Namespace):
 
     from bench.data import DataError, from_config
     from bench.store.tracking import Tracker, TrackingError, resolve_uri
-    from bench.suite import SuiteError, load_suite
+    from bench.suite import SuiteError, check_tracking_uri, load_suite
 
     # 1. validate everything before any work
     try:
@@ -76,6 +76,10 @@ def _prepare_run(args: argparse.Namespace):
         raise BadInput from None
     uri = resolve_uri(args.tracking_uri, suite.tracking.uri)
     where = _uri_source(args, suite)
+    problem = check_tracking_uri(uri)  # the same answer as `bench validate`, whatever gave the URI
+    if problem:
+        _err(f"{where}: {problem}")
+        raise BadInput
     # 2. data and store must be there before a run is created
     try:
         from_config(suite.dataset)

@@ -437,12 +437,23 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
 
 
 def check_tracking_uri(uri: str) -> str | None:
-    """A syntax check of an MLflow tracking URI (reachability is checked by ``bench run``)."""
+    """A syntax check of an MLflow tracking URI (reachability is checked by ``bench run``).
+
+    A folder (a plain path or ``file://``) is MLflow's file store, which MLflow 3 refuses unless
+    ``MLFLOW_ALLOW_FILE_STORE=true``: ``bench validate`` and ``bench run`` give the same answer."""
     if re.match(r"^(sqlite|postgresql|mysql|mssql)(\+\w+)?://", uri):
         return None
-    if re.match(r"^(https?|databricks|file)://?", uri) or re.match(r"^[\w./~-]+$", uri):
+    if re.match(r"^(https?|databricks)://", uri):
         return None
-    return f"{uri!r} is not an MLflow tracking URI (use sqlite:///file.db, http://host:port, or a folder)"
+    if re.match(r"^file://", uri) or re.match(r"^[\w./~-]+$", uri):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() == "true":
+            return None
+        folder = uri.removeprefix("file://").rstrip("/") or "."
+        return (
+            f"{uri!r} is a folder store, which MLflow keeps in maintenance mode and refuses: use "
+            f"sqlite:///{folder}/mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true to use the folder)"
+        )
+    return f"{uri!r} is not an MLflow tracking URI (use sqlite:///file.db or http://host:port)"
 
 
 # --------------------------------------------------------------------------- runs

@@ -467,3 +467,17 @@ def test_a_suite_run_left_open_by_a_lost_store_is_closed_with_that_reason(
     )
     assert b.info.status == "KILLED" and b.data.tags["failure_reason"].endswith("(killed)")
     assert not list((tmp_path / "home" / "lost-suites").iterdir())  # the note is used once
+
+
+def test_a_folder_store_gets_the_same_whole_answer_from_run(tmp_path, write_suite, capsys, monkeypatch):
+    from conftest import tiny_suite
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite())
+    rc, lines = _cli(["run", str(path), "--tracking-uri", "runs-here"], capsys)
+    assert rc == 2 and lines == [
+        "--tracking-uri: 'runs-here' is a folder store, which MLflow keeps in maintenance mode and refuses: "
+        "use sqlite:///runs-here/mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true to use the folder)"
+    ]
+    assert not (tmp_path / "runs-here").exists()
