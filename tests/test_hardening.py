@@ -481,3 +481,30 @@ def test_a_folder_store_gets_the_same_whole_answer_from_run(tmp_path, write_suit
         "use sqlite:///runs-here/mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true to use the folder)"
     ]
     assert not (tmp_path / "runs-here").exists()
+
+
+def test_credentials_reach_no_file_a_run_writes(hostile_store, tmp_path, write_suite, capsys, monkeypatch):
+    """A whole `bench run` against a store named with a user and token (served here by a sqlite
+    file): no file it writes (run folders, checkpoints, report, store) and no line it prints holds them."""
+    import shutil
+
+    from conftest import tiny_suite
+    from mlflow import MlflowClient
+
+    from bench.cli import main
+    from bench.store.tracking import Tracker
+
+    db = tmp_path / "store.db"
+    shutil.copyfile(hostile_store.removeprefix("sqlite:///"), db)
+    monkeypatch.setattr(Tracker, "_connect", lambda self: MlflowClient(tracking_uri=f"sqlite:///{db}"))
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite(models=[{"name": "ae-mlp"}], checkpoint={"every": 2}))
+    uri = "http://alice:s3cret@127.0.0.1:9/"
+    rc = main(["run", str(path), "--tracking-uri", uri, "--out", str(tmp_path / "rep")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "s3cret" not in out.out + out.err and "http://***@127.0.0.1:9/" in out.out
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != db]
+    assert any(p.name == "run.json" for p in written) and (tmp_path / "rep" / "report.md").exists()
+    for p in written + [db]:
+        assert b"s3cret" not in p.read_bytes(), p
