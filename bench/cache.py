@@ -48,6 +48,25 @@ def entry_path(kind: str, parts: dict[str, Any], suffix: str = ".pt") -> Path:
     return cache_dir() / kind / f"{content_key(parts)}{suffix}"
 
 
+class CacheFileError(RuntimeError):
+    """A cached or shared file is not plain tensor data that bench wrote; the message names it."""
+
+
+def load_tensors(path: Any) -> Any:
+    """``torch.load(weights_only=True)`` of a cache file (or an open binary buffer): tensors,
+    numbers, strings and containers only, so a planted pickle never runs. Anything else raises
+    ``CacheFileError`` naming the file."""
+    p = path if hasattr(path, "read") else Path(path)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CacheFileError(
+            f"{p}: refused to load: not a plain tensor file written by bench ({first[:200]}); "
+            "delete it and bench computes it again"
+        ) from None
+
+
 def save_tensors(obj: Any, path: Path) -> None:
     """Atomically ``torch.save`` tensors / plain containers to ``path``."""
     atomic_write(path, lambda f: torch.save(obj, f))
@@ -73,8 +92,8 @@ def cached_tensors(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -
     path = note_used(entry_path(kind, parts))
     if path.exists():
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a damaged file is recomputed, not trusted
+            return load_tensors(path)
+        except CacheFileError as e:  # a damaged or planted file is recomputed, never trusted
             log.warning("cache entry %s unreadable (%s); recomputing", path, e)
     value = compute()
     save_tensors(value, path)

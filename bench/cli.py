@@ -15,7 +15,9 @@ EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _err(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    from bench.store.tracking import redact_uri  # no credentials in an error line
+
+    print(redact_uri(msg), file=sys.stderr)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -50,7 +52,7 @@ def _prepare_run(args: argparse.Namespace):
 
     from bench.data import DataError, from_config
     from bench.store.tracking import Tracker, TrackingError, resolve_uri
-    from bench.suite import SuiteError, load_suite
+    from bench.suite import SuiteError, check_tracking_uri, load_suite
 
     # 1. validate everything before any work
     try:
@@ -58,8 +60,19 @@ def _prepare_run(args: argparse.Namespace):
     except SuiteError as e:
         _err(str(e))
         raise BadInput from None
+    from bench.run.context import device_problem
+
     if args.device:
+        problem = device_problem(args.device)
+        if problem and (args.executor != "ray" or problem.startswith("device must")):
+            _err(f"--device: {problem}")
+            raise BadInput from None
         suite = suite.model_copy(update={"device": args.device})
+    elif args.executor != "ray":  # Ray's workers may have devices this machine lacks
+        problem = device_problem(suite.device)
+        if problem:
+            _err(f"{args.suite}: device: {problem}")
+            raise BadInput from None
     from bench.run.driver import make_executor
     from bench.run.executors import ExecutorError
 
@@ -70,6 +83,10 @@ def _prepare_run(args: argparse.Namespace):
         raise BadInput from None
     uri = resolve_uri(args.tracking_uri, suite.tracking.uri)
     where = _uri_source(args, suite)
+    problem = check_tracking_uri(uri)  # the same answer as `bench validate`, whatever gave the URI
+    if problem:
+        _err(f"{where}: {problem}")
+        raise BadInput
     # 2. data and store must be there before a run is created
     try:
         from_config(suite.dataset)
@@ -86,6 +103,7 @@ def _prepare_run(args: argparse.Namespace):
     tracker = Tracker(uri, retry_seconds=suite.tracking.retry_seconds)
     try:
         tracker.check()
+        tracker.check_writable()
     except TrackingError as e:
         _err(f"{where}: {e}")
         raise BadInput from None
@@ -101,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import yaml
 
     from bench.run.executors import WorkerLost
-    from bench.store.tracking import TrackingError
+    from bench.store.tracking import TrackingError, redact_uri
 
     # 1-2. validate everything before any work
     try:
@@ -146,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(terminal_summary(summary))
     _print_report_paths(paths)
     ui_uri = "" if args.tracking_uri is None and suite.tracking.uri is None else f" --tracking-uri '{uri}'"
-    print(f"browse the runs: bench ui{ui_uri}")
+    print(redact_uri(f"browse the runs: bench ui{ui_uri}"))
     skipped = sum(o.skipped for o in outcomes)
     resumed = sum(bool(o.resumed_from) for o in outcomes)  # from step 0 it is trained, not resumed
     print(
@@ -195,8 +213,8 @@ def _store_lost_message(e, args: argparse.Namespace, uri: str) -> None:
 
 def cmd_relog(args: argparse.Namespace) -> int:
     from bench.store.journal import JOURNAL, read_journal
-    from bench.store.relog import relog
-    from bench.store.tracking import Tracker, TrackingError
+    from bench.store.relog import JournalError, check_journal, relog
+    from bench.store.tracking import Tracker, TrackingError, has_redacted_userinfo, redact_uri
 
     code = EXIT_OK
     for given in args.folders:
@@ -205,20 +223,28 @@ def cmd_relog(args: argparse.Namespace) -> int:
             folder = folder / "offline"  # the run folder was given
         try:
             head = read_journal(folder)[0]
+            check_journal(folder)  # before the store is touched
         except (OSError, ValueError) as e:
             _err(str(e))
             code = EXIT_BAD_INPUT
             continue
         uri = args.tracking_uri or head["uri"]
+        if has_redacted_userinfo(uri):
+            _err(
+                f"{folder}: the journal's store {uri} needs credentials, which bench never writes to "
+                "disk: give it with --tracking-uri"
+            )
+            code = EXIT_BAD_INPUT
+            continue
         tracker = Tracker(uri, retry_seconds=args.retry_seconds)
         try:
             tracker.check()
             run_id = relog(folder, tracker)
-        except TrackingError as e:
+        except (TrackingError, JournalError) as e:
             _err(f"{folder}: {e}")
             code = EXIT_BAD_INPUT
             continue
-        print(f"{folder}: re-logged into run {run_id} of {uri}")
+        print(redact_uri(f"{folder}: re-logged into run {run_id} of {uri}"))
     return code
 
 
@@ -342,7 +368,7 @@ def ui_links(uri: str, host: str, port: int) -> list[tuple[str, str]]:
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
-    from bench.store.tracking import _artifact_root, resolve_uri
+    from bench.store.tracking import _artifact_root, redact_uri, resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
     cmd = [
@@ -360,7 +386,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     root = _artifact_root(uri)
     if root:
         cmd += ["--default-artifact-root", root]
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    print(redact_uri(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)"))
     for name, url in ui_links(uri, args.host, args.port):
         print(f"  {name}: {url}")
     sys.stdout.flush()  # before the server's own output
@@ -463,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if getattr(args, "tracking_uri", None) is not None and not args.tracking_uri.strip():
+        _err("--tracking-uri: empty; give a tracking URI, or leave the flag out for the default store")
+        return EXIT_BAD_INPUT
     return args.fn(args)
 
 

@@ -8,16 +8,74 @@ section from these types, so they sit at the bottom of the package.
 from __future__ import annotations
 
 import re
+import types
+import typing
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 BUDGET_KINDS = ("steps", "epochs", "images", "seconds")
 BIG = 10**12  # larger budgets or sizes are typos, not plans
 
 
+_EXPONENT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")
+
+
+def number_kind(annotation: Any) -> type | None:
+    """int or float when a field holds a number (or None), else None."""
+    if annotation in (int, float):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = {a for a in typing.get_args(annotation) if a is not type(None)}
+        if len(kinds) == 1 and next(iter(kinds)) in (int, float):
+            return next(iter(kinds))
+    return None
+
+
+def strict_number(kind: type | None, v: Any) -> Any:
+    """A number field's input, strictly: a boolean (``true``) or numeric text (``"10"``, ``10_0``)
+    is refused rather than read as a number; ``1e3`` (text to YAML 1.1) is read as the number it
+    writes, an integer field taking it only when it is a whole number."""
+    if kind is None:
+        return v
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got the boolean {str(v).lower()}")
+    if not isinstance(v, str):
+        return v
+    if _EXPONENT.fullmatch(v.strip()):
+        try:
+            exact = Decimal(v.strip())
+        except InvalidOperation:
+            return v
+        if kind is float:
+            return float(exact)
+        if exact == exact.to_integral_value():
+            return int(exact)
+        raise ValueError(f"expected an integer, got {v} (not a whole number)")
+    try:
+        float(v)
+    except ValueError:
+        return v  # not a number at all: pydantic says what it should be
+    raise ValueError(f"expected a number, got the text {v!r} (write numbers in decimal digits, unquoted)")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        return strict_number(number_kind(field.annotation) if field else None, v)
 
 
 # A field added after runs were stored carries this marker: at its default (which reproduces the

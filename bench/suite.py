@@ -8,9 +8,12 @@ in the tracking store. ``load_suite`` raises ``SuiteError`` carrying every probl
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,17 +78,113 @@ def _pydantic_errors(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list
 
 
 MAX_YAML_VALUES = 100_000  # a suite is a few hundred values; more means an alias bomb or a wrong file
+MAX_YAML_DEPTH = 32  # a suite nests four levels deep (models.0.hidden.0); far more is not a suite
+MAX_SUITE_BYTES = 1 << 20  # 1 MiB: a suite file is a few kB; a larger file is read no further
+
+
+class _Unbounded(Exception):
+    """A YAML document beyond ``MAX_YAML_VALUES`` nodes or ``MAX_YAML_DEPTH`` levels, or with a
+    recursive alias: found while composing, before the document takes memory or the stack."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """YAML's safe loader that counts nodes and nesting while composing and refuses an alias to a
+    node that is still being composed (which would make the document infinite)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+        self._open: list[str] = []  # anchors of the nodes being composed
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = event.start_mark.line + 1 if event.start_mark else 0
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open:
+                raise _Unbounded(
+                    f"recursive alias *{event.anchor} at line {line}: it refers to a node that contains it"
+                )
+            return super().compose_node(parent, index)
+        self._nodes += 1
+        self._depth += 1
+        if self._nodes > MAX_YAML_VALUES:
+            raise _Unbounded(f"the document has more than {MAX_YAML_VALUES} values (MAX_YAML_VALUES)")
+        if self._depth > MAX_YAML_DEPTH:
+            raise _Unbounded(f"nested more than {MAX_YAML_DEPTH} levels deep at line {line} (MAX_YAML_DEPTH)")
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self._open.append(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if anchor is not None:
+                self._open.pop()
+
+
+# integers are decimal digits: YAML 1.1's 0x10, 010 (octal), 10_0 and 1:30 (base 60) stay text, so
+# the schema refuses them instead of reading another number than the one the reader sees
+_BoundedLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(0|[1-9][0-9]*)$"), list("-+0123456789")
+)
+
+
+def load_yaml_value(text: str) -> Any:
+    """One YAML value (a ``--set`` value) with the suite file's bounds; raises ``yaml.YAMLError``
+    or ``ValueError`` (beyond the bounds)."""
+    loader = _BoundedLoader(text)
+    try:
+        try:
+            return loader.get_single_data()
+        except _Unbounded as e:
+            raise ValueError(str(e)) from None
+    finally:
+        loader.dispose()
+
+
+def _read_text(p: Path) -> str:
+    """The text of a regular file of at most ``MAX_SUITE_BYTES``: a FIFO, a device (/dev/zero) or
+    a socket is refused without blocking, a larger file without reading it."""
+    fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "it is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotRegular("not a regular file (a FIFO, device or socket)")
+        data = f.read(MAX_SUITE_BYTES + 1)
+    if len(data) > MAX_SUITE_BYTES:
+        raise _TooLarge(
+            f"the file is larger than {MAX_SUITE_BYTES} bytes (1 MiB, MAX_SUITE_BYTES); a suite is a few kB"
+        )
+    return data.decode("utf-8")
+
+
+class _NotRegular(OSError):
+    pass
+
+
+class _TooLarge(OSError):
+    pass
 
 
 def read_suite_dict(path: str | Path) -> dict[str, Any]:
-    """Read a suite file with YAML's safe loader; a key given twice is an error, not "the last wins"."""
+    """Read a suite file with YAML's safe loader; a key given twice is an error, not "the last wins".
+
+    Bounded: a regular file of at most ``MAX_SUITE_BYTES``, at most ``MAX_YAML_VALUES`` nodes
+    (aliases counted at each use) and ``MAX_YAML_DEPTH`` levels, no recursive alias."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = _read_text(p)
     except (OSError, UnicodeDecodeError) as e:
         raise SuiteError(str(p), [FieldError("(file)", f"cannot read: {_read_problem(e)}")]) from None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _BoundedLoader(text)
         try:
             node = loader.get_single_node()
             errors = _yaml_shape_errors(node) if node is not None else []
@@ -94,6 +193,8 @@ def read_suite_dict(path: str | Path) -> dict[str, Any]:
             raw = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
+    except _Unbounded as e:
+        raise SuiteError(str(p), [FieldError("(file)", str(e))]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -117,6 +218,8 @@ def _read_problem(e: Exception) -> str:
         return f"not UTF-8 text (line {line}, byte {e.start})"
     if isinstance(e, IsADirectoryError):
         return "it is a directory"
+    if isinstance(e, (_NotRegular, _TooLarge)):
+        return str(e)
     return getattr(e, "strerror", None) or str(e)
 
 
@@ -130,6 +233,8 @@ def _yaml_shape_errors(root: yaml.Node) -> list[FieldError]:
         count += 1
         if count > MAX_YAML_VALUES:  # aliases are walked again at each use: this bounds the expansion
             return [FieldError("(file)", f"the document expands to more than {MAX_YAML_VALUES} values")]
+        if len(path) > MAX_YAML_DEPTH:  # aliases inside nested nodes nest deeper than the text
+            return [FieldError("(file)", f"the document nests more than {MAX_YAML_DEPTH} levels deep")]
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for k, v in node.value:
@@ -153,7 +258,10 @@ def _yaml_shape_errors(root: yaml.Node) -> list[FieldError]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
-    """Apply ``--set dotted.key=value`` (value parsed as YAML); list items by index (models.0.beta)."""
+    """Apply ``--set dotted.key=value`` (value parsed as YAML); list items by index (models.0.beta).
+
+    An index is written in decimal digits (``models.0``, never ``models.-1``); a value that is not
+    valid YAML is reported as such."""
     raw = json.loads(json.dumps(raw, default=str))  # deep copy
     errors = []
     for item in overrides:
@@ -161,25 +269,37 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dic
         if not sep or not key:
             errors.append(FieldError(f"--set {item}", "expected dotted.key=value"))
             continue
+        try:
+            val = load_yaml_value(value)
+        except (yaml.YAMLError, ValueError) as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            errors.append(FieldError(f"--set {key}", f"the value {value!r} did not parse as YAML: {problem}"))
+            continue
         parts = key.split(".")
         node: Any = raw
         try:
             for part in parts[:-1]:
-                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+                node = node[_index(part)] if isinstance(node, list) else node.setdefault(part, {})
             leaf = parts[-1]
-            val = yaml.safe_load(value)
             if isinstance(node, list):
-                node[int(leaf)] = val
+                node[_index(leaf)] = val
             else:
                 if parts[:-1] == ["budget"] and leaf in BUDGET_KINDS:  # a new budget kind replaces the old
                     for k in BUDGET_KINDS:
                         node.pop(k, None)
                 node[leaf] = val
-        except (ValueError, IndexError, TypeError, AttributeError, yaml.YAMLError):
+        except (ValueError, IndexError, TypeError, AttributeError):
             errors.append(FieldError(f"--set {key}", "no such place in the suite"))
     if errors:
         raise SuiteError(file, errors)
     return raw
+
+
+def _index(part: str) -> int:
+    """A list index of ``--set``: decimal digits only (no sign, underscore or other digits)."""
+    if not re.fullmatch(r"[0-9]+", part):
+        raise ValueError(part)
+    return int(part)
 
 
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
@@ -190,6 +310,9 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
 
 
 def validate_suite(raw: dict[str, Any], file: str = "<suite>") -> Suite:
+    text_errors = _unencodable(raw)
+    if text_errors:  # a lone surrogate ("\\ud800") cannot be logged, written or shown
+        raise SuiteError(file, text_errors)
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as e:
@@ -200,6 +323,35 @@ def validate_suite(raw: dict[str, Any], file: str = "<suite>") -> Suite:
     if errors:
         raise SuiteError(file, errors)
     return suite
+
+
+def _unencodable(value: Any, path: tuple[Any, ...] = ()) -> list[FieldError]:
+    """Every key or string value that is not encodable text (a lone surrogate from a YAML escape)."""
+
+    def bad(text: str) -> bool:
+        try:
+            text.encode("utf-8")
+            return False
+        except UnicodeEncodeError:
+            return True
+
+    errors: list[FieldError] = []
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, path)]
+    while stack:
+        v, p = stack.pop()
+        if isinstance(v, dict):
+            for k, item in v.items():
+                key = k if isinstance(k, str) and not bad(k) else ascii(k)
+                if isinstance(k, str) and bad(k):
+                    errors.append(
+                        FieldError(_loc(p + (key,)), "the key is not encodable text (a lone surrogate)")
+                    )
+                stack.append((item, p + (key,)))
+        elif isinstance(v, list):
+            stack.extend((item, p + (i,)) for i, item in enumerate(v))
+        elif isinstance(v, str) and bad(v):
+            errors.append(FieldError(_loc(p), f"{ascii(v)} is not encodable text (a lone surrogate)"))
+    return sorted(errors, key=lambda e: e.loc)
 
 
 def _dedupe(errors: list[FieldError]) -> list[FieldError]:
@@ -238,13 +390,14 @@ def _model_errors(models: list[Any]) -> list[FieldError]:
 
 def _semantic_errors(suite: Suite) -> list[FieldError]:
     """Checks that need the registries: names, model parameters, metric applicability."""
-    from bench.data import DATASETS
+    from bench.data import DATASETS, config_problems
     from bench.metrics import METRICS
     from bench.models import MODELS
 
     errors: list[FieldError] = []
     if suite.dataset.name not in DATASETS:
         errors.append(FieldError("dataset.name", DATASETS.unknown_message(suite.dataset.name)))
+    errors += [FieldError(loc, msg) for loc, msg in config_problems(suite.dataset)]
     errors += _model_errors([m.model_dump() for m in suite.models])
 
     labels = [m.display for m in suite.models]
@@ -295,12 +448,23 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
 
 
 def check_tracking_uri(uri: str) -> str | None:
-    """A syntax check of an MLflow tracking URI (reachability is checked by ``bench run``)."""
+    """A syntax check of an MLflow tracking URI (reachability is checked by ``bench run``).
+
+    A folder (a plain path or ``file://``) is MLflow's file store, which MLflow 3 refuses unless
+    ``MLFLOW_ALLOW_FILE_STORE=true``: ``bench validate`` and ``bench run`` give the same answer."""
     if re.match(r"^(sqlite|postgresql|mysql|mssql)(\+\w+)?://", uri):
         return None
-    if re.match(r"^(https?|databricks|file)://?", uri) or re.match(r"^[\w./~-]+$", uri):
+    if re.match(r"^(https?|databricks)://", uri):
         return None
-    return f"{uri!r} is not an MLflow tracking URI (use sqlite:///file.db, http://host:port, or a folder)"
+    if re.match(r"^file://", uri) or re.match(r"^[\w./~-]+$", uri):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() == "true":
+            return None
+        folder = uri.removeprefix("file://").rstrip("/") or "."
+        return (
+            f"{uri!r} is a folder store, which MLflow keeps in maintenance mode and refuses: use "
+            f"sqlite:///{folder}/mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true to use the folder)"
+        )
+    return f"{uri!r} is not an MLflow tracking URI (use sqlite:///file.db or http://host:port)"
 
 
 # --------------------------------------------------------------------------- runs

@@ -114,7 +114,7 @@ def test_damaged_data_files_exit_2_naming_the_file(damage, tmp_path, write_suite
         assert "IDX files not found" in text and str(root) in text
     else:
         assert str(victim) in text
-        assert ("checksum mismatch" if damage == "corrupted" else "cannot read IDX file") in text
+        assert "checksum mismatch" in text  # the published .gz md5 is checked before decompressing
     # nothing written: no store, and no partial download or cache beside the data
     assert not store.exists() and not (tmp_path / ".bench").exists()
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
@@ -144,6 +144,69 @@ def test_wrong_dimensions_name_the_file(tmp_path):
         f.write(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + (28).to_bytes(4, "big"))  # header cut short
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: truncated IDX header"):
         IdxDataset("mnist", "MNIST", md5={}).load(str(tmp_path), download=False)
+
+
+def test_a_garbled_gzip_is_a_data_error_naming_the_file(tmp_path):
+    fake_mnist(tmp_path, n_train=20, n_test=5)
+    victim = tmp_path / "train-labels-idx1-ubyte.gz"
+    victim.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\xff" * 64)  # no valid deflate block
+    with pytest.raises(DataError, match=f"{victim}: cannot read IDX file \\(error: .*invalid block type"):
+        IdxDataset("mnist", "MNIST", md5={}).load(str(tmp_path), download=False)
+
+
+def test_a_gzip_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    """A header that declares more than MAX_IDX_BYTES is refused before the payload is inflated."""
+    from bench.data import idx
+
+    fake_mnist(tmp_path, n_train=20, n_test=5)
+    victim = tmp_path / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(victim, "wb") as f:  # 3 GB of zeros announced; 8 MB written, compressed to 8 kB
+        f.write(b"\x00\x00\x08\x03" + (3_000_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
+        f.write(bytes(8 << 20))
+    reads = []
+    real_open = idx.gzip.open
+
+    def counting_open(*a, **k):
+        f = real_open(*a, **k)
+        real_read = f.read
+        f.read = lambda n=-1: reads.append(n) or real_read(n)
+        return f
+
+    monkeypatch.setattr(idx.gzip, "open", counting_open)
+    with pytest.raises(DataError, match=f"{victim}: the IDX header declares 2352000016 bytes"):
+        IdxDataset("mnist", "MNIST", md5={}).load(str(tmp_path), download=False)
+    assert -1 not in reads and sum(n for n in reads if n > 0) < 1 << 20  # only the header was read
+
+
+def test_a_gz_with_a_wrong_published_md5_is_never_decompressed(tmp_path, monkeypatch):
+    from bench.data import idx
+
+    fake_mnist(tmp_path, n_train=20, n_test=5)
+    monkeypatch.setattr(idx.gzip, "open", lambda *a, **k: pytest.fail("decompressed before the md5 check"))
+    with pytest.raises(DataError, match="checksum mismatch"):
+        MNIST.load(str(tmp_path), download=False)
+
+
+@pytest.mark.parametrize("damage", ["missing", "directory"])
+def test_a_named_root_is_used_or_fails_never_another_copy(damage, tmp_path, monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # no download, even where there is network
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    elsewhere = tmp_path / "elsewhere"
+    fake_mnist(elsewhere, n_train=20, n_test=5)
+    monkeypatch.setenv("BENCH_DATA_DIR", str(elsewhere))  # a complete copy bench must not fall back to
+    root = tmp_path / "mine"
+    fake_mnist(root, n_train=20, n_test=5)
+    victim = root / "t10k-labels-idx1-ubyte.gz"
+    victim.unlink()
+    if damage == "directory":
+        victim.mkdir()
+        with pytest.raises(DataError, match=f"{victim}: not a regular file"):
+            IdxDataset("mnist", "MNIST", md5={}).load(str(root), download=False)
+    else:
+        with pytest.raises(DataError, match="IDX files not found") as e:
+            IdxDataset("mnist", "MNIST", md5={}).load(str(root))
+        assert str(root) in str(e.value) and str(elsewhere) not in str(e.value)
+    assert IdxDataset("mnist", "MNIST", md5={}).load(None, download=False).source == str(elsewhere)
 
 
 # --------------------------------------------------------------------------- tracking store
@@ -187,3 +250,72 @@ def test_unusable_sqlite_path_exits_2(tmp_path, write_suite, capsys):
     rc, lines = run_cli(["run", str(path)], capsys)
     assert rc == 2 and len(lines) == 1
     assert lines[0].startswith(f"{path}: tracking.uri: cannot reach the tracking store {uri}: ")
+
+
+# --------------------------------------------------------------------------- bounded reading
+
+
+def test_a_suite_file_over_the_size_limit_is_not_parsed(tmp_path, capsys):
+    from bench.suite import MAX_SUITE_BYTES
+
+    path = tmp_path / "big.yaml"
+    path.write_text("models: [" + "1, " * (MAX_SUITE_BYTES // 3 + 10) + "]\n")  # a flow list, 1 MiB+
+    rc, lines = run_cli(["validate", str(path)], capsys)
+    assert rc == 2 and lines == [
+        f"{path}: (file): cannot read: the file is larger than {MAX_SUITE_BYTES} bytes (1 MiB, "
+        "MAX_SUITE_BYTES); a suite is a few kB"
+    ]
+
+
+def test_node_count_is_bounded_while_composing(tmp_path, capsys):
+    """Under the size limit, a flow list of 200,000 values stops at the node cap while composing."""
+    path = tmp_path / "many.yaml"
+    path.write_text("models: [" + "1," * 200_000 + "]\n")
+    rc, lines = run_cli(["validate", str(path)], capsys)
+    assert rc == 2 and lines == [
+        f"{path}: (file): the document has more than 100000 values (MAX_YAML_VALUES)"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_only_regular_files_are_read(kind, tmp_path):
+    if kind == "fifo":
+        path = tmp_path / "suite.yaml"
+        os.mkfifo(path)  # nobody writes to it: reading would wait forever
+    else:
+        path = Path("/dev/zero")  # reading would never end
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "validate", str(path)],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang guard only
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip() == f"{path}: (file): cannot read: not a regular file (a FIFO, device or socket)"
+    )
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("models.0.hidden=[1, 2", "the value '[1, 2' did not parse as YAML: "),
+        ("budget.steps=&a [*a]", "did not parse as YAML: recursive alias *a"),
+        ("models.-1.beta=2", "no such place in the suite"),
+        ("models.0_0.beta=2", "no such place in the suite"),
+    ],
+)
+def test_set_values_and_indices(item, message, write_suite, capsys):
+    path = write_suite(tiny_suite())
+    rc, lines = run_cli(["validate", str(path), "--set", item], capsys)
+    key = item.partition("=")[0]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"{path}: --set {key}: "), lines
+    assert message in lines[0], lines
+
+
+def test_a_deep_set_value_is_bounded(write_suite, capsys):
+    path = write_suite(tiny_suite())
+    rc, lines = run_cli(["validate", str(path), "--set", "budget.steps=" + "[" * 3000 + "]" * 3000], capsys)
+    assert rc == 2 and len(lines) == 1 and "nested more than 32 levels deep" in lines[0], lines

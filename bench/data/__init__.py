@@ -24,6 +24,7 @@ __all__ = [
     "IdxDataset",
     "ImageData",
     "batch_indices",
+    "config_problems",
     "from_config",
     "load_dataset",
     "make_image_data",
@@ -44,6 +45,27 @@ DATASETS.add(
         train_size or 2048, test_size or 512
     ),
 )
+
+
+# the synthetic data is drawn in one piece (float32 temporaries of 3 kB per image): at most this many
+# images per split, about 1.5 GB at the peak on 2 CPU cores' worth of memory
+MAX_SYNTHETIC_SIZE = 100_000
+
+
+def config_problems(cfg: DatasetConfig) -> list[tuple[str, str]]:
+    """(field, message) for what a dataset section asks that its dataset cannot do."""
+    problems = []
+    if cfg.name == "synthetic":
+        for key in ("train_size", "test_size"):
+            n = getattr(cfg, key)
+            if n is not None and n > MAX_SYNTHETIC_SIZE:
+                problems.append(
+                    (
+                        f"dataset.{key}",
+                        f"the synthetic dataset makes at most {MAX_SYNTHETIC_SIZE} images (got {n})",
+                    )
+                )
+    return problems
 
 
 @functools.lru_cache(maxsize=4)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,16 +16,33 @@ import torch
 from bench.data.base import DataError, ImageData, make_image_data
 
 IDX_DTYPE = {0x08: torch.uint8}
+# the largest IDX file bench decompresses: 256 MiB (MNIST's training images are 47 MB); a header
+# that declares more is refused before anything is decompressed (a gzip bomb stops here)
+MAX_IDX_BYTES = 256 << 20
 
 
 def read_bytes(path: Path) -> bytes:
-    """The decompressed bytes of an IDX file (raw or .gz); errors name the file."""
+    """The decompressed bytes of an IDX file (raw or .gz); errors name the file.
+
+    The header is read first, and then only the payload it declares (and one byte more, which
+    tells a padded file): never more than ``MAX_IDX_BYTES``, whatever the file expands to."""
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot read IDX file ({e})") from None
+            head = f.read(4)
+            ndim = head[3] if len(head) == 4 else 0
+            head += f.read(4 * ndim)
+            size = len(head)
+            if ndim and len(head) == 4 + 4 * ndim:
+                size += math.prod(struct.unpack(f">{ndim}I", head[4:]))
+                if size > MAX_IDX_BYTES:
+                    raise DataError(
+                        f"{path}: the IDX header declares {size} bytes, more than bench reads "
+                        f"(MAX_IDX_BYTES = {MAX_IDX_BYTES})"
+                    )
+            return head + f.read(size - len(head) + 1)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: cannot read IDX file ({type(e).__name__}: {e})") from None
 
 
 def parse_idx(raw: bytes, path: Path) -> torch.Tensor:
@@ -66,6 +85,18 @@ DATA_DIR_ENV = "BENCH_DATA_DIR"  # the folder to look in (and download into) whe
 DEFAULT_DATA_DIR = "~/.cache/bench/data"
 
 
+def _file_md5(path: Path) -> str:
+    """md5 of a file as stored (compressed), streamed."""
+    h = hashlib.md5()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read IDX file ({e})") from None
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class IdxDataset:
     """An MNIST-layout dataset: four IDX files (.gz or raw) and their known checksums.
@@ -91,17 +122,22 @@ class IdxDataset:
     }
 
     def search_dirs(self, root: str | None) -> list[Path]:
-        """Where the files are looked for: dataset.root, $BENCH_DATA_DIR, the default download
+        """Where the files are looked for: a ``root`` the suite names, and only there (a root that
+        lacks them never falls back to another copy); else ``$BENCH_DATA_DIR``, the default download
         folder (where a download without either puts them), then the system folders."""
-        bases = [Path(p).expanduser() for p in (root, os.environ.get(DATA_DIR_ENV)) if p]
-        bases += [Path(DEFAULT_DATA_DIR).expanduser()] + [Path(p) for p in self.system_dirs]
+        if root:
+            bases = [Path(root).expanduser()]
+        else:
+            bases = [Path(p).expanduser() for p in (os.environ.get(DATA_DIR_ENV),) if p]
+            bases += [Path(DEFAULT_DATA_DIR).expanduser()] + [Path(p) for p in self.system_dirs]
         dirs: list[Path] = []
         for b in bases:
             dirs += [b, b / self.name, b / self.folder / "raw"]
         return dirs
 
     def find(self, root: str | None) -> dict[str, Path] | None:
-        """The four files in the first directory that holds all of them (.gz preferred)."""
+        """The four files in the first directory that holds all of them (.gz preferred).
+        Under a named ``root``, something that is not a regular file where one belongs is an error."""
         for d in self.search_dirs(root):
             found = {}
             for key, stem in self.FILES.items():
@@ -109,16 +145,24 @@ class IdxDataset:
                     if cand.is_file():
                         found[key] = cand
                         break
+                    if root and cand.exists():  # a directory, FIFO or device where a file belongs
+                        raise DataError(f"{cand}: not a regular file (dataset.root must hold the IDX files)")
             if len(found) == 4:
                 return found
         return None
 
     def read_verified(self, path: Path) -> torch.Tensor:
-        raw = read_bytes(path)
+        """The file's tensor. A .gz file is checked against the published .gz md5 before it is
+        decompressed; only where a content md5 is known too (a recompressed copy) is a .gz that
+        does not match decompressed, bounded by ``MAX_IDX_BYTES``, and its content checked."""
         stem = path.name.removesuffix(".gz")
         gz_md5 = self.md5.get(stem + ".gz")
         known = self.content_md5.get(stem)
-        if path.suffix == ".gz" and gz_md5 is not None and _md5(path.read_bytes()) == gz_md5:
+        gz_ok = path.suffix == ".gz" and gz_md5 is not None and _file_md5(path) == gz_md5
+        if path.suffix == ".gz" and gz_md5 is not None and not gz_ok and known is None:
+            raise DataError(f"{path}: checksum mismatch (md5 expected {gz_md5}); the file is corrupted")
+        raw = read_bytes(path)
+        if gz_ok:
             pass
         elif known is not None:
             if _md5(raw) != known:

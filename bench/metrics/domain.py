@@ -30,7 +30,7 @@ from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from bench.cache import cache_dir, content_key, file_sha256, note_used, save_tensors
+from bench.cache import cache_dir, content_key, file_sha256, load_tensors, note_used, save_tensors
 from bench.data import ImageData, to_float
 
 log = logging.getLogger("bench")
@@ -176,7 +176,7 @@ def classifier(data: ImageData, device: torch.device, cfg: TrainConfig = TrainCo
         save_tensors(
             {"net": _net_config(data), "state_dict": state, "test_accuracy": acc, "key": parts}, path
         )
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_tensors(path)
     return Classifier(
         path, file_sha256(path), key, float(blob["test_accuracy"]), data.num_classes, device.type
     )
@@ -196,7 +196,7 @@ class FeatureExtractorDomain(FeatureExtractorBase):
             raise ValueError(
                 "the domain extractor needs feature_extractor_weights_path (a trained classifier)"
             )
-        blob = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
+        blob = load_tensors(feature_extractor_weights_path)
         self.channels = int(blob["net"]["channels"])
         self.net = DomainNet(**blob["net"])
         self.net.load_state_dict(blob["state_dict"])

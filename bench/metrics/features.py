@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.generative_model_base import GenerativeModelBase
 
-from bench.cache import cached_tensors
+from bench.cache import CacheFileError, cached_tensors, load_tensors
 from bench.data import ImageData
 from bench.metrics.domain import LAYERS as DOMAIN_LAYERS  # (importing it registers "bench-domain")
 from bench.metrics.domain import TF_NAME as DOMAIN_TF_NAME
@@ -196,11 +197,23 @@ EXTRACTORS.add(
 
 @functools.lru_cache(maxsize=4)
 def _module(fidelity_name: str, path: str, sha256: str, layers: tuple[str, ...], device: str):
-    """The torch-fidelity extractor module, built once per process and weights file."""
+    """The torch-fidelity extractor module, built once per process and weights file.
+
+    torch-fidelity would ``torch.load`` the weights path with ``weights_only=False`` (code in a
+    planted file would run). bench loads the file itself with ``weights_only=True``
+    (``load_tensors``: tensors only, or a ``CacheFileError`` naming the file) and hands
+    torch-fidelity the state dict it just serialised from those tensors, never the file."""
     from torch_fidelity.utils import create_feature_extractor
 
+    state = load_tensors(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        if fidelity_name != "bench-domain":  # the domain blob is a dict of net config + state_dict
+            raise CacheFileError(f"{path}: refused to load: not a state dict of tensors")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
     fe = create_feature_extractor(
-        fidelity_name, list(layers), cuda=False, feature_extractor_weights_path=path, verbose=False
+        fidelity_name, list(layers), cuda=False, feature_extractor_weights_path=buf, verbose=False
     )
     return fe.to(device)
 

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from bench.config import HASH_NEUTRAL
-from bench.models.base import GenerativeModel, ModelParams, register
+from bench.models.base import GenerativeModel, ModelParams, Widths, register, widths_field
 from bench.models.nets import BACKBONES, make_backbone
 
 Tensor = torch.Tensor
@@ -25,8 +25,8 @@ class CodecParams(ModelParams):
 
     backbone: str = Field("mlp", description="shared nets: mlp | infogan | ghosh")
     latent_dim: int = Field(64, ge=1, le=4096)
-    hidden: tuple[int, ...] | None = Field(
-        None, description="MLP encoder widths, the decoder mirrors them (mlp backbone only; default 128)"
+    hidden: Widths | None = widths_field(
+        "MLP encoder widths, the decoder mirrors them (mlp backbone only; default 128)"
     )
     recon_loss: Literal["mse", "bce"] = Field(
         "mse", description="mse: Gaussian decoder (variance 1/2); bce: Bernoulli decoder"

@@ -9,27 +9,45 @@ pydantic ``Params`` class. Variants are registry entries that pre-set parameters
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
+from bench.config import number_kind, strict_number
 from bench.registry import Registry
 
 Family = Literal["ae", "vae", "gan"]
 StepKind = Literal["reconstruction", "adversarial"]
 
+# MLP widths: at most MAX_LAYERS hidden layers of at most MAX_WIDTH units each (about 134 M
+# weights at the extreme: beyond that a typo, such as 1e7, would allocate until the process dies)
+MAX_WIDTH = 4096
+MAX_LAYERS = 8
+Widths = tuple[Annotated[int, Field(ge=1, le=MAX_WIDTH)], ...]
+
+
+def widths_field(description: str) -> Any:
+    """A ``Widths | None`` parameter: positive widths, each at most ``MAX_WIDTH``, ``MAX_LAYERS`` layers."""
+    return Field(None, max_length=MAX_LAYERS, description=description)
+
 
 class ModelParams(BaseModel):
     """Parameters common to every model: the optimiser (Adam) settings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # finite floats only
 
     lr: float = Field(1e-3, gt=0, le=1)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_numbers(cls, v: Any, info: ValidationInfo) -> Any:  # as the suite's own sections
+        field = cls.model_fields.get(info.field_name or "")
+        return strict_number(number_kind(field.annotation) if field else None, v)
 
 
 class GenerativeModel(nn.Module):

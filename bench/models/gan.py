@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
 from bench.config import HASH_NEUTRAL
-from bench.models.base import GenerativeModel, ModelParams, register
+from bench.models.base import GenerativeModel, ModelParams, Widths, register, widths_field
 from bench.models.nets import BACKBONES, compare_gan_init, make_backbone
 
 Tensor = torch.Tensor
@@ -89,8 +89,8 @@ class GANParams(ModelParams):
         "code); infogan backbone only",
         json_schema_extra=HASH_NEUTRAL,
     )
-    d_hidden: tuple[int, ...] | None = Field(None, description="MLP D widths (mlp backbone only)")
-    g_hidden: tuple[int, ...] | None = Field(None, description="MLP G widths (mlp backbone only)")
+    d_hidden: Widths | None = widths_field("MLP D widths (mlp backbone only)")
+    g_hidden: Widths | None = widths_field("MLP G widths (mlp backbone only)")
 
     @field_validator("backbone")
     @classmethod

@@ -7,6 +7,7 @@ skipped with a note that says why (the report shows the note instead of an empty
 from __future__ import annotations
 
 import io
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from bench.report.summary import GridImage, Report, Summary
 
 DPI = 110
+log = logging.getLogger("bench")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,9 @@ def _plt():
             "legend.fontsize": 8,
             "legend.frameon": False,
             "font.size": 9,
-            "text.parse_math": False,  # labels are plain text: a "$" in a label is a dollar sign
+            # labels come from suite files: drawn as plain text, never as mathtext or LaTeX
+            "text.parse_math": False,
+            "text.usetex": False,
         }
     )
     return plt
@@ -391,4 +395,14 @@ def make_figures(rep: Report, out_dir: Path) -> tuple[list[FigureFile], list[str
             figures.append(draw(rep, out_dir / name))
         except Skip as e:
             notes.append(f"Not drawn: {e}.")
+        except Exception as e:  # a figure that fails never stops the tables from being written
+            log.warning("figure %s failed: %s: %s", name, type(e).__name__, e)
+            notes.append(f"Not drawn: {name}: it failed ({type(e).__name__}: {str(e)[:200]}).")
+            _close_all()
     return figures, notes
+
+
+def _close_all() -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

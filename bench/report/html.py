@@ -28,6 +28,7 @@ from bench.report.tables import (
     use_tables,
 )
 from bench.report.uses import Use, answer_notes, answers
+from bench.store.tracking import redact_uri
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 
@@ -144,7 +145,7 @@ def context(rep: Report, out_dir: Path) -> dict[str, Any]:
     prov = _provenance(data.provenance)
     return {
         "title": rep.title,
-        "uri": data.uri,
+        "uri": redact_uri(data.uri),
         "generated": rep.generated,
         "multi": multi,
         "answers": [{"text": a.text(multi), "use": a.use.key} for a in answers(s)],

@@ -8,8 +8,11 @@ row closes each suite's block in the tables whose metrics it has.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
+
+import pandas as pd
 
 from bench.report.summary import (
     ALPHA,
@@ -76,9 +79,50 @@ def seeds_text(row: Any) -> str:
     return f"{row.seeds}" + (f" ({', '.join(extra)})" if extra else "")
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#!~])")
+
+
 def md_escape(text: str) -> str:
-    """Text for a markdown table cell: pipes escaped, one line."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Text from a suite or a run (a label, a failure reason) as plain markdown text, on one line:
+    ``& < >`` become HTML entities (no raw HTML) and markdown's punctuation is backslash-escaped
+    (no links, images, emphasis or table breaks)."""
+    out = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", out).replace("\r", " ").replace("\n", " ")
+
+
+def md_code(text: str) -> str:
+    """Text for inside a markdown code span in a table cell: pipes escaped, no backticks, one line."""
+    return str(text).replace("`", "'").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def md_fence(text: str) -> str:
+    """A code fence longer than any run of backticks in ``text`` (so the text cannot close it)."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells cannot be read as spreadsheet formulas (OWASP's CSV-injection
+    guidance): a text cell starting with ``= + - @``, tab or carriage return gets a leading ``'``.
+    Numbers, and text that is a plain number (``-0.5``), are left as they are."""
+
+    def cell(v: Any) -> Any:
+        if isinstance(v, str) and v.startswith(CSV_FORMULA_START):
+            try:
+                float(v)
+                return v
+            except ValueError:
+                return "'" + v
+        return v
+
+    out = df.copy()
+    for col in out.columns:
+        if pd.api.types.is_object_dtype(out[col]) or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(cell)
+    return out
 
 
 def _md_cell(c: Cell) -> str:

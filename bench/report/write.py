@@ -18,9 +18,17 @@ from bench.report.summary import (
     results_table,
     summarise,
 )
-from bench.report.tables import markdown_answers, markdown_tables, md_escape, table_notes
+from bench.report.tables import (
+    csv_safe,
+    markdown_answers,
+    markdown_tables,
+    md_code,
+    md_escape,
+    md_fence,
+    table_notes,
+)
 from bench.report.uses import answer_notes
-from bench.store.tracking import Tracker
+from bench.store.tracking import Tracker, redact_uri
 
 log = logging.getLogger("bench")
 
@@ -29,7 +37,8 @@ def _markdown(rep: Report) -> str:
     from bench.metrics import METRICS
 
     s, data = rep.summary, rep.data
-    md = [f"# {rep.title}", "", f"Tracking store: `{data.uri}`  ", f"Generated: {rep.generated}", ""]
+    md = [f"# {rep.title}", "", f"Tracking store: `{md_code(redact_uri(data.uri))}`  "]
+    md += [f"Generated: {rep.generated}", ""]
     answers = markdown_answers(s)
     if answers:
         md += ["## Answer", "", answers]
@@ -50,7 +59,8 @@ def _markdown(rep: Report) -> str:
         ]
         for _, r in s.failed.iterrows():
             md.append(
-                f"| {r.suite} | {r.label} | {r.seed} | {r.status} | {md_escape(r.failure_reason or '—')} |"
+                f"| {r.suite} | {md_escape(r.label)} | {r.seed} | {r.status} "
+                f"| {md_escape(r.failure_reason or '—')} |"
             )
     if rep.figures or (rep.notes and not s.empty):
         md += ["", "## Figures", ""]
@@ -73,17 +83,12 @@ def _markdown(rep: Report) -> str:
             "|---|---|---|---|",
         ]
         for _, p in data.provenance.iterrows():
-            md.append(f"| {p.suite} | {p.metric} | {p.source} | `{md_escape(p.provenance)}` |")
+            md.append(f"| {p.suite} | {p.metric} | {p.source} | `{md_code(p.provenance)}` |")
     for suite in data.suites:
         if suite in data.configs:
-            md += [
-                "",
-                f"## Suite `{suite}` (resolved config)",
-                "",
-                "```yaml",
-                data.configs[suite].rstrip(),
-                "```",
-            ]
+            config = data.configs[suite].rstrip()
+            fence = md_fence(config)
+            md += ["", f"## Suite `{suite}` (resolved config)", "", f"{fence}yaml", config, fence]
         env = data.environments.get(suite)
         if env:
             md += ["", "Environment: " + ", ".join(f"{k} `{v}`" for k, v in env.items() if v is not None)]
@@ -121,14 +126,14 @@ def write_report(
     names = ["report.md", "results.csv", "runs.csv", "report.html", "summary.csv"]
     paths = [out_dir / n for n in names]
     paths[0].write_text(_markdown(rep), encoding="utf-8")
-    results_table(summary).to_csv(paths[1], index=False)
-    data.runs.to_csv(paths[2], index=False)
+    csv_safe(results_table(summary)).to_csv(paths[1], index=False)
+    csv_safe(data.runs).to_csv(paths[2], index=False)
     paths[3].write_text(html.render(rep, out_dir), encoding="utf-8")
-    summary.long.to_csv(paths[4], index=False)
+    csv_safe(summary.long).to_csv(paths[4], index=False)
     paths += [out_dir / f.name for f in rep.figures]
     if not data.references.empty:
         paths.append(out_dir / "reference.csv")
-        data.references.to_csv(paths[-1], index=False)
+        csv_safe(data.references).to_csv(paths[-1], index=False)
 
     if log_to_store:
         artifact_dir = "report" if len(suites) == 1 else f"report/{'+'.join(suites)}"

@@ -4,6 +4,7 @@ outcome a run reports, and the stop request that Ctrl-C and SIGTERM set."""
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,21 @@ from bench.store.tracking import RunLogger, Tracker
 from bench.suite import RunSpec, Suite
 
 log = logging.getLogger("bench")
+
+
+def device_problem(name: str) -> str | None:
+    """Why ``name`` is not a device of this machine (syntax, no CUDA, no such CUDA index), or None."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        return f"device must be auto, cpu, mps, cuda or cuda:N (got {name!r})"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"{name!r}: this machine has no CUDA device (use cpu or auto)"
+        index, count = int(name.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            return f"{name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+    if name == "mps" and not torch.backends.mps.is_available():
+        return "'mps': this machine has no MPS device (use cpu or auto)"
+    return None
 
 
 def resolve_device(name: str) -> torch.device:

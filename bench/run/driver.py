@@ -7,20 +7,24 @@ each spec through ``bench.run.lifecycle``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.config import Suite
 from bench.data import from_config
+from bench.files import atomic_write
+from bench.run.checkpoint import bench_home
 from bench.run.context import RunOutcome, StopRequest, StoreLost, SuiteEnv, finish_quietly
 from bench.run.executors import Executor, ExecutorError, LocalExecutor, ProcessExecutor
 from bench.run.hooks import SuiteHooks
 from bench.run.progress import default_hooks
 from bench.run.reference import log_reference
-from bench.store.tracking import Tracker, TrackingLost, process_alive
+from bench.store.tracking import Tracker, TrackingLost, process_alive, redact_uri
 from bench.suite import expand
 
 log = logging.getLogger("bench")
@@ -79,12 +83,14 @@ def run_suite(
         finish_quietly(parent, "KILLED")
         raise
     except TrackingLost as e:
+        note_lost_suite(tracker, parent.run_id, str(e))
         raise StoreLost(str(e), [outcomes[i] for i in sorted(outcomes)]) from None
     finally:
         hooks.suite_finished([outcomes[i] for i in sorted(outcomes)])
     done = [outcomes[i] for i in sorted(outcomes)]
     lost = [o for o in done if o.offline]
     if lost:
+        note_lost_suite(tracker, parent.run_id, lost[0].reason)
         raise StoreLost(lost[0].reason, done)
     failed = sum(o.status != "FINISHED" for o in done)
     try:
@@ -99,17 +105,38 @@ def run_suite(
         parent.metrics(0, {"data_seconds": data_seconds, "suite_seconds": time.perf_counter() - t_suite})
         parent.finish("FINISHED" if not failed else "FAILED")
     except TrackingLost as e:  # every run is in the store; only the suite run stays open
+        note_lost_suite(tracker, parent.run_id, str(e))
         raise StoreLost(str(e), done) from None
     return done
 
 
+def _lost_note(tracker: Tracker, run_id: str) -> Path:
+    return bench_home(tracker.uri) / "lost-suites" / f"{run_id}.json"
+
+
+def note_lost_suite(tracker: Tracker, run_id: str, reason: str) -> None:
+    """Remember, beside the run folders, why a suite run stays open: its store stopped answering
+    (it cannot be told so now). The next ``bench run`` closes it with this reason."""
+    try:
+        text = json.dumps({"reason": redact_uri(reason)})
+        atomic_write(_lost_note(tracker, run_id), lambda f: f.write(text), mode="w")
+    except OSError as e:  # the note only improves a later message
+        log.warning("could not note why suite run %s stays open: %s", run_id, e)
 
 
 def close_stale_suites(tracker: Tracker, suite_name: str) -> None:
-    """Suite runs left RUNNING by a bench process that no longer exists become KILLED."""
+    """Suite runs left RUNNING by a bench process that no longer exists are closed: FAILED with the
+    reason when the store was lost under them (``note_lost_suite``), else KILLED."""
     for r in tracker.runs(suite_name, kind="suite"):
         if r.info.status == "RUNNING" and not process_alive(r.data.tags):
-            tracker.close_stale(r, "its bench process ended without closing it (killed)")
+            note = _lost_note(tracker, r.info.run_id)
+            try:
+                reason = json.loads(note.read_text(encoding="utf-8"))["reason"]
+            except (OSError, ValueError, KeyError, TypeError):
+                tracker.close_stale(r, "its bench process ended without closing it (killed)")
+                continue
+            tracker.close_stale(r, f"the tracking store stopped answering while it ran: {reason}", "FAILED")
+            note.unlink(missing_ok=True)
 
 
 def make_executor(name: str, jobs: int | None, ray_address: str | None, max_retries: int) -> Executor:

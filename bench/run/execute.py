@@ -24,7 +24,7 @@ from bench.run.checkpoint import RunFolder
 from bench.run.context import Resume, RunOutcome, SuiteEnv, finish_quietly
 from bench.run.grids import reconstruction_grid, sample_grid
 from bench.run.hooks import RunContext
-from bench.store.tracking import RunLogger
+from bench.store.tracking import RunLogger, redact_uri
 from bench.suite import RunSpec, flatten
 from bench.train import Diverged, Interrupted, Progress, Trainer
 
@@ -41,6 +41,7 @@ class Execution:
         self.t_start = time.perf_counter()
         self.clock = {"eval_seconds": 0.0, "checkpoint_seconds": 0.0}
         self.run_logger: RunLogger | None = None
+        self.model_capabilities: frozenset[str] = frozenset()  # known once the model is built
 
     # 1. the model and its trainer, seeded
     def build(self) -> tuple[GenerativeModel, Trainer]:
@@ -60,10 +61,10 @@ class Execution:
         return model, trainer
 
     # 2. the MLflow run: continued, or started as a child of the suite run
-    def open_run(self, trainer: Trainer) -> RunLogger:
+    def open_run(self, trainer: Trainer | None) -> RunLogger:
         spec, tracker, folder, resume = self.spec, self.env.tracker, self.folder, self.resume
         if resume is not None:
-            if resume.state is not None:
+            if resume.state is not None and trainer is not None:
                 trainer.load_state_dict(resume.state["trainer"])
             run = tracker.resume_run(resume.run_id, offline_dir=folder.offline)
             run.tags({"bench.resumed_from_step": resume.step, "bench.threads": torch.get_num_threads()})
@@ -88,7 +89,12 @@ class Execution:
             self._log_config(run)
             log_dataset(run, self.env.data)
         folder.write_info(
-            {"uri": tracker.uri, "run_id": run.run_id, "run_name": spec.run_name, "suite": spec.suite.name}
+            {
+                "uri": redact_uri(tracker.uri),
+                "run_id": run.run_id,
+                "run_name": spec.run_name,
+                "suite": spec.suite.name,
+            }
         )
         return run
 
@@ -135,7 +141,7 @@ class Execution:
         run.flush()
         state = {
             "run_id": run.run_id,
-            "uri": self.env.tracker.uri,
+            "uri": redact_uri(self.env.tracker.uri),  # no credentials on disk
             "config_hash": self.spec.config_hash,
             "step": step,
             "trainer": trainer.state_dict(),
@@ -161,7 +167,10 @@ class Execution:
     # the whole life: 1-4, then the final evaluation, artifacts and cost; failures are states
     def run(self) -> RunOutcome:
         spec, env, hooks = self.spec, self.env, self.env.hooks
-        model, trainer = self.build()
+        try:  # what validation let through (a width too large for memory, a device) fails this run only
+            model, trainer = self.build()
+        except Exception as e:
+            return self.fail(self.open_run(None), e, "cannot build the model: ")
         run = self.open_run(trainer)
         hooks.run_started(RunContext(spec, run, model, env.data, trainer, env.device))
 
@@ -225,9 +234,9 @@ class Execution:
         run.metrics(progress.step, cost_metrics(progress, n_params, self.env.device) | self.clock)
         return results
 
-    def fail(self, run: RunLogger, e: Exception) -> RunOutcome:
+    def fail(self, run: RunLogger, e: Exception, prefix: str = "") -> RunOutcome:
         log.error("%s failed:\n%s", self.spec.run_name, traceback.format_exc())
-        reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        reason = (prefix + f"{type(e).__name__}: {e}".splitlines()[0])[:500]
         run.tags({"failure_reason": reason})
         run.text("traceback.txt", traceback.format_exc())
         run.finish("FAILED")

@@ -24,8 +24,8 @@ from bench.run.checkpoint import CHECKPOINT, CheckpointError, RunFolder, bench_h
 from bench.run.context import Resume, RunOutcome, SuiteEnv
 from bench.run.execute import STORED_CHECKPOINT, Execution
 from bench.store.journal import pending_journal
-from bench.store.relog import relog
-from bench.store.tracking import Tracker, process_alive
+from bench.store.relog import JournalError, relog
+from bench.store.tracking import Tracker, process_alive, redact_uri
 from bench.suite import RunSpec
 
 log = logging.getLogger("bench")
@@ -62,8 +62,11 @@ def run_or_skip(spec: RunSpec, folder: RunFolder, env: SuiteEnv) -> RunOutcome:
     tracker, options = env.tracker, env.options
     pending = pending_journal(folder.path)
     if pending is not None:  # the store is back (``bench run`` checked it): send what waited
-        run_id = relog(pending, tracker)
-        log.info("re-logged %s into run %s", pending, run_id)
+        try:
+            run_id = relog(pending, tracker)
+            log.info("re-logged %s into run %s", pending, run_id)
+        except JournalError as e:  # kept as it is; the run goes on as if it had none
+            log.warning("not re-logged: %s", e)
     runs = tracker.runs_with_hash(spec.suite.name, spec.config_hash)
     finished = [r for r in runs if r.info.status == "FINISHED"]
     restart = options.restart
@@ -102,7 +105,9 @@ def find_resume(
         return None
     if state is None:
         return None
-    if state.get("config_hash") != spec.config_hash or state.get("uri") != tracker.uri:
+    if state.get("config_hash") != spec.config_hash or redact_uri(str(state.get("uri"))) != redact_uri(
+        tracker.uri
+    ):
         log.info(
             "%s: checkpoint of another store or config; %s starts from step 0", folder.path, spec.run_name
         )

@@ -89,7 +89,7 @@ class RayExecutor(Executor):
     def start(self, suite: Suite, uri: str) -> None:
         import ray
 
-        from bench.store.tracking import sqlite_path
+        from bench.store.tracking import redact_uri, sqlite_path
 
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         try:
@@ -110,7 +110,8 @@ class RayExecutor(Executor):
         if local_store and remote:
             self.close()
             raise ExecutorError(
-                f"--tracking-uri {uri}: a local store cannot be shared by the cluster's {len(nodes)} nodes "
+                f"--tracking-uri {redact_uri(uri)}: a local store cannot be shared by the cluster's "
+                f"{len(nodes)} nodes "
                 f"(e.g. {remote[0]}); start `mlflow server --backend-store-uri postgresql://... "
                 "--artifacts-destination s3://...` (or any store every node reaches) and pass its http:// URI"
             )

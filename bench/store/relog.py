@@ -3,10 +3,43 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from bench.store.journal import DONE, JOURNAL, read_journal
 from bench.store.tracking import Tracker, dataset_input
+
+
+class JournalError(ValueError):
+    """A journal entry that bench will not replay; the message names the journal and the entry."""
+
+
+def artifact_file(folder: Path, op: dict[str, Any], line: int) -> Path:
+    """The file of an ``artifact`` entry, which must lie inside the journal's own folder: a
+    relative path without ``..`` whose real path (symlinks resolved) is a file under the folder.
+    Its artifact folder (``dir``) must be relative and without ``..`` too."""
+    where = f"{folder / JOURNAL}: entry {line}"
+    rel, dst = op.get("file"), op.get("dir")
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise JournalError(f"{where}: artifact file {rel!r} is not a path inside the journal's folder")
+    if dst is not None and (
+        not isinstance(dst, str) or PurePosixPath(dst).is_absolute() or ".." in PurePosixPath(dst).parts
+    ):
+        raise JournalError(f"{where}: artifact folder {dst!r} is not a relative path without '..'")
+    root = folder.resolve()
+    path = (folder / rel).resolve()
+    if not path.is_relative_to(root):
+        raise JournalError(f"{where}: artifact file {rel!r} leads outside the journal's folder (to {path})")
+    if not path.is_file():
+        raise JournalError(f"{where}: artifact file {rel!r} is not a file in {folder}")
+    return path
+
+
+def check_journal(folder: Path) -> dict[int, Path]:
+    """Read the journal and check every artifact entry (``artifact_file``) before anything is sent;
+    returns {index among the entries after the header: the file}. Raises ``JournalError``."""
+    ops = read_journal(folder)[1:]
+    return {i: artifact_file(folder, op, i + 1) for i, op in enumerate(ops) if op.get("op") == "artifact"}
 
 
 def relog(folder: Path, tracker: Tracker) -> str:
@@ -18,6 +51,7 @@ def relog(folder: Path, tracker: Tracker) -> str:
     """
     entries = read_journal(folder)
     head, ops = entries[0], entries[1:]
+    files = check_journal(folder)  # every file is checked before anything is sent
     run_id = head.get("run_id")
     run = tracker.get_run(run_id) if run_id else None
     client = tracker.client
@@ -31,7 +65,7 @@ def relog(folder: Path, tracker: Tracker) -> str:
         tracker.call(client.update_run, run_id, status="RUNNING")
     tracker.log_batch(run_id, params=head.get("params") or {})
     status = None
-    for op in ops:
+    for i, op in enumerate(ops):
         kind = op["op"]
         if kind == "params":
             tracker.log_batch(run_id, params=op["params"])
@@ -43,7 +77,7 @@ def relog(folder: Path, tracker: Tracker) -> str:
             datasets = [dataset_input(op["name"], op["digest"], op["source"], op["profile"])]
             tracker.call(client.log_inputs, run_id, datasets=datasets)
         elif kind == "artifact":
-            tracker.call(client.log_artifact, run_id, str(folder / op["file"]), op.get("dir"))
+            tracker.call(client.log_artifact, run_id, str(files[i]), op.get("dir"))
         elif kind == "finish":
             status = op["status"]
     tracker.call(client.set_terminated, run_id, status or "KILLED")

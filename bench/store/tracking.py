@@ -36,6 +36,23 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be reached or written; the message names the URI."""
 
 
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the userinfo of every URI in it (``user:token@``) replaced by ``***@``.
+
+    Everything bench prints, logs or writes about a tracking store goes through this: reports,
+    error lines, run folders and journals never hold credentials (MLflow also reads them from
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` / ``MLFLOW_TRACKING_TOKEN``)."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def has_redacted_userinfo(uri: str) -> bool:
+    """Whether ``uri`` is a redacted one (its credentials were left out when it was written)."""
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://\*\*\*@", uri))
+
+
 def resolve_uri(cli_uri: str | None, suite_uri: str | None = None) -> str:
     """--tracking-uri, then the suite's tracking.uri, then $MLFLOW_TRACKING_URI, then ./mlflow.db."""
     return cli_uri or suite_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
@@ -192,21 +209,25 @@ class Tracker:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TrackingLost(
-                        f"the tracking store {self.uri} did not answer for {self.retry_seconds:g} s "
-                        f"({attempts} attempt{'s' if attempts > 1 else ''}): {short_reason(e)}"
+                        redact_uri(
+                            f"the tracking store {self.uri} did not answer for {self.retry_seconds:g} s "
+                            f"({attempts} attempt{'s' if attempts > 1 else ''}): {short_reason(e)}"
+                        )
                     ) from e
                 if attempts == 1:
                     log.warning(
                         "tracking store %s: %s; retrying for up to %g s",
-                        self.uri,
-                        short_reason(e),
+                        redact_uri(self.uri),
+                        redact_uri(short_reason(e)),
                         self.retry_seconds,
                     )
                 time.sleep(min(delay, left))
                 delay = min(delay * 2, 30.0)
                 continue
             if attempts:
-                log.warning("tracking store %s answers again (after %d retries)", self.uri, attempts)
+                log.warning(
+                    "tracking store %s answers again (after %d retries)", redact_uri(self.uri), attempts
+                )
             return result
 
     def check(self) -> None:
@@ -215,7 +236,32 @@ class Tracker:
             with _Env(_CHECK_ENV):
                 self.client.search_experiments(max_results=1)
         except Exception as e:  # MLflow raises many types for "cannot reach"
-            raise TrackingError(f"cannot reach the tracking store {self.uri}: {short_reason(e)}") from None
+            raise TrackingError(
+                redact_uri(f"cannot reach the tracking store {self.uri}: {short_reason(e)}")
+            ) from None
+
+    def check_writable(self) -> None:
+        """Fail fast when a sqlite store cannot be written (a read-only file, folder or mount):
+        a write inside a transaction that is rolled back. Other stores are judged at the first write."""
+        import sqlite3
+
+        db = sqlite_path(self.uri)
+        if db is None or not db.is_file():
+            return
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=30)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("CREATE TABLE bench_write_check (x)")
+                con.execute("ROLLBACK")
+            finally:
+                con.close()
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):  # another writer holds it: writable
+                return
+            raise TrackingError(
+                f"the tracking store {redact_uri(self.uri)} is read-only here ({e}): bench cannot log to it"
+            ) from None
 
     def experiment_id(self, name: str, create: bool = True) -> str | None:
         from mlflow.exceptions import MlflowException
@@ -224,7 +270,7 @@ class Tracker:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 raise TrackingError(
-                    f"experiment {name!r} is deleted in {self.uri}: restore it "
+                    f"experiment {name!r} is deleted in {redact_uri(self.uri)}: restore it "
                     f"(mlflow experiments restore) or remove it for good (mlflow gc)"
                 )
             if create:  # an experiment made before bench tagged them gets its tags on its next run
@@ -377,19 +423,19 @@ class Tracker:
             raise
         return None if run.info.lifecycle_stage == "deleted" else run
 
-    def close_stale(self, run: Any, reason: str) -> None:
-        """Mark a run left RUNNING by a process that died as KILLED, with its reason."""
+    def close_stale(self, run: Any, reason: str, status: str = "KILLED") -> None:
+        """Close a run left RUNNING by a process that ended (KILLED by default), with its reason."""
         from mlflow.entities import RunTag
 
         self.call(self.client.log_batch, run.info.run_id, tags=[RunTag("failure_reason", reason)])
-        self.call(self.client.set_terminated, run.info.run_id, "KILLED")
+        self.call(self.client.set_terminated, run.info.run_id, status)
 
     def run(self, run_id: str) -> Any:
         """One run by id; raises ``TrackingError`` when the store has no such run."""
         try:
             return self.client.get_run(run_id)
         except Exception as e:  # MlflowException for unknown ids, many types for bad ones
-            raise TrackingError(f"no run {run_id!r} in {self.uri}") from e
+            raise TrackingError(f"no run {run_id!r} in {redact_uri(self.uri)}") from e
 
     def log_batch(
         self,
@@ -575,7 +621,8 @@ class RunLogger:
         self.journal = Journal(
             self.offline_dir,
             {
-                "uri": absolute_uri(self.tracker.uri),  # `bench relog` may run from another folder
+                # `bench relog` may run from another folder; credentials are never written to disk
+                "uri": redact_uri(absolute_uri(self.tracker.uri)),
                 "run_id": self.run_id,
                 "experiment": exp_name,
                 "run_name": ident.get("run_name"),

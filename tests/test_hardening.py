@@ -1,0 +1,510 @@
+"""Hostile input that is not a suite file: planted cache files, secrets in URIs, labels that
+would be markup or formulas, journals that point outside their folder, models that cannot be built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cache import CacheFileError, cached_tensors, entry_path
+
+
+class Planted:
+    """Unpickling this creates ``marker``: proof that code from the file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def plant(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"fc.weight": Planted(marker)}, path)
+    return path
+
+
+def test_the_planted_pickle_is_live(tmp_path):
+    """The fixture's file does run code under an unrestricted load, so the tests below can fail."""
+    marker = tmp_path / "ran"
+    path = plant(tmp_path / "x.pt", marker)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_a_planted_file_at_the_converted_inception_path_never_runs(tmp_path, monkeypatch):
+    from bench.metrics import features, inception
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    marker = tmp_path / "ran"
+    path = plant(inception._converted_path(), marker)
+    with pytest.raises(CacheFileError, match=f"{path}: refused to load"):
+        features._module("inception-v3-compat", str(path), "0" * 64, ("2048",), "cpu")
+    assert not marker.exists()
+
+
+def test_a_planted_domain_classifier_never_runs(tmp_path):
+    from bench.metrics import features
+    from bench.metrics.domain import TF_NAME, FeatureExtractorDomain
+
+    marker = tmp_path / "ran"
+    path = plant(tmp_path / "cache" / "domain" / "synthetic-x.pt", marker)
+    with pytest.raises(CacheFileError, match=str(path)):
+        features._module(TF_NAME, str(path), "0" * 64, ("penultimate",), "cpu")
+    with pytest.raises(CacheFileError, match=str(path)):
+        FeatureExtractorDomain(TF_NAME, ["logits"], feature_extractor_weights_path=str(path))
+    assert not marker.exists()
+
+
+def test_a_planted_cache_entry_is_recomputed_not_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    marker = tmp_path / "ran"
+    parts = {"what": "reference statistics", "n": 3}
+    plant(entry_path("stats", parts), marker)
+    got = cached_tensors("stats", parts, lambda: {"mu": torch.arange(3.0)})
+    assert torch.equal(got["mu"], torch.arange(3.0)) and not marker.exists()
+    assert torch.equal(torch.load(entry_path("stats", parts), weights_only=True)["mu"], torch.arange(3.0))
+
+
+# --------------------------------------------------------------------------- reports
+
+HTML_LABEL = "<img src=x onerror=alert(1)>"
+FORMULA_LABEL = '=HYPERLINK("http://x","y")'
+MATH_LABEL = r"$\frac{1}{$ broken"  # mathtext would raise on this
+SECRET_URI = "http://alice:s3cret-token@tracking.example:5000"
+
+
+@pytest.fixture(scope="module")
+def hostile_store(tmp_path_factory) -> str:
+    """Runs whose labels would be HTML, a spreadsheet formula and broken mathtext, one failed run
+    whose reason has markup, written straight into a sqlite store in bench's data contract."""
+    import yaml
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("hostile")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("hostile")
+    parent = client.create_run(
+        exp, run_name="hostile", tags={"bench.kind": "suite", "bench.suite": "hostile"}
+    )
+    labels = [HTML_LABEL, FORMULA_LABEL, MATH_LABEL]
+    suite = {"name": "hostile", "models": [{"name": "ae-mlp", "label": lab} for lab in labels]}
+    client.log_text(parent.info.run_id, yaml.safe_dump(suite) + "# ```\n", "suite.yaml")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    for label in labels:
+        for seed in (0, 1):
+            tags = {
+                "bench.kind": "run",
+                "label": label,
+                "model": "ae-mlp",
+                "family": "ae",
+                "seed": str(seed),
+                "mlflow.parentRunId": parent.info.run_id,
+            }
+            rid = client.create_run(exp, run_name=f"x/seed{seed}", tags=tags).info.run_id
+            for step in (1, 2):
+                client.log_metric(rid, "recon_mse", 0.01 * (step + seed + len(label) % 3), step=step)
+                client.log_metric(rid, "train/loss", 1.0 / step + seed, step=step)
+            client.set_terminated(rid, "FINISHED")
+    tags = {
+        "bench.kind": "run",
+        "label": HTML_LABEL,
+        "model": "ae-mlp",
+        "family": "ae",
+        "seed": "2",
+        "mlflow.parentRunId": parent.info.run_id,
+        "failure_reason": "@SUM(1) <script>x</script> | [a](b)",
+    }
+    rid = client.create_run(exp, run_name="x/seed2", tags=tags).info.run_id
+    client.set_terminated(rid, "FAILED")
+    return uri
+
+
+@pytest.fixture(scope="module")
+def hostile_report(hostile_store, tmp_path_factory):
+    import bench.report.write as write
+    from bench.store.tracking import Tracker
+
+    out = tmp_path_factory.mktemp("hostile_report")
+    real = write.load_store
+
+    def with_secret_uri(tracker, suites):  # as if the store were a server behind credentials
+        data = real(tracker, suites)
+        data.uri = SECRET_URI
+        return data
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(write, "load_store", with_secret_uri)
+    try:
+        write.write_report(Tracker(hostile_store), ["hostile"], out, log_to_store=False)
+    finally:
+        mp.undo()
+    return out
+
+
+def test_labels_are_escaped_in_report_md(hostile_report):
+    import re
+
+    md = (hostile_report / "report.md").read_text()
+    prose = re.sub(r"(?ms)^(`{3,})yaml$.*?^\1$", "", md)  # fenced code is text, not markup
+    prose = re.sub(r"`[^`\n]*`", "", prose)  # and so are code spans
+    assert "<img" not in prose and "<script>" not in prose
+    assert "&lt;img src=x onerror=alert(1)&gt;" in md
+    assert "\\[a\\](b)" in md and "\\| \\[a" in md  # no link, no extra table column
+    failed = next(line for line in md.splitlines() if "FAILED" in line)
+    assert failed.count(" | ") == 4  # five cells: the reason's pipe is escaped
+    # the resolved config's fence is longer than the backticks inside it
+    assert "````yaml" in md
+
+
+def test_csv_cells_cannot_be_formulas(hostile_report):
+    import csv
+
+    for name in ("results.csv", "runs.csv"):
+        with open(hostile_report / name, newline="") as f:
+            rows = list(csv.reader(f))
+        cells = [c for row in rows for c in row]
+        assert not any(c.startswith(("=", "+", "@")) for c in cells), name
+        assert not any(c.startswith("-") and not _is_number(c) for c in cells), name
+        assert "'" + FORMULA_LABEL in cells, name
+    with open(hostile_report / "runs.csv", newline="") as f:
+        assert "'@SUM(1) <script>x</script> | [a](b)" in [c for row in csv.reader(f) for c in row]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def test_a_dollar_label_is_drawn_as_text_and_the_report_is_whole(hostile_report):
+    for name in ("report.md", "results.csv", "runs.csv", "report.html", "curves.png", "losses.png"):
+        assert (hostile_report / name).stat().st_size > 0, name
+    assert "Not drawn: curves.png" not in (hostile_report / "report.md").read_text()
+
+
+def test_a_failing_figure_never_stops_the_tables(hostile_store, tmp_path, monkeypatch):
+    from bench.report import figures
+    from bench.report.write import write_report
+    from bench.store.tracking import Tracker
+
+    def broken(rep, path):
+        raise ValueError("drawing failed")
+
+    monkeypatch.setattr(figures, "metric_curves", broken)
+    write_report(Tracker(hostile_store), ["hostile"], tmp_path, log_to_store=False)
+    md = (tmp_path / "report.md").read_text()
+    assert "Not drawn: curves.png: it failed (ValueError: drawing failed)" in md
+    assert (tmp_path / "results.csv").stat().st_size > 0 and (tmp_path / "losses.png").exists()
+
+
+def test_credentials_never_reach_a_report(hostile_report):
+    for name in ("report.md", "report.html"):
+        text = (hostile_report / name).read_text()
+        assert "s3cret" not in text and "alice" not in text, name
+        assert "http://***@tracking.example:5000" in text, name
+
+
+def test_redact_uri():
+    from bench.store.tracking import redact_uri
+
+    assert redact_uri(SECRET_URI) == "http://***@tracking.example:5000"
+    assert redact_uri("postgresql://u:p@ss@db/x") == "postgresql://***@db/x"
+    assert redact_uri(f"cannot reach {SECRET_URI}/api: refused") == (
+        "cannot reach http://***@tracking.example:5000/api: refused"
+    )
+    for plain in ("sqlite:////tmp/a@b/mlflow.db", "http://host:5000", "./mlruns", "mail me at a@b.c"):
+        assert redact_uri(plain) == plain
+
+
+def test_an_unreachable_store_error_hides_its_credentials(capsys):
+    import socket
+
+    from bench.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc = main(["report", "x", "--tracking-uri", f"http://alice:s3cret@127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "s3cret" not in err and f"http://***@127.0.0.1:{port}" in err, err
+
+
+# --------------------------------------------------------------------------- relog
+
+
+def _journal(folder: Path, secret: Path, entry: dict) -> Path:
+    from bench.store.journal import Journal
+
+    j = Journal(folder, {"uri": "x", "run_id": None, "experiment": "relogged", "run_name": "r/seed0"})
+    j.add("metrics", values={"loss": 1.0}, step=1, timestamp=1)
+    j.add("artifact", file=j.keep_text("fine", "notes.txt"), dir=None)
+    j.add("artifact", **entry)
+    j.add("finish", status="FINISHED")
+    return folder
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink", "artifact-dir"])
+def test_relog_uploads_only_files_inside_the_journal_folder(how, tmp_path, capsys):
+    from bench.cli import main
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    folder = tmp_path / "run" / "offline"
+    folder.mkdir(parents=True)
+    entry = {
+        "absolute": {"file": str(secret), "dir": None},
+        "dotdot": {"file": "files/../../../secret.txt", "dir": None},
+        "symlink": {"file": "files/link.txt", "dir": None},
+        "artifact-dir": {"file": "files/notes.txt", "dir": "../../outside"},
+    }[how]
+    _journal(folder, secret, entry)
+    if how == "symlink":
+        (folder / "files" / "link.txt").symlink_to(secret)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = main(["relog", str(folder), "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{folder}/journal.jsonl: entry 3: artifact" in err, err
+    assert (folder / "journal.jsonl").is_file()  # not replayed: kept for a look
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store was touched
+
+
+def test_relog_itself_refuses_before_sending(tmp_path, store):
+    from bench.store.relog import JournalError, relog
+    from bench.store.tracking import Tracker
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    folder = _journal(tmp_path / "offline", secret, {"file": str(secret), "dir": None})
+    tracker = Tracker(store)
+    with pytest.raises(JournalError, match="entry 3: artifact file"):
+        relog(folder, tracker)
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was sent: the store was never opened
+
+
+def test_relog_of_a_journal_without_credentials_asks_for_them(tmp_path, capsys):
+    from bench.cli import main
+    from bench.store.journal import Journal
+
+    folder = tmp_path / "offline"
+    Journal(folder, {"uri": "http://***@tracking.example:5000", "run_id": "abc", "experiment": "e"})
+    rc = main(["relog", str(folder)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "give it with --tracking-uri" in err and "http://***@tracking.example:5000" in err
+
+
+# --------------------------------------------------------------------------- one bad model
+
+
+def _cli(args, capsys):
+    from bench.cli import main
+
+    rc = main(args)
+    return rc, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("where", ["flag", "suite"])
+def test_a_device_this_machine_lacks_is_exit_2_before_any_run(
+    where, tmp_path, write_suite, capsys, monkeypatch
+):
+    from conftest import tiny_suite
+
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite(device="cpu" if where == "flag" else "cuda:99"))
+    store = tmp_path / "store.db"
+    args = ["run", str(path), "--tracking-uri", f"sqlite:///{store}"]
+    rc, lines = _cli(args + (["--device", "cuda:99"] if where == "flag" else []), capsys)
+    source = "--device" if where == "flag" else f"{path}: device"
+    expected = (
+        "'cuda:99': this machine has no CUDA device (use cpu or auto)"
+        if not torch.cuda.is_available()
+        else f"'cuda:99': this machine has {torch.cuda.device_count()} CUDA device(s)"
+    )
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"{source}: {expected}"), lines
+    assert not store.exists()
+
+
+def test_a_bad_device_flag_is_refused(tmp_path, write_suite, capsys):
+    from conftest import tiny_suite
+
+    path = write_suite(tiny_suite())
+    rc, lines = _cli(
+        ["run", str(path), "--device", "gpu", "--tracking-uri", f"sqlite:///{tmp_path / 's.db'}"], capsys
+    )
+    assert rc == 2 and lines == ["--device: device must be auto, cpu, mps, cuda or cuda:N (got 'gpu')"]
+
+
+def test_a_model_that_cannot_be_built_is_one_failed_run(tmp_path, write_suite, capsys, monkeypatch):
+    """What validation lets through fails its own run; the suite goes on and writes its report."""
+    from conftest import tiny_suite
+    from mlflow import MlflowClient
+
+    import bench.run.execute as execute
+
+    real = execute.build_model
+
+    def build(name, params, image_shape):
+        if name == "vae-mlp":
+            raise MemoryError("cannot allocate 9 TB")
+        return real(name, params, image_shape)
+
+    monkeypatch.setattr(execute, "build_model", build)
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite(models=[{"name": "ae-mlp"}, {"name": "vae-mlp"}, {"name": "gan-mlp"}]))
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    rc, lines = _cli(["run", str(path), "--tracking-uri", uri, "--out", str(tmp_path / "rep")], capsys)
+    assert rc == 1
+    assert "run vae-mlp/seed0 FAILED: cannot build the model: MemoryError: cannot allocate 9 TB" in lines
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    status = {r.data.tags.get("label", r.data.tags.get("bench.kind")): r.info.status for r in runs}
+    # the suite run ends (FAILED: one of its runs failed), never left RUNNING
+    assert status == {"ae-mlp": "FINISHED", "vae-mlp": "FAILED", "gan-mlp": "FINISHED", "suite": "FAILED"}
+    assert "cannot build the model" in (tmp_path / "rep" / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------- strict numbers
+
+
+def test_an_exact_exponent_is_the_integer_it_writes(write_suite):
+    from bench.suite import load_suite
+
+    path = write_suite(
+        "name: t\ndataset: {name: synthetic, train_size: 2e3}\nbudget: {steps: 1e3, seconds: null}\n"
+        "models: [{name: vae-mlp, beta: 1e0}]\n"
+    )
+    suite = load_suite(path)
+    assert suite.budget.steps == 1000 and suite.dataset.train_size == 2000
+    assert type(suite.budget.steps) is int
+
+
+def test_an_empty_tracking_uri_is_refused(write_suite, tmp_path, capsys, monkeypatch):
+    from conftest import tiny_suite
+
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite())
+    for verb in (["run", str(path)], ["report", "tiny"]):
+        rc, lines = _cli([*verb, "--tracking-uri", ""], capsys)
+        assert rc == 2 and lines == [
+            "--tracking-uri: empty; give a tracking URI, or leave the flag out for the default store"
+        ]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_read_only_sqlite_store_is_exit_2_at_start_up(
+    hostile_store, tmp_path, write_suite, capsys, monkeypatch
+):
+    import os
+    import shutil
+    import subprocess
+
+    from conftest import tiny_suite
+
+    db = tmp_path / "store.db"
+    uri = f"sqlite:///{db}"
+    shutil.copyfile(hostile_store.removeprefix("sqlite:///"), db)  # an existing, valid store
+    if os.geteuid() == 0:  # root writes through file modes: make the file immutable instead
+        if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+            pytest.skip("running as root where chattr +i is not available")
+        undo = ["chattr", "-i", str(db)]
+    else:
+        db.chmod(0o444)
+        undo = ["chmod", "644", str(db)]
+    try:
+        monkeypatch.chdir(tmp_path)
+        path = write_suite(tiny_suite())
+        rc, lines = _cli(["run", str(path), "--tracking-uri", uri], capsys)
+    finally:
+        subprocess.run(undo, check=True)
+    assert rc == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"--tracking-uri: the tracking store {uri} is read-only here ("), lines
+
+
+# --------------------------------------------------------------------------- reasons
+
+
+def test_a_suite_run_left_open_by_a_lost_store_is_closed_with_that_reason(
+    hostile_store, tmp_path, monkeypatch
+):
+    import platform
+    import shutil
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    from bench.run.driver import close_stale_suites, note_lost_suite
+    from bench.store.tracking import Tracker
+
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    db = tmp_path / "store.db"
+    shutil.copyfile(hostile_store.removeprefix("sqlite:///"), db)
+    uri = f"sqlite:///{db}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("hostile").experiment_id
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a process of this host that no longer exists
+    dead = {
+        "bench.kind": "suite",
+        "bench.suite": "hostile",
+        "bench.host": platform.node(),
+        "bench.pid": str(ended.pid),
+    }
+    lost, killed = (client.create_run(exp, run_name=n, tags=dead).info.run_id for n in ("lost", "killed"))
+    tracker = Tracker(uri)
+    note_lost_suite(tracker, lost, "the tracking store http://***@h did not answer for 2 s")
+    close_stale_suites(tracker, "hostile")
+    a, b = client.get_run(lost), client.get_run(killed)
+    assert a.info.status == "FAILED" and a.data.tags["failure_reason"] == (
+        "the tracking store stopped answering while it ran: "
+        "the tracking store http://***@h did not answer for 2 s"
+    )
+    assert b.info.status == "KILLED" and b.data.tags["failure_reason"].endswith("(killed)")
+    assert not list((tmp_path / "home" / "lost-suites").iterdir())  # the note is used once
+
+
+def test_a_folder_store_gets_the_same_whole_answer_from_run(tmp_path, write_suite, capsys, monkeypatch):
+    from conftest import tiny_suite
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite())
+    rc, lines = _cli(["run", str(path), "--tracking-uri", "runs-here"], capsys)
+    assert rc == 2 and lines == [
+        "--tracking-uri: 'runs-here' is a folder store, which MLflow keeps in maintenance mode and refuses: "
+        "use sqlite:///runs-here/mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true to use the folder)"
+    ]
+    assert not (tmp_path / "runs-here").exists()
+
+
+def test_credentials_reach_no_file_a_run_writes(hostile_store, tmp_path, write_suite, capsys, monkeypatch):
+    """A whole `bench run` against a store named with a user and token (served here by a sqlite
+    file): no file it writes (run folders, checkpoints, report, store) and no line it prints holds them."""
+    import shutil
+
+    from conftest import tiny_suite
+    from mlflow import MlflowClient
+
+    from bench.cli import main
+    from bench.store.tracking import Tracker
+
+    db = tmp_path / "store.db"
+    shutil.copyfile(hostile_store.removeprefix("sqlite:///"), db)
+    monkeypatch.setattr(Tracker, "_connect", lambda self: MlflowClient(tracking_uri=f"sqlite:///{db}"))
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite(models=[{"name": "ae-mlp"}], checkpoint={"every": 2}))
+    uri = "http://alice:s3cret@127.0.0.1:9/"
+    rc = main(["run", str(path), "--tracking-uri", uri, "--out", str(tmp_path / "rep")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "s3cret" not in out.out + out.err and "http://***@127.0.0.1:9/" in out.out
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != db]
+    assert any(p.name == "run.json" for p in written) and (tmp_path / "rep" / "report.md").exists()
+    for p in written + [db]:
+        assert b"s3cret" not in p.read_bytes(), p
