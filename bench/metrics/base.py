@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bench.data import ImageData, to_float
+from bench.metrics.coding import Coded, code_test_set
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from bench.models import GenerativeModel
 
 ALL_FAMILIES = ("ae", "vae", "gan")
+RECONSTRUCTING_FAMILIES = ("ae", "vae", "codec")
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class Result:
 @dataclass(frozen=True)
 class Metric:
     name: str
-    fn: Callable[[EvalContext], Result | float]
+    fn: Callable[[EvalContext], Result | float | None]
     higher_is_better: bool
     families: tuple[str, ...]
     description: str
@@ -119,7 +121,17 @@ class EvalContext:
         return self._batched(lambda x: x, self.test_uint8)  # (N, C, H, W) in [0, 1]
 
     @functools.cached_property
+    def coded(self) -> Coded | None:
+        """The test images through the model's real bitstreams (None: the model stores no rate)."""
+        return code_test_set(
+            self.model, self.data, self.test_uint8, self.cfg.code_step, self.cfg.batch_size, self.device
+        )
+
+    @functools.cached_property
     def reconstructions(self) -> torch.Tensor:
+        """Test reconstructions; decoded from the bitstreams wherever the model has a rate."""
+        if self.coded is not None:
+            return self.coded.decoded
         with torch.inference_mode():
             return self._batched(self.model.reconstruct, self.test_uint8).clamp_(0, 1)
 
@@ -161,6 +173,8 @@ def evaluate(
             if not metric.applies_to_model(model):
                 continue
             r = metric.fn(ctx)
+            if r is None:  # not defined for this model as configured (e.g. float codes, no code_step)
+                continue
             out[name] = r if isinstance(r, Result) else Result(float(r))
     finally:
         model.train(was_training)

@@ -352,7 +352,9 @@ def summarise(
             row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
             row[f"{m}_ci95"] = ci_half_width(vals, CONFIDENCE)
             row[f"{m}_n"] = len(vals)
-            if not is_metric:
+            if not is_metric:  # costs are measurements of this machine, not samples of a mean
+                row[f"{m}_min"] = float(vals.min()) if len(vals) else math.nan
+                row[f"{m}_max"] = float(vals.max()) if len(vals) else math.nan
                 continue
             row[f"{m}_applies"] = applies
             p = math.nan
@@ -434,7 +436,9 @@ def cost_cell(row: pd.Series, c: str) -> Cell:
     mean = row[f"{c}_mean"]
     if not math.isfinite(mean):
         return Cell("—", kind="missing")
-    return Cell(fmt_mean_ci(mean, row[f"{c}_ci95"]), mean)
+    lo, hi = row.get(f"{c}_min", math.nan), row.get(f"{c}_max", math.nan)
+    spread = f" ({fmt_num(lo)}–{fmt_num(hi)})" if math.isfinite(lo) and math.isfinite(hi) and lo < hi else ""
+    return Cell(fmt_num(mean) + spread, mean)
 
 
 def reference_cell(ref: pd.Series | None, m: str) -> Cell:
