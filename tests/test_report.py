@@ -114,8 +114,9 @@ def test_confidence_intervals_and_welch_from_the_runs(report_dir):
     best_psnr = table[["psnr_mean"]].dropna().idxmax().iloc[0]
     assert table.loc[best_psnr, "psnr_best"]
     # measured rates: the ratio is 8-bit raw size over the bitstreams' size, so 8 / bpp for grey images
-    for label in ("ae-mlp", "vae-mlp"):
-        assert table.loc[label, "compression_ratio_mean"] == pytest.approx(8 / table.loc[label, "bpp_mean"])
+    coded = runs[runs.label.isin(["ae-mlp", "vae-mlp"]) & (runs.status == "FINISHED")]
+    assert len(coded) == 4
+    assert coded.compression_ratio.to_numpy() == pytest.approx(8 / coded.bpp.to_numpy())
     assert math.isnan(table.loc["gan-mlp", "bpp_mean"])
 
 
