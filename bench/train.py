@@ -39,8 +39,14 @@ def _adam(params, p) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=p.lr, betas=(p.beta1, p.beta2), weight_decay=p.weight_decay)
 
 
+def model_device(model: GenerativeModel) -> torch.device:
+    """Where the model lives (CPU for a model without weights: a classical codec)."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def _numerics(model: GenerativeModel, numerics: Numerics | None) -> Numerics:
-    return numerics or Numerics(None, next(model.parameters()).device)
+    return numerics or Numerics(None, model_device(model))
 
 
 class ReconstructionStep:
@@ -99,7 +105,23 @@ class AdversarialStep:
         self.opt_g.load_state_dict(sd["opt_g"])
 
 
-STEP_KINDS = {"reconstruction": ReconstructionStep, "adversarial": AdversarialStep}
+class NoStep:
+    """A model that trains nothing (a classical codec): the loop ends before its first step."""
+
+    def __init__(self, model: GenerativeModel, numerics: Numerics | None = None) -> None:
+        pass
+
+    def __call__(self, model: GenerativeModel, x: torch.Tensor, step: int) -> Losses:
+        raise RuntimeError(f"{type(model).__name__} trains nothing")
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, sd: dict) -> None:
+        pass
+
+
+STEP_KINDS = {"reconstruction": ReconstructionStep, "adversarial": AdversarialStep, "none": NoStep}
 
 
 @dataclass
@@ -149,7 +171,7 @@ class Trainer:
         self.seed = seed
         self.log_every = log_every
         self.eval_every = eval_every
-        self.device = next(model.parameters()).device
+        self.device = model_device(model)
         self.train_config = train or TrainConfig()
         self.step_fn = STEP_KINDS[model.step_kind](model, Numerics(self.train_config, self.device))
         self.progress = Progress()
@@ -181,6 +203,8 @@ class Trainer:
 
     def done(self) -> bool:
         p, b = self.progress, self.budget
+        if self.model.step_kind == "none":  # the budget does not apply to a model that trains nothing
+            return True
         if b.kind == "seconds":
             return p.train_seconds >= b.seconds
         if b.kind == "images":
@@ -252,7 +276,8 @@ class Trainer:
             bad = [k for k, v in out.items() if not math.isfinite(v)]
             if bad:
                 raise Diverged(f"non-finite {', '.join(bad)} before step {self.progress.step}{then}")
-        finite = torch.stack([torch.isfinite(t).all() for t in self.model.parameters()]).all()
+        params = list(self.model.parameters())
+        finite = torch.stack([torch.isfinite(t).all() for t in params]).all() if params else True
         if not bool(finite):
             raise Diverged(f"non-finite parameters at step {self.progress.step}{then}")
         return out

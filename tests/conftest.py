@@ -49,7 +49,12 @@ def report_suite() -> dict:
     return tiny_suite(
         name="reportsuite",
         seeds=[0, 1],
-        eval={"every": 3, "metrics": ["recon_mse", "psnr", "ssim", "compression_ratio"], "batch_size": 64},
+        eval={
+            "every": 3,
+            "metrics": ["recon_mse", "psnr", "ssim", "bpp", "compression_ratio"],
+            "batch_size": 64,
+            "code_step": 0.5,
+        },
         models=[
             # published values (made up, far apart): the report places the runs against them
             {

@@ -122,7 +122,7 @@ def test_denoise_psnr_does_not_depend_on_batch_size(synthetic):
 
 
 def test_nll_bound_applies_to_likelihood_models_only(synthetic):
-    all_metrics = ["recon_mse", "compression_ratio", "probe_acc", "knn_acc", "denoise_psnr", "nll_bound"]
+    all_metrics = ["recon_mse", "probe_acc", "knn_acc", "denoise_psnr", "nll_bound"]
     small = {"backbone": "mlp", "hidden": [32]}
     got = {
         name: set(run(build_model(name, params, synthetic.image_shape), synthetic, all_metrics))
@@ -191,8 +191,10 @@ def test_one_table_compares_the_families_with_n_a_where_a_metric_does_not_apply(
     )
     assert main(["run", str(write_suite(suite)), "--tracking-uri", store, "--out", str(tmp_path / "r")]) == 0
     table = pd.read_csv(tmp_path / "r" / "results.csv").set_index("label")
-    assert table.loc["vq-vae", "compression_ratio_mean"] == pytest.approx(784 * 8 / (16 * 8))
-    assert table.loc["ae-mlp", "compression_ratio_mean"] == pytest.approx(784 * 8 / (64 * 32))
+    # measured bitstreams: a VQ-VAE's 16 indices cost at most about 16 x 8 bits, float codes without
+    # eval.code_step have no rate at all
+    assert 784 * 8 / (16 * 8 + 32) <= table.loc["vq-vae", "compression_ratio_mean"] < 784 * 8 / 32
+    assert math.isnan(table.loc["ae-mlp", "compression_ratio_mean"])
     assert 0 <= table.loc["ae-mlp", "probe_acc_mean"] <= 1
     md = (tmp_path / "r" / "report.md").read_text()
     cells: dict[tuple[str, str], str] = {}  # (label, metric) -> cell, over the report's per-use tables

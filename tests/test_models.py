@@ -22,15 +22,33 @@ def train_steps(model, x, steps):
     return losses
 
 
-@pytest.fixture(params=list(MODELS), ids=str)
+TRAINED = [n for n in MODELS if MODELS.get(n).cls.step_kind != "none"]  # every model but the codecs
+
+
+@pytest.fixture(params=TRAINED, ids=str)
 def model(request):
     torch.manual_seed(0)
     return build_model(request.param, {}, SHAPE)
 
 
-def test_declares_family_and_step_kind(model):
-    assert model.family in ("ae", "vae", "gan")
+@pytest.mark.parametrize("name", list(MODELS))
+def test_declares_family_and_step_kind(name):
+    model = build_model(name, {}, SHAPE)
+    assert model.family in ("ae", "vae", "gan", "codec")
     assert model.step_kind in STEP_KINDS
+    assert (model.family == "codec") == (model.step_kind == "none")
+
+
+@pytest.mark.parametrize("name", ["png", "jpeg", "webp"])
+def test_codecs_train_nothing_and_reconstruct_8_bit_images(name):
+    codec = build_model(name, {}, SHAPE)
+    assert list(codec.parameters()) == [] and not codec.can_sample and codec.reconstructs
+    x = torch.randint(0, 256, (3, *SHAPE)).float() / 255
+    rec = codec.reconstruct(x)
+    assert rec.shape == x.shape and rec.min() >= 0 and rec.max() <= 1
+    assert torch.equal((rec * 255).round(), rec * 255) or name != "png"  # 8-bit levels
+    if name == "png":
+        assert torch.equal(rec, x)
 
 
 def test_one_step_changes_the_weights(model):

@@ -141,11 +141,20 @@ def test_default_numerics_keep_the_hash_of_runs_recorded_before_them(write_suite
 
     spec = expand(load_suite(write_suite(tiny_suite())))[0]
     before = {k: v for k, v in spec.resolved().items() if k != "train"}  # what runs recorded until now
-    later = ("gmm_kind", "gmm_weight_concentration", "gmm_max_iter", "dc_neighborhood", "fd_inf_points")
-    before["eval"] = {k: v for k, v in before["eval"].items() if k not in later + ("fd_inf_min_n",)}
+    later = ("gmm_kind", "gmm_weight_concentration", "gmm_max_iter", "dc_neighborhood", "fd_inf_points",
+             "fd_inf_min_n", "gmm_fit_n", "code_step")  # fmt: skip
+    before["eval"] = {k: v for k, v in before["eval"].items() if k not in later}
     before["params"] = {k: v for k, v in before["params"].items() if k != "prior_mean"}
     blob = json.dumps({"run": before, "bench": bench.__version__}, sort_keys=True, default=str)
     assert spec.config_hash == hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def test_a_code_step_changes_the_hash(write_suite):
+    default = expand(load_suite(write_suite(tiny_suite())))[0]
+    stepped = expand(load_suite(write_suite(tiny_suite(eval={"metrics": ["bpp"], "code_step": 0.1}))))[0]
+    plain = expand(load_suite(write_suite(tiny_suite(eval={"metrics": ["bpp"]}))))[0]
+    assert stepped.config_hash != plain.config_hash
+    assert flatten(stepped.resolved())["eval.code_step"] == 0.1 and default.config_hash != plain.config_hash
 
 
 def test_compile_without_a_compiler_is_a_validation_error(write_suite, monkeypatch):

@@ -54,9 +54,14 @@ def test_welch_unequal_variances_cross_checked():
     assert welch(b, a).p == pytest.approx(w.p)  # symmetric
 
 
+def test_welch_two_constant_sides_with_different_means_differ():
+    w = welch([1.0, 1.0], [2.0, 2.0])  # e.g. two deterministic codecs over seeds
+    assert w.p == 0 and w.significant() and w.t == -math.inf
+
+
 def test_welch_undefined_cases():
     assert math.isnan(welch([1.0], [2.0, 3.0]).p)  # one seed
-    assert math.isnan(welch([1.0, 1.0], [2.0, 2.0]).p)  # no spread on either side
+    assert math.isnan(welch([1.0, 1.0], [1.0, 1.0]).p)  # no spread on either side, equal means
     assert not welch([1.0], [2.0, 3.0]).significant()
 
 
@@ -68,3 +73,14 @@ def test_pareto_front_directions():
     assert pareto_front(cr, mse, x_higher=True, y_higher=False) == [4, 0, 2, 3]
     # both lower-better: only the point with the smallest x and y survives here
     assert pareto_front(cr, mse, x_higher=False, y_higher=False) == [4]
+
+
+def test_cost_cells_show_the_mean_with_the_range_not_an_interval():
+    import pandas as pd
+
+    from bench.report.summary import cost_cell
+
+    row = pd.Series({"images_per_s_mean": 200.0, "images_per_s_min": 100.0, "images_per_s_max": 300.0})
+    assert cost_cell(row, "images_per_s").text == "200 (100–300)"
+    same = pd.Series({"train_seconds_mean": 2.5, "train_seconds_min": 2.5, "train_seconds_max": 2.5})
+    assert cost_cell(same, "train_seconds").text == "2.5"

@@ -68,7 +68,7 @@ def test_every_error_is_listed_at_once(write_suite):
 
 def test_metric_that_fits_no_model_is_rejected(write_suite):
     errors = errors_of(write_suite, tiny_suite(models=[{"name": "gan-mlp"}], eval={"metrics": ["recon_mse"]}))
-    assert errors == ["eval.metrics.0: 'recon_mse' applies to ae/vae models and the suite has none"]
+    assert errors == ["eval.metrics.0: 'recon_mse' applies to ae/vae/codec models and the suite has none"]
 
 
 def test_not_a_mapping_and_not_yaml(write_suite):

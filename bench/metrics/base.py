@@ -18,6 +18,7 @@ import torch
 
 from bench.data import ImageData, to_float
 from bench.metrics.codes import train_codes
+from bench.metrics.coding import Coded, code_test_set
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 ALL_FAMILIES = ("ae", "vae", "gan")
 ENCODER_FAMILIES = ("ae", "vae")  # the families with an encoder: codes and reconstructions
+# families whose test images are reconstructed: encoder models and classical codecs
+RECONSTRUCTING_FAMILIES = ("ae", "vae", "codec")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Result:
 @dataclass(frozen=True)
 class Metric:
     name: str
-    fn: Callable[[EvalContext], Result | float]
+    fn: Callable[[EvalContext], Result | float | None]
     higher_is_better: bool
     families: tuple[str, ...]
     description: str
@@ -140,7 +143,17 @@ class EvalContext:
         return self._batched(lambda x: x, self.test_uint8)  # (N, C, H, W) in [0, 1]
 
     @functools.cached_property
+    def coded(self) -> Coded | None:
+        """The test images through the model's real bitstreams (None: the model stores no rate)."""
+        return code_test_set(
+            self.model, self.data, self.test_uint8, self.cfg.code_step, self.cfg.batch_size, self.device
+        )
+
+    @functools.cached_property
     def reconstructions(self) -> torch.Tensor:
+        """Test reconstructions; decoded from the bitstreams wherever the model has a rate."""
+        if self.coded is not None:
+            return self.coded.decoded
         with torch.inference_mode():
             return self._batched(self.model.reconstruct, self.test_uint8).clamp_(0, 1)
 
@@ -188,6 +201,8 @@ def evaluate(
             r = metric.fn(ctx)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            if r is None:  # not defined for this model as configured (e.g. float codes, no code_step)
+                continue
             out[name] = r if isinstance(r, Result) else Result(float(r))
             if seconds is not None:
                 seconds[name] = time.perf_counter() - t0

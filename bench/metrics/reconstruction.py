@@ -1,4 +1,8 @@
-"""Reconstruction and compression metrics on the test split (pixels in [0, 1])."""
+"""Reconstruction and compression metrics on the test split (pixels in [0, 1]).
+
+Reconstructions of models with a rate are decoded from their bitstreams (``EvalContext.coded``),
+so distortion and rate describe the same stored bits.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ import math
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from bench.metrics.base import ENCODER_FAMILIES, EvalContext, Result, register_metric
+from bench.metrics.base import RECONSTRUCTING_FAMILIES, EvalContext, Result, register_metric
+from bench.models.vae import gaussian_kl
 
 
 @register_metric(
     "recon_mse",
     higher_is_better=False,
-    families=ENCODER_FAMILIES,
+    families=RECONSTRUCTING_FAMILIES,
     description="mean per-pixel squared error of test reconstructions, pixels in [0, 1]",
 )
 def recon_mse(ctx: EvalContext) -> Result:
@@ -24,7 +29,7 @@ def recon_mse(ctx: EvalContext) -> Result:
 @register_metric(
     "psnr",
     higher_is_better=True,
-    families=ENCODER_FAMILIES,
+    families=RECONSTRUCTING_FAMILIES,
     description="mean over test images of per-image PSNR (dB, data range 1), torchmetrics",
 )
 def psnr(ctx: EvalContext) -> Result:
@@ -39,7 +44,7 @@ def psnr(ctx: EvalContext) -> Result:
 @register_metric(
     "ssim",
     higher_is_better=True,
-    families=ENCODER_FAMILIES,
+    families=RECONSTRUCTING_FAMILIES,
     description="mean SSIM of test reconstructions (Gaussian window 11, sigma 1.5), torchmetrics",
 )
 def ssim(ctx: EvalContext) -> Result:
@@ -56,13 +61,58 @@ def ssim(ctx: EvalContext) -> Result:
     return Result(per_image.double().mean().item(), {**ctx.recon_provenance, "impl": "torchmetrics"})
 
 
+def _rate_provenance(ctx: EvalContext) -> dict:
+    coded = ctx.coded
+    return {
+        **ctx.recon_provenance,
+        **coded.provenance,
+        "total_bits": coded.total_bits,
+        "header_bits": coded.header_bits,
+        "pixels_per_image": math.prod(ctx.data.image_shape[1:]),
+    }
+
+
+@register_metric(
+    "bpp",
+    higher_is_better=False,
+    families=RECONSTRUCTING_FAMILIES,
+    description="bits per pixel of the test images' actual bitstreams (headers counted; float codes "
+    "through eval.code_step; n/a for float codes without one)",
+)
+def bpp(ctx: EvalContext) -> Result | None:
+    if ctx.coded is None:
+        return None
+    n, (_, h, w) = len(ctx.test_uint8), ctx.data.image_shape
+    return Result(ctx.coded.total_bits / (n * h * w), _rate_provenance(ctx))
+
+
 @register_metric(
     "compression_ratio",
     higher_is_better=True,
-    families=ENCODER_FAMILIES,
-    description="bits of an 8-bit input image over bits of its code (float codes: 32 bits each)",
+    families=RECONSTRUCTING_FAMILIES,
+    description="size of the test images as 8-bit raw pixels over the size of their actual bitstreams "
+    "(headers counted; n/a for float codes without eval.code_step)",
 )
-def compression_ratio(ctx: EvalContext) -> Result:
-    bits_in = math.prod(ctx.data.image_shape) * 8
-    bits_code = ctx.model.latent_bits()
-    return Result(bits_in / bits_code, {"input_bits": bits_in, "code_bits": bits_code})
+def compression_ratio(ctx: EvalContext) -> Result | None:
+    if ctx.coded is None:
+        return None
+    raw_bits = len(ctx.test_uint8) * math.prod(ctx.data.image_shape) * 8
+    return Result(raw_bits / ctx.coded.total_bits, {**_rate_provenance(ctx), "raw_bits": raw_bits})
+
+
+@register_metric(
+    "rate_kl_bits",
+    higher_is_better=False,
+    families=("vae",),
+    needs=("posterior",),
+    description="bits-back rate: mean over test images of KL(q(z|x) || p(z)) in bits per image",
+)
+def rate_kl_bits(ctx: EvalContext) -> Result:
+    bs, x = ctx.cfg.batch_size, ctx.test_images
+    with torch.inference_mode():
+        kl = torch.cat([gaussian_kl(*ctx.model.posterior(x[i : i + bs])) for i in range(0, len(x), bs)])
+    bits = kl.double() / math.log(2)
+    (_, h, w) = ctx.data.image_shape
+    prov = {**ctx.recon_provenance, "prior": "N(0, I)", "units": "bits per image", "per": "image"}
+    return Result(bits.mean().item(), prov, extra={"rate_kl_bpp": bits.mean().item() / (h * w)})
+

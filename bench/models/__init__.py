@@ -4,6 +4,12 @@ from bench.models import ae, vae  # noqa: F401  (registration side effects; orde
 
 # isort: split
 from bench.models import gan  # noqa: F401
+
+# isort: split
+from bench.models import factorized  # noqa: F401
+
+# isort: split
+from bench.models import codec  # noqa: F401
 from bench.models.base import MODELS, GenerativeModel, ModelParams, build_model
 
 __all__ = ["MODELS", "GenerativeModel", "ModelParams", "build_model"]

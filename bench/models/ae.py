@@ -144,13 +144,29 @@ class AE(Autoencoder):
         q = lo + torch.round((t - lo) / (1 - lo) * levels) / levels * (1 - lo)
         return t + (q - t).detach()
 
-    def encode(self, x):
+    def _bounded(self, x: Tensor) -> Tensor:
         z = self.encoder(x)
         if self.params.code_activation == "relu":
             z = F.relu(z)
-        if self.params.latent_bits is not None:
-            z = self._to_grid(torch.tanh(z))
-        return z
+        return torch.tanh(z) if self.params.latent_bits is not None else z
+
+    def encode(self, x):
+        z = self._bounded(x)
+        return self._to_grid(z) if self.params.latent_bits is not None else z
+
+    def code_symbols(self, x: Tensor) -> tuple[Tensor, int] | None:
+        """The grid level of each code value, in [0, 2**latent_bits); None for float codes."""
+        b = self.params.latent_bits
+        if b is None:
+            return None
+        lo, levels = self._code_low, 2**b - 1
+        return torch.round((self._bounded(x) - lo) / (1 - lo) * levels).long().clamp_(0, levels), levels + 1
+
+    def decode_symbols(self, symbols: Tensor) -> Tensor:
+        if self.params.latent_bits is None:
+            return super().decode_symbols(symbols)
+        lo, levels = self._code_low, 2**self.params.latent_bits - 1
+        return self.decode(lo + symbols.float() / levels * (1 - lo))
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         rec = reconstruction_loss(self.params.recon_loss, self.reconstruct(x), x)

@@ -1,7 +1,8 @@
 """The contract every model honours, and the model registry.
 
-A model is an ``nn.Module`` that declares its family (ae | vae | gan), its step kind
-(reconstruction | adversarial: which strategy of the one training loop drives it) and a
+A model is an ``nn.Module`` that declares its family (ae | vae | gan | codec), its step kind
+(reconstruction | adversarial | none: which strategy of the one training loop drives it; a
+classical codec trains nothing) and a
 pydantic ``Params`` class. Variants are registry entries that pre-set parameters of a class
 (``vae-conv`` with ``beta: 4`` is a beta-VAE); nothing outside this package names a model.
 """
@@ -18,8 +19,8 @@ from torch import nn
 from bench.config import number_kind, strict_number
 from bench.registry import Registry
 
-Family = Literal["ae", "vae", "gan"]
-StepKind = Literal["reconstruction", "adversarial"]
+Family = Literal["ae", "vae", "gan", "codec"]
+StepKind = Literal["reconstruction", "adversarial", "none"]
 
 # MLP widths: at most MAX_LAYERS hidden layers of at most MAX_WIDTH units each (about 134 M
 # weights at the extreme: beyond that a typo, such as 1e7, would allocate until the process dies)
@@ -58,7 +59,10 @@ class GenerativeModel(nn.Module):
     Params: ClassVar[type[ModelParams]] = ModelParams
     # what the model offers beyond its family, for metrics that need it (``Metric.needs``):
     # "nll_bound": ``nll_bound(x)`` gives an upper bound on -log p(x) in nats
+    # "bitstream": ``compress``/``decompress`` code images to bytes themselves (codecs, ae-factorized)
+    # "posterior": ``posterior(x)`` gives a diagonal Gaussian q(z | x) (its KL is the bits-back rate)
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    can_sample: ClassVar[bool] = True  # False: no generator at all (a classical codec)
 
     def __init__(self, params: ModelParams, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
@@ -83,6 +87,30 @@ class GenerativeModel(nn.Module):
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    @property
+    def reconstructs(self) -> bool:
+        """Whether the model reconstructs images (encoder families and codecs)."""
+        return self.has_encoder or self.family == "codec"
+
+    # --- rate: what is stored of an image
+    def code_symbols(self, x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        """The stored code of x as integer symbols (B, d) in [0, alphabet) and the alphabet size,
+        for models whose codes are quantised by construction; None: float codes (no rate until a
+        quantiser step is chosen)."""
+        return None
+
+    def decode_symbols(self, symbols: torch.Tensor) -> torch.Tensor:
+        """Images from the symbols ``code_symbols`` gave (models with quantised codes)."""
+        raise NotImplementedError(f"{type(self).__name__} has no integer code")
+
+    def compress(self, x: torch.Tensor) -> list[bytes]:
+        """One bitstream per image (capability "bitstream")."""
+        raise NotImplementedError(f"{type(self).__name__} does not code images itself")
+
+    def decompress(self, strings: list[bytes]) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] from the bitstreams of ``compress``."""
+        raise NotImplementedError(f"{type(self).__name__} does not code images itself")
 
     def latent_bits(self) -> float | None:
         """Bits needed to store one image's code; None for models without an encoder."""

@@ -45,7 +45,7 @@ class VAE(Autoencoder):
 
     family = "vae"
     Params = VAEParams
-    capabilities = frozenset({"nll_bound"})
+    capabilities = frozenset({"nll_bound", "posterior"})
     enc_factor = 2  # the encoder outputs (mu, logvar)
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -224,6 +224,12 @@ class VQVAE(Autoencoder):
 
     def code_indices(self, x: Tensor) -> Tensor:
         return self.quantise(self._vectors(x))[0]
+
+    def code_symbols(self, x: Tensor) -> tuple[Tensor, int]:
+        return self.code_indices(x), self.params.num_codes
+
+    def decode_symbols(self, symbols: Tensor) -> Tensor:
+        return self.decode(self.codebook[symbols].flatten(1))
 
     # eager even inside a compiled loss: inductor (torch 2.14, CPU) gets ``add_(a @ b, alpha=c)``
     # wrong (the codebook drifted by up to 6.5 after one step against eager)

@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from bench.report.stats import pareto_front
-
 if TYPE_CHECKING:
     from bench.report.summary import GridImage, Report, Summary
 
@@ -261,39 +259,130 @@ def _log_if_wide(ax, values: pd.Series, axis: str) -> None:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
 
 
-def rate_distortion(rep: Report, path: Path) -> FigureFile:
-    from bench.metrics import METRICS
+def jpeg_comparison(pts: pd.DataFrame, ycol: str = "psnr") -> dict[str, list[str]] | None:
+    """The non-JPEG rows of ``pts`` (labels) by how they compare with JPEG at equal bpp; None
+    without a JPEG row. JPEG's ``ycol`` at a row's bpp is interpolated linearly between its
+    measured qualities. ``beat``: higher than JPEG at that bpp (beyond JPEG's range: higher than its
+    nearest end point, which then uses more bits); ``not``: not higher; ``below``: fewer bits than
+    JPEG's smallest files and lower quality, a rate JPEG does not reach."""
+    import numpy as np
 
+    jpeg = pts[pts.model == "jpeg"].sort_values("bpp_mean")
+    if jpeg.empty:
+        return None
+    out: dict[str, list[str]] = {"beat": [], "not": [], "below": []}
+    low_bpp = jpeg["bpp_mean"].iloc[0]
+    for _, r in pts[pts.model != "jpeg"].iterrows():
+        ref = float(np.interp(r["bpp_mean"], jpeg["bpp_mean"], jpeg[f"{ycol}_mean"]))
+        if r[f"{ycol}_mean"] > ref:
+            out["beat"].append(r.label)
+        else:
+            out["below" if r["bpp_mean"] < low_bpp else "not"].append(r.label)
+    return out
+
+
+def _jpeg_sentence(pts: pd.DataFrame) -> str:
+    got = jpeg_comparison(pts)
+    if got is None:
+        return "No JPEG rows, so no comparison with JPEG."
+    jpeg = pts[pts.model == "jpeg"].sort_values("bpp_mean").iloc[0]
+    parts = [
+        f"{', '.join(got['beat']) or 'no model'} beat{'s' if len(got['beat']) == 1 else ''} JPEG at equal "
+        "bpp (higher PSNR than JPEG interpolated between its qualities)"
+    ]
+    if got["not"]:
+        parts.append(f"{', '.join(got['not'])} do{'es' if len(got['not']) == 1 else ''} not")
+    if got["below"]:
+        parts.append(
+            f"{', '.join(got['below'])} code{'s' if len(got['below']) == 1 else ''} below JPEG's smallest "
+            f"files ({jpeg.label}, {jpeg['bpp_mean']:.3g} bpp) at lower PSNR, a rate JPEG does not reach"
+        )
+    return "; ".join(parts) + "."
+
+
+def _rd_points(s: Summary) -> pd.DataFrame:
+    """Models with a measured bpp and psnr: suite, label, model, family and the means of bpp,
+    psnr and ssim (NaN where absent); a lossless row has an infinite psnr."""
+    rows = []
+    for _, r in s.models.iterrows():
+        st = {m: s.stat(r.suite, r.label, m) for m in ("bpp", "psnr", "ssim")}
+        mean = {m: (float(v["mean"]) if v is not None else math.nan) for m, v in st.items()}
+        if not (math.isfinite(mean["bpp"]) and not math.isnan(mean["psnr"])):
+            continue
+        rows.append({"suite": r.suite, "label": r.label, "model": r.model, "family": r.family}
+                    | {f"{m}_mean": v for m, v in mean.items()})  # fmt: skip
+    cols = ["suite", "label", "model", "family", "bpp_mean", "psnr_mean", "ssim_mean"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def rate_distortion(rep: Report, path: Path) -> FigureFile:
     s = rep.summary
-    if "compression_ratio" not in s.metrics or "recon_mse" not in s.metrics:
-        raise Skip("rate-distortion: needs both compression_ratio and recon_mse in the suite's metrics")
-    pts = _points(s, "compression_ratio", "recon_mse")
+    if "bpp" not in s.metrics or "psnr" not in s.metrics:
+        raise Skip("rate-distortion: needs both bpp and psnr in the suite's metrics")
+    pts = _rd_points(s)
     if pts.empty:
-        raise Skip("rate-distortion: no model has both compression_ratio and recon_mse")
+        raise Skip("rate-distortion: no model has both bpp and psnr")
+    lossless = pts[~_finite(pts["psnr_mean"])]  # zero error: PSNR is infinite (stored as the largest float)
+    pts = pts[_finite(pts["psnr_mean"])]
+    if pts.empty:
+        raise Skip("rate-distortion: every model with a bpp is lossless (infinite PSNR)")
+    ys = ["psnr"] + (["ssim"] if "ssim" in s.metrics and pts["ssim_mean"].notna().any() else [])
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
-    _scatter(ax, s, pts, _colors(s))
-    x, y = pts.x.tolist(), pts.y.tolist()
-    front = pareto_front(
-        x, y, METRICS.get("compression_ratio").higher_is_better, METRICS.get("recon_mse").higher_is_better
-    )
-    fx, fy = [x[i] for i in front], [y[i] for i in front]
-    ax.plot(fx, fy, ls="--", color="0.35", lw=1, zorder=0, label="Pareto front")
-    ax.scatter(fx, fy, s=170, facecolors="none", edgecolors="0.2", lw=1.2, zorder=3)
-    _log_if_wide(ax, pts.x, "x")
-    _log_if_wide(ax, pts.y, "y")
-    ax.set_xlabel("compression ratio ↑ (input bits / code bits)")
-    ax.set_ylabel("recon_mse ↓")
-    ax.set_title("Rate–distortion")
-    ax.legend(loc="best")
+    fig, axes = _grid(plt, len(ys), ncols=2, w=5.6, h=4.2)
+    colors = _colors(s)
+    sentences = []
+    for suite, mine in pts.groupby("suite", sort=False):
+        prefix = f"{suite}: " if s.multi_suite else ""
+        sentences.append(prefix + _jpeg_sentence(mine))
+        for ax, y in zip(axes, ys):
+            for model, grp in mine[mine[f"{y}_mean"].notna()].groupby("model", sort=False):
+                grp = grp.sort_values("bpp_mean")
+                color = colors[s.key(grp.iloc[0])]
+                name = prefix + (model if len(grp) > 1 else s.key(grp.iloc[0]))
+                ax.plot(
+                    grp["bpp_mean"],
+                    grp[f"{y}_mean"],
+                    marker="o",
+                    ms=4,
+                    color=color,
+                    label=name,
+                    lw=1.5 if len(grp) > 1 else 0,
+                )
+                if len(grp) > 1:
+                    for _, r in grp.iterrows():
+                        ax.annotate(
+                            r.label,
+                            (r["bpp_mean"], r[f"{y}_mean"]),
+                            xytext=(3, 3),
+                            textcoords="offset points",
+                            fontsize=6,
+                            color=color,
+                        )
+    for ax, y in zip(axes, ys):
+        _log_if_wide(ax, pts["bpp_mean"], "x")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set_xlabel("bits per pixel ↓ (actual bitstreams, headers counted)")
+        ax.set_ylabel(f"{y} {_arrow(y)}")
+        ax.set_title(f"Rate–distortion ({y})")
+    axes[0].legend(loc="best")
     _save(fig, path)
-    names = ", ".join(s.key(pts.iloc[i]) for i in front)
     return FigureFile(
         path.name,
         "Rate–distortion",
-        "Compression ratio against reconstruction error, mean over seeds with 95% intervals; circled and "
-        f"joined: the Pareto front (no other model compresses more and reconstructs better): {names}.",
+        "Bits per pixel of the test images' real bitstreams against PSNR"
+        + (" and SSIM" if len(ys) > 1 else "")
+        + " of the images decoded from them, mean over seeds; a line joins the settings of one model "
+        "(quality, lmbda, latent_bits), a lone point is a single setting. "
+        + "".join(
+            f"{s.key(r)} is lossless (infinite PSNR) at {r['bpp_mean']:.3g} bpp. "
+            for _, r in lossless.iterrows()
+        )
+        + " ".join(sentences),
     )
+
+
+def _finite(v: pd.Series) -> pd.Series:
+    return v.abs() < 1e300  # MLflow stores an infinite value as the largest double
 
 
 def main_generation_metric(s: Summary) -> str | None:

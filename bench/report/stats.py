@@ -48,12 +48,21 @@ class Welch:
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
-    """Welch's t-test of ``a`` against ``b``; NaN when a side has under two values or neither varies."""
+    """Welch's t-test of ``a`` against ``b``; NaN when a side has under two values or neither side
+    varies and the means are equal. Two constant sides with different means (two deterministic
+    codecs) differ with certainty: t infinite, p 0."""
     from scipy import stats
 
     x, y = _finite(a), _finite(b)
-    if len(x) < 2 or len(y) < 2 or (np.var(x) == 0 and np.var(y) == 0):
+    if len(x) < 2 or len(y) < 2:
         return Welch(math.nan, math.nan, math.nan)
+    if np.var(x) == 0 and np.var(y) == 0:
+        diff = float(x[0] - y[0])
+        return (
+            Welch(math.copysign(math.inf, diff), math.nan, 0.0)
+            if diff
+            else Welch(math.nan, math.nan, math.nan)
+        )
     r = stats.ttest_ind(x, y, equal_var=False)
     return Welch(float(r.statistic), float(r.df), float(r.pvalue))
 

@@ -267,10 +267,11 @@ def load_grids(tracker: Tracker, runs: pd.DataFrame) -> dict[str, list[GridImage
 # --------------------------------------------------------------------------- aggregating
 
 LONG_COLUMNS = [
-    "suite", "label", "family", "metric", "kind", "mean", "std", "ci95", "n", "applies", "p", "significant",
-    "best",
+    "suite", "label", "family", "metric", "kind", "mean", "std", "ci95", "min", "max", "n", "applies", "p",
+    "significant", "best",
 ]  # fmt: skip
 STATS = ["mean", "std", "ci95", "n", "applies", "p", "significant", "best"]  # per metric in the wide view
+COST_STATS = ["mean", "std", "min", "max", "n"]  # per cost column: a measurement of this machine
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,7 @@ def wide(s: Summary) -> pd.DataFrame:
         row = m.to_dict()
         for name in s.metrics + s.costs:
             st = s.stat(m.suite, m.label, name) or {}
-            for k in STATS if name in s.metrics else STATS[:4]:
+            for k in STATS if name in s.metrics else COST_STATS:
                 row[f"{name}_{k}"] = st.get(k, math.nan)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -451,6 +452,8 @@ def _long_rows(runs, models, metrics, costs, values, base) -> list[dict[str, Any
                     "mean": float(v.mean()) if len(v) else math.nan,
                     "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
                     "ci95": ci_half_width(v, CONFIDENCE),
+                    "min": float(v.min()) if len(v) else math.nan,
+                    "max": float(v.max()) if len(v) else math.nan,
                     "n": len(v),
                     "applies": applies,
                     "p": p,

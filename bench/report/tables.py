@@ -47,9 +47,12 @@ def stat_cell(st: dict[str, Any] | None, seeds: int) -> Cell:
     mean = st["mean"]
     if not math.isfinite(mean):
         return Cell("—", kind="missing")
+    if st["kind"] == "cost":  # what this machine measured: the mean and the range, not a t-interval
+        lo, hi = st.get("min", math.nan), st.get("max", math.nan)
+        ranged = math.isfinite(lo) and math.isfinite(hi) and lo < hi
+        spread = f" ({fmt_num(lo)}–{fmt_num(hi)})" if ranged else ""
+        return Cell(fmt_num(mean) + spread, mean)
     text = fmt_mean_ci(mean, st["ci95"])
-    if st["kind"] == "cost":
-        return Cell(text, mean)
     if st["n"] != seeds:
         text += f" (n={st['n']})"
     return Cell(text, mean, bool(st["best"]), bool(st["significant"]))

@@ -274,8 +274,9 @@ def log_dataset(run: RunLogger, data: ImageData) -> None:
 
 def log_artifacts(run: RunLogger, model, data: ImageData, spec: RunSpec, device: torch.device) -> None:
     """Sample grid, reconstruction grid (encoder families), state_dict and the spec to rebuild it."""
-    run.image("samples.png", sample_grid(model, spec.seed, device))
-    if model.has_encoder:
+    if model.can_sample:
+        run.image("samples.png", sample_grid(model, spec.seed, device))
+    if model.reconstructs:
         run.image("reconstructions.png", reconstruction_grid(model, data, device))
     run.torch_state("model/state_dict.pt", model.state_dict())
     run.text(

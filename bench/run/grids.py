@@ -73,6 +73,7 @@ class StepImages(SuiteHooks):
         c = self.ctx
         if c is None:
             return
-        c.run.image("", sample_grid(c.model, c.spec.seed, c.device), key="samples", step=step)
-        if c.model.has_encoder:
+        if c.model.can_sample:
+            c.run.image("", sample_grid(c.model, c.spec.seed, c.device), key="samples", step=step)
+        if c.model.reconstructs:
             c.run.image("", reconstruction_grid(c.model, c.data, c.device), key="reconstructions", step=step)
