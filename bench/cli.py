@@ -305,14 +305,31 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("datasets:")
     for name in DATASETS:
         print(f"  {name}")
+    print("  torchvision:<Class>  (any torchvision image dataset with train/test splits)")
     print("models:")
     for name, entry in MODELS.items():
         print(f"  {name:<12} {entry.family:<4} {entry.description}")
+    _list_plugins()
     print("metrics:")
     for name, m in METRICS.items():
         arrow = "higher" if m.higher_is_better else "lower"
         print(f"  {name:<21} {'/'.join(m.families):<11} {arrow} is better; {m.description}")
     return EXIT_OK
+
+
+def _list_plugins() -> None:
+    """Models installed through the ``bench.models`` entry points, with where they came from."""
+    from bench.models.plugins import ENTRY_POINT_GROUP, PluginError, installed_plugins
+
+    plugins = installed_plugins()
+    print(f"plugin models (entry points {ENTRY_POINT_GROUP}; a suite can also name module:Class):")
+    if not plugins:
+        print("  (none installed)")
+    for name, entry in plugins:
+        if isinstance(entry, PluginError):
+            print(f"  {name:<12} ?    cannot be used: {entry}")
+        else:
+            print(f"  {name:<12} {entry.family:<4} {entry.description}  [from {entry.origin}]")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

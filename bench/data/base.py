@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -23,12 +24,18 @@ class ImageData:
 
     name: str
     train_x: torch.Tensor  # (N, C, H, W) uint8
-    train_y: torch.Tensor  # (N,) int64
+    train_y: torch.Tensor  # (N,) int64; -1 where the dataset has no labels
     test_x: torch.Tensor  # (M, C, H, W) uint8
     test_y: torch.Tensor  # (M,) int64
-    num_classes: int
+    num_classes: int  # 0: no labels (probe, kNN and domain-classifier metrics are n/a)
     checksum: str  # sha256 of the decoded arrays: the content key for every cache
-    source: str  # where the files came from (provenance)
+    source: str  # where the files came from and how they were converted (provenance)
+    # the ``load_dataset`` keywords that load the whole dataset again (root, image_size, channels)
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def has_labels(self) -> bool:
+        return self.num_classes > 0
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

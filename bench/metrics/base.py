@@ -43,6 +43,9 @@ class Metric:
     description: str
     check: Callable[[Suite], list[str]] = lambda suite: []
     needs: frozenset[str] = frozenset()  # model capabilities beyond the family (e.g. "nll_bound")
+    needs_labels: bool = False  # n/a on a dataset without labels (an image folder without classes)
+    # the model methods the metric calls: ``bench validate`` checks a plugin model has them
+    uses: frozenset[str] = frozenset()
 
     def applies_to(self, family: str, capabilities: Iterable[str] | None = None) -> bool:
         """Whether the metric is defined for a model of ``family`` offering ``capabilities``
@@ -72,14 +75,27 @@ def register_metric(
     description: str,
     check: Callable[[Suite], list[str]] | None = None,
     needs: tuple[str, ...] = (),
+    needs_labels: bool = False,
+    uses: tuple[str, ...] | None = None,
 ) -> Callable[[Callable[[EvalContext], Result | float]], Callable[[EvalContext], Result | float]]:
-    """Decorator registering a metric function under ``name``."""
+    """Decorator registering a metric function under ``name``. ``uses``: the model methods it calls
+    (default: ``sample`` for a metric of every family, ``encode`` for an encoder-only metric)."""
+    if uses is None:
+        uses = ("sample",) if "gan" in families else ("encode",)
 
     def deco(fn):
         METRICS.add(
             name,
             Metric(
-                name, fn, higher_is_better, families, description, check or (lambda s: []), frozenset(needs)
+                name,
+                fn,
+                higher_is_better,
+                families,
+                description,
+                check or (lambda s: []),
+                frozenset(needs),
+                needs_labels,
+                frozenset(uses) | frozenset(needs),
             ),
         )
         return fn
@@ -148,8 +164,8 @@ def evaluate(
 ) -> dict[str, Result]:
     """Compute every requested metric that applies to the model's family.
 
-    Metrics that do not apply (wrong family, or a capability the model lacks) are absent from the
-    result (reported as n/a, never as 0).
+    Metrics that do not apply (wrong family, a capability the model lacks, labels the data lacks)
+    are absent from the result (reported as n/a, never as 0).
     """
     was_training = model.training
     model.eval()
@@ -158,7 +174,7 @@ def evaluate(
     try:
         for name in cfg.metrics:
             metric = METRICS.get(name)
-            if not metric.applies_to_model(model):
+            if not metric.applies_to_model(model) or (metric.needs_labels and not data.has_labels):
                 continue
             r = metric.fn(ctx)
             out[name] = r if isinstance(r, Result) else Result(float(r))

@@ -142,7 +142,8 @@ def complete_dataset(data: ImageData) -> ImageData:
     """The whole dataset ``data`` belongs to: ``dataset.train_size``/``test_size`` cut prefixes of it
     and keep its checksum. Generated data (no files to reload) is complete as it is."""
     try:
-        full = load_dataset(data.name, data.source)
+        options = dict(data.options) or {"root": data.source}
+        full = load_dataset(data.name, **options)
     except (DataError, OSError, TypeError, ValueError):
         return data
     return full if full.checksum == data.checksum else data
@@ -398,6 +399,10 @@ def preflight(cfg: EvalConfig) -> list[str]:
 # --------------------------------------------------------------------------- registration
 
 
+# the model methods each sampler calls
+SAMPLER_USES = {"prior": ("sample",), "gmm": ("encode", "decode"), "rec": ("reconstruct",)}
+
+
 def _register(base: Base, ex: Extractor, sm: Sampler) -> None:
     name = base.name + (ex.suffix if base.named_by_extractor else "") + sm.suffix
     gm = GenerationMetric(name, base, ex, sm)
@@ -406,6 +411,8 @@ def _register(base: Base, ex: Extractor, sm: Sampler) -> None:
         name,
         higher_is_better=base.higher_is_better,
         families=sm.families,
+        needs_labels=ex.name == "domain",  # the domain classifier is trained on the labels
+        uses=SAMPLER_USES[sm.name],
         description=f"{base.description}; {ex.name} features; samples: {sm.description}",
         check=_checker(gm),
     )(lambda ctx: generation(ctx).result(gm))

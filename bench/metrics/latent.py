@@ -39,6 +39,7 @@ def _probe_provenance(ctx: EvalContext, tr: np.ndarray, te: np.ndarray) -> dict:
     "probe_acc",
     higher_is_better=True,
     families=ENCODER_FAMILIES,
+    needs_labels=True,
     description="test accuracy of a logistic regression on frozen codes (fit on train, standardised)",
 )
 def probe_acc(ctx: EvalContext) -> Result:
@@ -61,6 +62,7 @@ def probe_acc(ctx: EvalContext) -> Result:
     "knn_acc",
     higher_is_better=True,
     families=ENCODER_FAMILIES,
+    needs_labels=True,
     description=f"test accuracy of a {KNN_K}-nearest-neighbour classifier (Euclidean) on the training codes",
 )
 def knn_acc(ctx: EvalContext) -> Result:
@@ -87,6 +89,7 @@ def noisy_test_images(ctx: EvalContext) -> torch.Tensor:
 
 @register_metric(
     "denoise_psnr",
+    uses=("reconstruct",),
     higher_is_better=True,
     families=ENCODER_FAMILIES,
     description=f"mean per-image PSNR (dB) of reconstructions of noisy test images (sigma {DENOISE_SIGMA}, "
@@ -114,6 +117,7 @@ def denoise_psnr(ctx: EvalContext) -> Result:
     higher_is_better=False,
     families=("vae",),
     needs=("nll_bound",),
+    uses=("nll_bound",),
     description="mean over test images of an upper bound on -log p(x) in nats (models with a likelihood: "
     "vae-*, iwae, vq-vae; not wae-mmd): the negative ELBO, or the importance-weighted bound for iwae",
 )

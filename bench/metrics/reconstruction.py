@@ -14,6 +14,7 @@ ENCODER_FAMILIES = ("ae", "vae")
 
 @register_metric(
     "recon_mse",
+    uses=("reconstruct",),
     higher_is_better=False,
     families=ENCODER_FAMILIES,
     description="mean per-pixel squared error of test reconstructions, pixels in [0, 1]",
@@ -25,6 +26,7 @@ def recon_mse(ctx: EvalContext) -> Result:
 
 @register_metric(
     "psnr",
+    uses=("reconstruct",),
     higher_is_better=True,
     families=ENCODER_FAMILIES,
     description="mean over test images of per-image PSNR (dB, data range 1), torchmetrics",
@@ -40,6 +42,7 @@ def psnr(ctx: EvalContext) -> Result:
 
 @register_metric(
     "ssim",
+    uses=("reconstruct",),
     higher_is_better=True,
     families=ENCODER_FAMILIES,
     description="mean SSIM of test reconstructions (Gaussian window 11, sigma 1.5), torchmetrics",
@@ -60,6 +63,7 @@ def ssim(ctx: EvalContext) -> Result:
 
 @register_metric(
     "compression_ratio",
+    uses=("encode", "latent_bits"),
     higher_is_better=True,
     families=ENCODER_FAMILIES,
     description="bits of an 8-bit input image over bits of its code (float codes: 32 bits each)",

@@ -4,6 +4,7 @@ from bench.models import ae, vae  # noqa: F401  (registration side effects; orde
 
 # isort: split
 from bench.models import gan  # noqa: F401
-from bench.models.base import MODELS, GenerativeModel, ModelParams, build_model
+from bench.models.base import MODELS, GenerativeModel, ModelParams
+from bench.models.plugins import PluginError, build_model, resolve
 
-__all__ = ["MODELS", "GenerativeModel", "ModelParams", "build_model"]
+__all__ = ["MODELS", "GenerativeModel", "ModelParams", "PluginError", "build_model", "resolve"]
