@@ -16,8 +16,8 @@ __all__ = ["__version__", "evaluate", "run"]
 
 def run(suite: Any, tracking_uri: str | None = None, overrides: Any = (), **kwargs: Any) -> Any:
     """Run a suite (a path or a dict) like ``bench run``; returns the results table as a pandas
-    DataFrame (the numbers of results.csv). See ``bench.api.run``."""
-    from bench.api import run as _run
+    DataFrame (the numbers of results.csv). See ``bench.run.api.run``."""
+    from bench.run.api import run as _run
 
     return _run(suite, tracking_uri, overrides, **kwargs)
 

@@ -311,6 +311,10 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
     return errors
 
 
+def _method(name: str) -> str:
+    return "reconstruct() (nor encode() and decode())" if name == "reconstruct" else f"{name}()"
+
+
 def _plugin_method_errors(suite: Suite, entries: dict[int, ModelEntry]) -> list[FieldError]:
     """Plugin models that lack a method one of the suite's metrics calls on them."""
     from bench.metrics import METRICS
@@ -329,8 +333,8 @@ def _plugin_method_errors(suite: Suite, entries: dict[int, ModelEntry]) -> list[
             errors.append(
                 FieldError(
                     f"models.{i}.name",
-                    f"{suite.models[i].name}: {entry.cls.__qualname__} has no method {method}(), which "
-                    f"eval.metrics {', '.join(names)} need ({entry.plugin.file})",
+                    f"{suite.models[i].name}: {entry.cls.__qualname__} has no method {_method(method)}, "
+                    f"which eval.metrics {', '.join(names)} need ({entry.plugin.file})",
                 )
             )
     return errors

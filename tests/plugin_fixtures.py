@@ -58,10 +58,10 @@ class NotAModel(nn.Module):
     family = "vae"
 '''
 
-DECODE = '''
+DECODE = """
     def decode(self, z):
         return self.dec(z).view(-1, *self.image_shape)
-'''
+"""
 
 
 def write_plugin(folder: Path, package: str = "myplugins", with_decode: bool = True) -> Path:
@@ -74,7 +74,9 @@ def write_plugin(folder: Path, package: str = "myplugins", with_decode: bool = T
     return path
 
 
-def write_images(root: Path, n_train: int = 40, n_test: int = 16, labelled: bool = True, seed: int = 0) -> Path:
+def write_images(
+    root: Path, n_train: int = 40, n_test: int = 16, labelled: bool = True, seed: int = 0
+) -> Path:
     """``root/{train,test}/{circle,square}/*.png``: 32x32 RGB shapes in random places and colours
     (red-ish circles, blue-ish squares); without ``labelled`` the PNGs sit directly in the splits."""
     from PIL import Image, ImageDraw
