@@ -270,6 +270,10 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
         errors.append(
             FieldError("dataset.root", "an imagefolder dataset needs root: a folder with train/ and test/")
         )
+    base = Path(suite._folder or ".")
+    for i, folder in enumerate(suite.plugins):
+        if not (base / Path(folder).expanduser()).is_dir():
+            errors.append(FieldError(f"plugins.{i}", f"{folder!r}: no such folder (relative to {base})"))
     model_errors, entries = _model_errors([m.model_dump() for m in suite.models], suite.plugin_paths)
     errors += model_errors
 

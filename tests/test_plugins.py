@@ -216,6 +216,9 @@ def test_plugin_params_are_validated_like_builtin_ones(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "models.0.latent_dim: Input should be greater than or equal to 1" in err
     assert "models.0.colour: unknown key" in err
+    suite.write_text(yaml.safe_dump(suite_dict(tmp_path / "images", models, plugins=["lib", "nowhere"])))
+    assert main(["validate", str(suite)]) == 2
+    assert f"plugins.1: 'nowhere': no such folder (relative to {tmp_path})" in capsys.readouterr().err
 
 
 def test_entry_point_models_are_listed_with_their_origin_and_resolve(tmp_path, monkeypatch, capsys):

@@ -103,6 +103,8 @@ def run_suite(
     return done
 
 
+
+
 def close_stale_suites(tracker: Tracker, suite_name: str) -> None:
     """Suite runs left RUNNING by a bench process that no longer exists become KILLED."""
     for r in tracker.runs(suite_name, kind="suite"):
