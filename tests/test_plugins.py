@@ -98,6 +98,13 @@ def test_plugin_and_image_folder_run_evaluate_report_and_resume(project, capsys)
     assert main(["report", "mine", "--tracking-uri", uri, "--out", str(root / "rep2")]) == 0
     assert (root / "rep2" / "report.html").is_file()
 
+    capsys.readouterr()
+    assert main(["list", "--suite", str(project["suite"])]) == 0
+    assert (
+        f"{PLUGIN}  vae  A small MLP VAE from the user's own folder.  [from {project['plugin'].resolve()}"
+        in (capsys.readouterr().out)
+    )
+
     # resume: the same command again trains nothing
     capsys.readouterr()
     assert main(["run", str(project["suite"]), "--tracking-uri", uri, "--out", str(root / "rep3")]) == 0
@@ -133,6 +140,17 @@ def test_python_evaluate_of_real_images_scores_the_reference_row(project):
     assert results["fid_domain"].value == pytest.approx(reference["fid_domain"], rel=1e-6)
     assert results["fid_domain"].provenance["dataset_checksum"] == data.checksum
     assert served["n"] == 32
+
+    # asked to, it logs the values and their provenance to MLflow, as a run of its own
+    from bench.store.tracking import Tracker
+
+    served["n"] = 0
+    again = bench.evaluate(
+        real_test_images, dataset, ["fid_domain"], n_samples=32, tracking_uri=project["uri"], **opts
+    )
+    (logged,) = Tracker(project["uri"]).runs("evaluate", kind="evaluation")
+    assert logged.data.metrics["fid_domain"] == pytest.approx(again["fid_domain"].value)
+    assert logged.data.tags["label"] == "real_test_images"
 
 
 def test_an_edited_plugin_is_a_new_run_and_builtin_hashes_do_not_move(project, tmp_path):
