@@ -327,6 +327,9 @@ def test_torchvision_datasets_offline_say_where_to_put_the_files(tmp_path, monke
     monkeypatch.setattr(torchvision.datasets, "FakeSet", _FakeSet, raising=False)
     with pytest.raises(DataError, match=f"not in {tmp_path} and could not be downloaded"):
         load_dataset("torchvision:FakeSet", root=str(tmp_path))
+    with pytest.raises(DataError, match="could not be downloaded"):
+        load_dataset("torchvision:FakeSet", root=str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()  # nothing written
     monkeypatch.setattr(_FakeSet, "present", True)
     data = load_dataset("torchvision:FakeSet", root=str(tmp_path), image_size=8)
     assert data.name == "torchvision:FakeSet" and data.image_shape == (3, 8, 8)

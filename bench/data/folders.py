@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -218,10 +219,15 @@ def load_torchvision(
     if not isinstance(cls, type):
         raise DataError(f"torchvision:{name}: torchvision.datasets has no dataset {name!r}")
     base = torchvision_root(root)
-    base.mkdir(parents=True, exist_ok=True)
+    existed = base.exists()
     arrays, classes = {}, None
     for split, kw in zip(("train", "test"), _split_kwargs(cls, name)):
-        ds = _open_split(cls, name, base, kw)
+        try:
+            ds = _open_split(cls, name, base, kw)
+        except DataError:
+            if not existed and not any(p.is_file() for p in base.rglob("*")):  # leave nothing behind
+                shutil.rmtree(base, ignore_errors=True)
+            raise
         classes = classes or getattr(ds, "classes", None)
         x, y = _split_arrays(ds)
         arrays[f"{split}_x"] = fit_images(x, image_size, channels)
