@@ -338,9 +338,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("datasets:")
     for name in DATASETS:
         print(f"  {name}")
+    print("  torchvision:<Class>  (any torchvision image dataset with train/test splits)")
     print("models:")
     for name, entry in MODELS.items():
         print(f"  {name:<12} {entry.family:<4} {entry.description}")
+    _list_plugins()
+    if getattr(args, "suite", None):
+        from bench.suite import SuiteError, expand, load_suite
+
+        try:
+            suite = load_suite(args.suite)
+        except SuiteError as e:
+            _err(str(e))
+            return EXIT_BAD_INPUT
+        print(f"plugin models of {args.suite}:")
+        specs = {s.model: s for s in expand(suite) if s.entry.plugin is not None}
+        for name, spec in specs.items():
+            e, p = spec.entry, spec.entry.plugin
+            print(f"  {name}  {e.family:<4} {e.description}  [from {p.file}, sha256 {p.sha256[:12]}]")
+        if not specs:
+            print("  (none)")
     print("metrics:")
     for name, m in METRICS.items():
         arrow = "higher" if m.higher_is_better else "lower"
@@ -363,6 +380,21 @@ def ui_links(uri: str, host: str, port: int) -> list[tuple[str, str]]:
         for e in exps
         if e.name != "Default"
     ]
+
+
+def _list_plugins() -> None:
+    """Models installed through the ``bench.models`` entry points, with where they came from."""
+    from bench.models.plugins import ENTRY_POINT_GROUP, PluginError, installed_plugins
+
+    plugins = installed_plugins()
+    print(f"plugin models (entry points {ENTRY_POINT_GROUP}; a suite can also name module:Class):")
+    if not plugins:
+        print("  (none installed)")
+    for name, entry in plugins:
+        if isinstance(entry, PluginError):
+            print(f"  {name:<12} ?    cannot be used: {entry}")
+        else:
+            print(f"  {name:<12} {entry.family:<4} {entry.description}  [from {entry.origin}]")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -476,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.set_defaults(fn=cmd_sample)
 
     ls = sub.add_parser("list", help="registered datasets, models and metrics")
+    ls.add_argument("--suite", help="also the module:Class plugin models this suite names, with their files")
     ls.set_defaults(fn=cmd_list)
 
     ui = sub.add_parser("ui", help="the MLflow UI on the tracking store")

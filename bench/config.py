@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     ValidationInfo,
     field_validator,
@@ -95,10 +96,20 @@ def without_neutral_defaults(values: dict[str, Any], schema: type[BaseModel]) ->
 
 
 class DatasetConfig(Strict):
+    """A registered dataset (mnist, imagefolder, ``torchvision:CIFAR10``, ...) and how to read it.
+
+    ``image_size`` and ``channels`` convert images as they are loaded (imagefolder and torchvision
+    datasets): the shorter side resized to ``image_size`` (bilinear, antialiased), then the centre
+    ``image_size`` x ``image_size`` crop; ``channels`` 1 (greyscale) or 3 (RGB). None keeps the
+    files' own size (all images must share it) and, for channels, RGB unless every image is greyscale.
+    """
+
     name: str
     root: str | None = None
     train_size: int | None = Field(None, ge=1, le=10**8)
     test_size: int | None = Field(None, ge=1, le=10**8)
+    image_size: int | None = Field(None, ge=4, le=1024, description="resize + centre crop to this size")
+    channels: Literal[1, 3] | None = Field(None, description="1: greyscale, 3: RGB")
 
 
 class BudgetConfig(Strict):
@@ -303,6 +314,22 @@ class Suite(Strict):
     report: ReportConfig = Field(default_factory=ReportConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    plugins: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="folders searched for model plugins (``module:Class`` names), relative to the suite file",
+    )
+    _folder: str | None = PrivateAttr(None)  # the suite file's folder (set by bench.suite when loading)
+
+    @property
+    def plugin_paths(self) -> list[str]:
+        """Where ``module:Class`` model names are imported from, before ``sys.path``: the
+        ``plugins`` folders and the suite file's own folder, as absolute paths."""
+        from pathlib import Path
+
+        base = Path(self._folder or ".").resolve()
+        out = [str((base / Path(p).expanduser()).resolve()) for p in self.plugins] + [str(base)]
+        return list(dict.fromkeys(out))
 
     @field_validator("seeds")
     @classmethod

@@ -16,12 +16,11 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
-import bench
 from bench.config import (  # noqa: F401  (re-exported: the schema's names, as the suite's)
     BIG,
     BUDGET_KINDS,
@@ -38,6 +37,10 @@ from bench.config import (  # noqa: F401  (re-exported: the schema's names, as t
     TrainConfig,
     without_neutral_defaults,
 )
+from bench.version import __version__
+
+if TYPE_CHECKING:
+    from bench.models.base import ModelEntry
 
 # --------------------------------------------------------------------------- errors
 
@@ -303,22 +306,26 @@ def _index(part: str) -> int:
 
 
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
-    """Read, override and fully validate a suite file; raises ``SuiteError`` listing every problem."""
+    """Read, override and fully validate a suite file; raises ``SuiteError`` listing every problem.
+    Plugin models are looked for in the suite file's folder (and its ``plugins`` folders)."""
     file = str(path)
     raw = apply_overrides(read_suite_dict(path), overrides or [], file)
-    return validate_suite(raw, file)
+    return validate_suite(raw, file, folder=Path(path).resolve().parent)
 
 
-def validate_suite(raw: dict[str, Any], file: str = "<suite>") -> Suite:
+def validate_suite(raw: dict[str, Any], file: str = "<suite>", folder: str | Path | None = None) -> Suite:
+    """Validate a suite given as data; ``folder`` is where relative ``plugins`` paths and plugin
+    modules are looked for (default: the working directory)."""
     text_errors = _unencodable(raw)
-    if text_errors:  # a lone surrogate ("\\ud800") cannot be logged, written or shown
+    if text_errors:  # a lone surrogate ("\ud800") cannot be logged, written or shown
         raise SuiteError(file, text_errors)
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as e:
         errors = _pydantic_errors(e)
-        errors += _semantic_errors_partial(raw)
+        errors += _semantic_errors_partial(raw, folder)
         raise SuiteError(file, _dedupe(errors)) from None
+    suite._folder = str(Path(folder or ".").resolve())
     errors = _semantic_errors(suite)
     if errors:
         raise SuiteError(file, errors)
@@ -363,42 +370,66 @@ def _dedupe(errors: list[FieldError]) -> list[FieldError]:
     return out
 
 
-def _semantic_errors_partial(raw: dict[str, Any]) -> list[FieldError]:
+def _semantic_errors_partial(raw: dict[str, Any], folder: str | Path | None) -> list[FieldError]:
     """Registry checks on the parts of a structurally broken file that can still be read."""
     models = raw.get("models")
-    return _model_errors(models) if isinstance(models, list) else []
+    if not isinstance(models, list):
+        return []
+    plugins = raw.get("plugins")
+    probe = Suite.model_construct(plugins=plugins if isinstance(plugins, list) else [])
+    probe._folder = str(Path(folder or ".").resolve())
+    try:
+        paths = probe.plugin_paths
+    except (TypeError, ValueError, OSError):
+        paths = []
+    return _model_errors(models, paths)[0]
 
 
-def _model_errors(models: list[Any]) -> list[FieldError]:
-    """Unknown model names and invalid model parameters, with their field paths."""
-    from bench.models import MODELS
+def _model_errors(models: list[Any], paths: list[str]) -> tuple[list[FieldError], dict[int, ModelEntry]]:
+    """Unknown models, plugin classes that miss the contract and invalid model parameters, with
+    their field paths; and the entries of the models that resolved, by position."""
+    from bench.models.plugins import PluginError, is_import_name, resolve
 
-    errors = []
+    errors, entries = [], {}
     for i, m in enumerate(models):
         if not isinstance(m, dict) or not isinstance(m.get("name"), str):
             continue
-        if m["name"] not in MODELS:
-            errors.append(FieldError(f"models.{i}.name", MODELS.unknown_message(m["name"])))
+        try:
+            entry = resolve(m["name"], paths)
+        except PluginError as e:
+            where = f" ({e.file})" if e.file else ""
+            msg = f"{m['name']}: {e}{where}" if is_import_name(m["name"]) else str(e)
+            errors.append(FieldError(f"models.{i}.name", msg))
             continue
+        entries[i] = entry
         params = {k: v for k, v in m.items() if k not in ("name", "label", "reference")}
         try:
-            MODELS.get(m["name"]).make_params(params)
+            entry.make_params(params)
         except ValidationError as e:
             errors += _pydantic_errors(e, ("models", i))
-    return errors
+    return errors, entries
 
 
 def _semantic_errors(suite: Suite) -> list[FieldError]:
     """Checks that need the registries: names, model parameters, metric applicability."""
-    from bench.data import DATASETS, config_problems
+    from bench.data import config_problems, dataset_problem
     from bench.metrics import METRICS
-    from bench.models import MODELS
 
     errors: list[FieldError] = []
-    if suite.dataset.name not in DATASETS:
-        errors.append(FieldError("dataset.name", DATASETS.unknown_message(suite.dataset.name)))
+    problem = dataset_problem(suite.dataset.name)
+    if problem:
+        errors.append(FieldError("dataset.name", problem))
+    elif suite.dataset.name == "imagefolder" and suite.dataset.root is None:
+        errors.append(
+            FieldError("dataset.root", "an imagefolder dataset needs root: a folder with train/ and test/")
+        )
+    base = Path(suite._folder or ".")
+    for i, folder in enumerate(suite.plugins):
+        if not (base / Path(folder).expanduser()).is_dir():
+            errors.append(FieldError(f"plugins.{i}", f"{folder!r}: no such folder (relative to {base})"))
     errors += [FieldError(loc, msg) for loc, msg in config_problems(suite.dataset)]
-    errors += _model_errors([m.model_dump() for m in suite.models])
+    model_errors, entries = _model_errors([m.model_dump() for m in suite.models], suite.plugin_paths)
+    errors += model_errors
 
     labels = [m.display for m in suite.models]
     for i, lab in enumerate(labels):
@@ -419,7 +450,7 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
                     )
                 )
 
-    classes = [MODELS.get(m.name).cls for m in suite.models if m.name in MODELS]
+    classes = [e.cls for e in entries.values()]
     for i, name in enumerate(suite.eval.metrics):
         if name not in METRICS:
             errors.append(FieldError(f"eval.metrics.{i}", METRICS.unknown_message(name)))
@@ -431,6 +462,7 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
             )
         for problem in metric.check(suite):
             errors.append(FieldError(f"eval.metrics.{i}", problem))
+    errors += _plugin_method_errors(suite, entries)
 
     if suite.report.baseline is not None and suite.report.baseline not in labels:
         errors.append(FieldError("report.baseline", f"{suite.report.baseline!r} is not a model label"))
@@ -444,6 +476,35 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
         problem = compile_problem()
         if problem:
             errors.append(FieldError("train.compile", problem))
+    return errors
+
+
+def _method(name: str) -> str:
+    return "reconstruct() (nor encode() and decode())" if name == "reconstruct" else f"{name}()"
+
+
+def _plugin_method_errors(suite: Suite, entries: dict[int, ModelEntry]) -> list[FieldError]:
+    """Plugin models that lack a method one of the suite's metrics calls on them."""
+    from bench.metrics import METRICS
+    from bench.models.plugins import missing_methods
+
+    errors = []
+    for i, entry in entries.items():
+        if entry.plugin is None:
+            continue
+        needs: dict[str, list[str]] = {}
+        for name in suite.eval.metrics:
+            if name in METRICS and METRICS.get(name).applies_to_model(entry.cls):
+                for method in missing_methods(entry.cls, METRICS.get(name).uses):
+                    needs.setdefault(method, []).append(name)
+        for method, names in sorted(needs.items()):
+            errors.append(
+                FieldError(
+                    f"models.{i}.name",
+                    f"{suite.models[i].name}: {entry.cls.__qualname__} has no method {_method(method)}, "
+                    f"which eval.metrics {', '.join(names)} need ({entry.plugin.file})",
+                )
+            )
     return errors
 
 
@@ -482,10 +543,14 @@ class RunSpec:
     seed: int
 
     @property
-    def family(self) -> str:
-        from bench.models import MODELS
+    def entry(self) -> ModelEntry:
+        from bench.models.plugins import resolve
 
-        return MODELS.get(self.model).family
+        return resolve(self.model, self.suite.plugin_paths)
+
+    @property
+    def family(self) -> str:
+        return self.entry.family
 
     @property
     def run_name(self) -> str:
@@ -494,19 +559,28 @@ class RunSpec:
     def resolved(self) -> dict[str, Any]:
         """Everything that determines this run's results, as plain data."""
         s = self.suite
-        return {
+        entry = self.entry
+        dataset = s.dataset.model_dump()
+        for key in ("image_size", "channels"):  # unset: as before these options existed
+            if dataset[key] is None:
+                del dataset[key]
+        out = {
             "suite": s.name,
             "label": self.label,
             "model": self.model,
-            "family": self.family,
+            "family": entry.family,
             "params": self.params,
             "seed": self.seed,
-            "dataset": s.dataset.model_dump(),
+            "dataset": dataset,
             "budget": s.budget.model_dump(exclude_none=True),
             "eval": s.eval.model_dump(),
             "device": s.device,
             "train": s.train.model_dump(),
         }
+        if entry.plugin is not None:  # where the class came from, and the hash of its source
+            p = entry.plugin
+            out["plugin"] = {"file": p.file, "sha256": p.sha256, "origin": p.origin, "paths": s.plugin_paths}
+        return out
 
     @property
     def config_hash(self) -> str:
@@ -515,23 +589,25 @@ class RunSpec:
         Default numerics (fp32, eager) leave the hash as it was before ``train`` existed, so the
         runs of an existing store are still found; any other ``train`` setting changes it. The same
         holds for eval options and model parameters marked ``HASH_NEUTRAL`` (``bench.config``)."""
-        from bench.models import MODELS
 
         run = self.resolved()
         if run["train"] == TrainConfig().model_dump():
             del run["train"]
         # options added later are part of the hash only where they differ from their defaults
         run["eval"] = without_neutral_defaults(run["eval"], EvalConfig)
-        run["params"] = without_neutral_defaults(run["params"], MODELS.get(self.model).cls.Params)
-        blob = json.dumps({"run": run, "bench": bench.__version__}, sort_keys=True, default=str)
+        run["params"] = without_neutral_defaults(run["params"], self.entry.cls.Params)
+        if "plugin" in run:  # the plugin's code, not where it lies on this machine
+            run["plugin"] = run["plugin"]["sha256"]
+        blob = json.dumps({"run": run, "bench": __version__}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def expand(suite: Suite) -> list[RunSpec]:
     """Suite -> run specs, seed-major (so a suite stopped early has covered every model)."""
-    from bench.models import MODELS
+    from bench.models.plugins import resolve
 
-    params = [MODELS.get(m.name).make_params(m.params).model_dump(mode="json") for m in suite.models]
+    paths = suite.plugin_paths
+    params = [resolve(m.name, paths).make_params(m.params).model_dump(mode="json") for m in suite.models]
     return [
         RunSpec(suite, i, m.display, m.name, params[i], seed)
         for seed in suite.seeds

@@ -23,15 +23,19 @@ class ImageData:
 
     name: str
     train_x: torch.Tensor  # (N, C, H, W) uint8
-    train_y: torch.Tensor  # (N,) int64
+    train_y: torch.Tensor  # (N,) int64; -1 where the dataset has no labels
     test_x: torch.Tensor  # (M, C, H, W) uint8
     test_y: torch.Tensor  # (M,) int64
-    num_classes: int
+    num_classes: int  # 0: no labels (probe, kNN and domain-classifier metrics are n/a)
     checksum: str  # sha256 of the decoded arrays: the content key for every cache
-    source: str  # where the files came from (provenance)
+    source: str  # where the files came from and how they were converted (provenance)
     # the complete dataset when this is a prefix of it (``train_size``/``test_size``): the
     # reference set of the generation metrics is cut from it, so a subset keeps its checksum
     full: ImageData | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.num_classes > 0
 
     @property
     def complete(self) -> ImageData:

@@ -49,6 +49,9 @@ class Metric:
     description: str
     check: Callable[[Suite], list[str]] = lambda suite: []
     needs: frozenset[str] = frozenset()  # model capabilities beyond the family (e.g. "nll_bound")
+    needs_labels: bool = False  # n/a on a dataset without labels (an image folder without classes)
+    # the model methods the metric calls: ``bench validate`` checks a plugin model has them
+    uses: frozenset[str] = frozenset()
     # generation metrics only: what is computed, from which features, on which images
     base: str | None = None  # e.g. "fid"; precision and recall share one computation
     extractor: str | None = None  # "inception" | "domain" (bench.metrics.features.EXTRACTORS)
@@ -87,10 +90,16 @@ def register_metric(
     description: str,
     check: Callable[[Suite], list[str]] | None = None,
     needs: tuple[str, ...] = (),
+    needs_labels: bool = False,
+    uses: tuple[str, ...] | None = None,
     **generation: Any,
 ) -> Callable[[Callable[[EvalContext], Result | float]], Callable[[EvalContext], Result | float]]:
-    """Decorator registering a metric function under ``name``. ``generation`` holds the fields of
-    a generation metric (``base``, ``extractor``, ``sampler``, ``headline``)."""
+    """Decorator registering a metric function under ``name``. ``uses``: the model methods it calls
+    (default: ``sample`` for a metric of every family, ``encode`` for an encoder-only metric).
+    ``generation`` holds the fields of a generation metric (``base``, ``extractor``, ``sampler``,
+    ``headline``)."""
+    if uses is None:
+        uses = ("sample",) if "gan" in families else ("encode",)
 
     def deco(fn):
         METRICS.add(
@@ -103,6 +112,8 @@ def register_metric(
                 description,
                 check or (lambda s: []),
                 frozenset(needs),
+                needs_labels=needs_labels,
+                uses=frozenset(uses) | frozenset(needs),
                 **generation,
             ),
         )
@@ -183,10 +194,10 @@ def evaluate(
 ) -> dict[str, Result]:
     """Compute every requested metric that applies to the model's family.
 
-    Metrics that do not apply (wrong family, or a capability the model lacks) are absent from the
-    result (reported as n/a, never as 0). ``seconds``, when given, receives each computed metric's
-    wall time, in the order of ``cfg.metrics``: what metrics share (codes, samples, features) is
-    charged to the first that needs it.
+    Metrics that do not apply (wrong family, a capability the model lacks, labels the data lacks)
+    are absent from the result (reported as n/a, never as 0). ``seconds``, when given, receives
+    each computed metric's wall time, in the order of ``cfg.metrics``: what metrics share (codes,
+    samples, features) is charged to the first that needs it.
     """
     was_training = model.training
     model.eval()
@@ -195,7 +206,7 @@ def evaluate(
     try:
         for name in cfg.metrics:
             metric = METRICS.get(name)
-            if not metric.applies_to_model(model):
+            if not metric.applies_to_model(model) or (metric.needs_labels and not data.has_labels):
                 continue
             t0 = time.perf_counter()
             r = metric.fn(ctx)

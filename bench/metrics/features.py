@@ -39,6 +39,7 @@ from bench.registry import Registry
 if TYPE_CHECKING:
     from bench.config import EvalConfig
 
+GREY_TILED = "uint8, grayscale tiled to 3 channels"
 NOISE = "normal"  # the torch-fidelity noise source every sampler draws from
 
 
@@ -273,7 +274,7 @@ class RealImages:
             "weights_sha256": prep.weights_sha256,
             "layers": list(prep.layers),
             "resize": prep.extractor.resize,
-            "pixels": "uint8, grayscale tiled to 3 channels",
+            "pixels": "uint8 RGB" if self.data.image_shape[0] == 3 else GREY_TILED,
             "torch_fidelity": torch_fidelity.__version__,
         }
 

@@ -461,6 +461,10 @@ def preflight(cfg: EvalConfig) -> list[str]:
 # Every generation metric by its full name: <base><extractor suffix><sampler suffix>.
 
 
+# the model methods each sampler calls
+SAMPLER_USES = {"prior": ("sample",), "gmm": ("encode", "decode"), "rec": ("reconstruct",)}
+
+
 def _register(name: str, base: str, extractor: str, sampler: str, headline: bool = False) -> None:
     b, ex, sm = BASES_BY_NAME[base], EXTRACTORS.get(extractor), SAMPLERS.get(sampler)
     assert name == base + (ex.suffix if b.named_by_extractor else "") + sm.suffix, name
@@ -470,6 +474,8 @@ def _register(name: str, base: str, extractor: str, sampler: str, headline: bool
         name,
         higher_is_better=b.higher_is_better,
         families=sm.families,
+        needs_labels=extractor == "domain",  # the domain classifier is trained on the labels
+        uses=SAMPLER_USES[sampler],
         description=f"{b.description}; {ex.name} features; samples: {sm.description}",
         check=_checker(gm),
         base=base,

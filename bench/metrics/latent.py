@@ -38,6 +38,7 @@ def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     "probe_acc",
     higher_is_better=True,
     families=ENCODER_FAMILIES,
+    needs_labels=True,
     description="test accuracy of a logistic regression on frozen codes (fit on train, standardised)",
 )
 def probe_acc(ctx: EvalContext) -> Result:
@@ -58,6 +59,7 @@ def probe_acc(ctx: EvalContext) -> Result:
     "knn_acc",
     higher_is_better=True,
     families=ENCODER_FAMILIES,
+    needs_labels=True,
     description=f"test accuracy of a {KNN_K}-nearest-neighbour classifier (Euclidean) on the training codes",
 )
 def knn_acc(ctx: EvalContext) -> Result:
@@ -81,6 +83,7 @@ def noisy_test_images(ctx: EvalContext) -> torch.Tensor:
 
 @register_metric(
     "denoise_psnr",
+    uses=("reconstruct",),
     higher_is_better=True,
     families=ENCODER_FAMILIES,
     description=f"mean per-image PSNR (dB) of reconstructions of noisy test images (sigma {DENOISE_SIGMA}, "
@@ -108,6 +111,7 @@ def denoise_psnr(ctx: EvalContext) -> Result:
     higher_is_better=False,
     families=("vae",),
     needs=("nll_bound",),
+    uses=("nll_bound",),
     description="mean over test images of an upper bound on -log p(x) in nats (models with a likelihood: "
     "vae-*, iwae, vq-vae; not wae-mmd): the negative ELBO, or the importance-weighted bound for iwae",
 )

@@ -17,6 +17,7 @@ from bench.models.vae import gaussian_kl
 
 @register_metric(
     "recon_mse",
+    uses=("reconstruct",),
     higher_is_better=False,
     families=RECONSTRUCTING_FAMILIES,
     description="mean per-pixel squared error of test reconstructions, pixels in [0, 1]",
@@ -28,6 +29,7 @@ def recon_mse(ctx: EvalContext) -> Result:
 
 @register_metric(
     "psnr",
+    uses=("reconstruct",),
     higher_is_better=True,
     families=RECONSTRUCTING_FAMILIES,
     description="mean over test images of per-image PSNR (dB, data range 1), torchmetrics",
@@ -43,6 +45,7 @@ def psnr(ctx: EvalContext) -> Result:
 
 @register_metric(
     "ssim",
+    uses=("reconstruct",),
     higher_is_better=True,
     families=RECONSTRUCTING_FAMILIES,
     description="mean SSIM of test reconstructions (Gaussian window 11, sigma 1.5), torchmetrics",
@@ -88,6 +91,7 @@ def bpp(ctx: EvalContext) -> Result | None:
 
 @register_metric(
     "compression_ratio",
+    uses=("encode", "latent_bits"),
     higher_is_better=True,
     families=RECONSTRUCTING_FAMILIES,
     description="size of the test images as 8-bit raw pixels over the size of their actual bitstreams "

@@ -10,6 +10,7 @@ from bench.models import factorized  # noqa: F401
 
 # isort: split
 from bench.models import codec  # noqa: F401
-from bench.models.base import MODELS, GenerativeModel, ModelParams, build_model
+from bench.models.base import MODELS, GenerativeModel, ModelParams
+from bench.models.plugins import PluginError, build_model, resolve
 
-__all__ = ["MODELS", "GenerativeModel", "ModelParams", "build_model"]
+__all__ = ["MODELS", "GenerativeModel", "ModelParams", "PluginError", "build_model", "resolve"]

@@ -23,7 +23,7 @@ MLP_HIDDEN = (128,)  # the source design's hidden width
 class CodecParams(ModelParams):
     """What every encoder-decoder model shares: the backbone, the code size, the likelihood."""
 
-    backbone: str = Field("mlp", description="shared nets: mlp | infogan | ghosh")
+    backbone: str = Field("mlp", description="shared nets: mlp | infogan | ghosh | dcgan")
     latent_dim: int = Field(64, ge=1, le=4096)
     hidden: Widths | None = widths_field(
         "MLP encoder widths, the decoder mirrors them (mlp backbone only; default 128)"

@@ -4,7 +4,9 @@ A model is an ``nn.Module`` that declares its family (ae | vae | gan | codec), i
 (reconstruction | adversarial | none: which strategy of the one training loop drives it; a
 classical codec trains nothing) and a
 pydantic ``Params`` class. Variants are registry entries that pre-set parameters of a class
-(``vae-conv`` with ``beta: 4`` is a beta-VAE); nothing outside this package names a model.
+(``vae-conv`` with ``beta: 4`` is a beta-VAE). Models from outside the package (``module:Class``
+names, the ``bench.models`` entry points) meet the same contract: see ``GenerativeModel``
+and ``bench.models.plugins``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,19 @@ from bench.registry import Registry
 
 Family = Literal["ae", "vae", "gan", "codec"]
 StepKind = Literal["reconstruction", "adversarial", "none"]
+FAMILIES = ("ae", "vae", "gan", "codec")
+STEP_OF_FAMILY: dict[str, StepKind] = {
+    "ae": "reconstruction",
+    "vae": "reconstruction",
+    "gan": "adversarial",
+    "codec": "none",
+}
+# what each step kind of the training loop calls on a model
+STEP_METHODS: dict[str, tuple[str, ...]] = {
+    "reconstruction": ("loss",),
+    "adversarial": ("d_loss", "g_loss", "sample_z"),
+    "none": (),
+}
 
 # MLP widths: at most MAX_LAYERS hidden layers of at most MAX_WIDTH units each (about 134 M
 # weights at the extreme: beyond that a typo, such as 1e7, would allocate until the process dies)
@@ -52,7 +67,36 @@ class ModelParams(BaseModel):
 
 
 class GenerativeModel(nn.Module):
-    """Base class. Images in and out are float tensors (B, C, H, W) in [0, 1]."""
+    """Base class of every model, built-in or not. Images in and out are float tensors (B, C, H, W)
+    in [0, 1]; ``image_shape`` is the dataset's (C, H, W) (1 or 3 channels, any size).
+
+    The contract (``bench validate`` checks it for models from outside the package):
+
+    - ``family``: "ae", "vae" or "gan" (class attribute). It decides the default training step
+      and which metrics may apply: reconstruction, latent and code-space metrics are for ae/vae,
+      sample-based metrics for every family.
+    - ``Params``: a ``ModelParams`` subclass (pydantic) holding every parameter; the suite's keys
+      besides ``name``/``label`` are validated against it, like a built-in model's.
+    - ``__init__(self, params, image_shape)``: build the networks for the data's shape.
+    - ``sample(n, generator=None)``: n images (n, C, H, W) in [0, 1]. Required (every run logs a
+      sample grid); unlocks fid, kid, precision, recall, is, modes_covered (``*_domain`` too).
+    - Training, by ``step_kind`` (default from the family: ae/vae "reconstruction", gan
+      "adversarial"). reconstruction: ``loss(x)`` -> dict with a scalar "loss" (other entries are
+      logged); ``optimizer_groups()`` optional. adversarial: ``generator`` and ``discriminator``
+      modules, ``sample_z(n)``, ``d_loss(x, z)`` -> dict with "loss", ``g_loss(z)`` -> dict with
+      "g_loss"; optional ``n_critic`` and ``after_d_step()``.
+    - ``encode(x)`` -> (B, d) codes: unlocks probe_acc, knn_acc (datasets with labels) and, with
+      ``latent_bits()``, compression_ratio.
+    - ``decode(z)``: with ``encode``, unlocks the code-space samplers (``*_gmm`` metrics) and the
+      default ``reconstruct(x) = decode(encode(x))``.
+    - ``reconstruct(x)`` (or encode + decode): unlocks recon_mse, psnr, ssim, denoise_psnr, ``*_rec``
+      and the reconstruction grid.
+    - ``nll_bound(x)`` with ``capabilities = frozenset({"nll_bound"})``: unlocks nll_bound (vae).
+    - ``fit_latent_prior(codes)`` optional: called with the training codes after training.
+
+    A metric a model cannot serve is n/a in its row; a metric the suite asks for that needs a
+    method the model lacks is an error at ``bench validate``.
+    """
 
     family: ClassVar[Family]
     step_kind: ClassVar[StepKind]
@@ -63,6 +107,20 @@ class GenerativeModel(nn.Module):
     # "posterior": ``posterior(x)`` gives a diagonal Gaussian q(z | x) (its KL is the bits-back rate)
     capabilities: ClassVar[frozenset[str]] = frozenset()
     can_sample: ClassVar[bool] = True  # False: no generator at all (a classical codec)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not hasattr(cls, "step_kind") and getattr(cls, "family", None) in STEP_OF_FAMILY:
+            cls.step_kind = STEP_OF_FAMILY[cls.family]
+
+    @classmethod
+    def implements(cls, method: str) -> bool:
+        """Whether the class provides ``method`` (not the base class's placeholder). ``reconstruct``
+        counts when the class overrides it or provides both ``encode`` and ``decode``."""
+        if method == "reconstruct" and cls.implements("encode") and cls.implements("decode"):
+            return True
+        own = getattr(cls, method, None)
+        return own is not None and own is not getattr(GenerativeModel, method, None)
 
     def __init__(self, params: ModelParams, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
@@ -76,7 +134,8 @@ class GenerativeModel(nn.Module):
     # --- encoder families (ae, vae)
     @property
     def has_encoder(self) -> bool:
-        return self.family in ("ae", "vae")
+        """An encoder family that can reconstruct (every built-in ae/vae model)."""
+        return self.family in ("ae", "vae") and self.implements("reconstruct")
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The deterministic code of x (the mean for a VAE): what probes and compression use."""
@@ -136,6 +195,11 @@ class ModelEntry:
     cls: type[GenerativeModel]
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    plugin: PluginSource | None = None  # where a model from outside the package came from
+
+    @property
+    def origin(self) -> str:
+        return self.plugin.origin if self.plugin else "bench"
 
     @property
     def family(self) -> Family:
@@ -146,6 +210,16 @@ class ModelEntry:
         return self.cls.Params(**{**self.defaults, **overrides})
 
 
+@dataclass(frozen=True)
+class PluginSource:
+    """Where a plugin model class came from: its source file (whose sha256 enters the config hash
+    of its runs) and, in words, how it was found (import path or entry point and distribution)."""
+
+    file: str
+    sha256: str
+    origin: str
+
+
 MODELS: Registry[ModelEntry] = Registry("model")
 
 
@@ -154,8 +228,3 @@ def register(name: str, cls: type[GenerativeModel], description: str = "", **def
     entry = ModelEntry(cls, defaults, description)
     entry.make_params({})  # a bad default is a bug in bench, caught at import
     MODELS.add(name, entry)
-
-
-def build_model(name: str, params: dict[str, Any], image_shape: tuple[int, int, int]) -> GenerativeModel:
-    entry = MODELS.get(name)
-    return entry.cls(entry.make_params(params), image_shape)

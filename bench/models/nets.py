@@ -254,13 +254,76 @@ def compare_gan_init(net: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+@dataclass(frozen=True)
+class DCGAN:
+    """DCGAN-style conv nets (Radford et al. 2016) for colour images, in the layout Lucic et al. 2018
+    list for CIFAR-10 and CelebA.
+
+    D: conv64(4,s2) lReLU, conv128(4,s2) BN lReLU, conv256(4,s2) BN lReLU, FC1
+    G: FC(H/16 * W/16 * 448) BN ReLU, deconv256(4,s2) BN ReLU, deconv128(4,s2) ReLU,
+       deconv64(4,s2) ReLU, deconvC(4,s2) tanh (mapped onto [0, 1])
+    For 32x32 the generator starts at 2x2, for 64x64 at 4x4; H and W must be divisible by 16
+    (the discriminator works for any multiple of 8). The encoder of the autoencoders is D's trunk
+    with an ``out_dim`` head, the decoder is G.
+    """
+
+    d_batch_norm: bool = True
+
+    def _trunk(self, shape: Shape, out_dim: int) -> nn.Module:
+        c, h, w = shape
+        bn = self.d_batch_norm
+        return nn.Sequential(
+            nn.Conv2d(c, 64, 4, 2, 1),  # (B, 64, H/2, W/2)
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(64, 128, 4, 2, 1, bias=not bn),  # (B, 128, H/4, W/4)
+            nn.BatchNorm2d(128) if bn else nn.Identity(),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(128, 256, 4, 2, 1, bias=not bn),  # (B, 256, H/8, W/8)
+            nn.BatchNorm2d(256) if bn else nn.Identity(),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(256 * (h // 8) * (w // 8), out_dim),
+        )
+
+    def encoder(self, shape: Shape, out_dim: int) -> nn.Module:
+        return self._trunk(shape, out_dim)
+
+    def discriminator(self, shape: Shape) -> nn.Module:
+        return nn.Sequential(self._trunk(shape, 1), nn.Flatten(0))
+
+    def generator(self, shape: Shape, z_dim: int) -> nn.Module:
+        c, h, w = shape
+        if h % 16 or w % 16:
+            raise ValueError(f"the dcgan backbone needs H and W divisible by 16 (images are {h}x{w})")
+        h0, w0 = h // 16, w // 16
+        return nn.Sequential(
+            nn.Linear(z_dim, 448 * h0 * w0, bias=False),
+            nn.BatchNorm1d(448 * h0 * w0),
+            nn.ReLU(),
+            Reshape(448, h0, w0),  # (B, 448, H/16, W/16)
+            nn.ConvTranspose2d(448, 256, 4, 2, 1, bias=False),  # (B, 256, H/8, W/8)
+            nn.BatchNorm2d(256),
+            nn.ReLU(),
+            nn.ConvTranspose2d(256, 128, 4, 2, 1),  # (B, 128, H/4, W/4)
+            nn.ReLU(),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1),  # (B, 64, H/2, W/2)
+            nn.ReLU(),
+            nn.ConvTranspose2d(64, c, 4, 2, 1),  # (B, C, H, W)
+            TanhToUnit(),
+        )
+
+    def decoder(self, shape: Shape, latent_dim: int) -> nn.Module:
+        return self.generator(shape, latent_dim)
+
+
 BACKBONES: Registry[type] = Registry("backbone")
 BACKBONES.add("mlp", MLP)
 BACKBONES.add("infogan", InfoGAN)
 BACKBONES.add("ghosh", Ghosh)
+BACKBONES.add("dcgan", DCGAN)
 
 
-def make_backbone(name: str, **options) -> MLP | InfoGAN | Ghosh:
+def make_backbone(name: str, **options) -> MLP | InfoGAN | Ghosh | DCGAN:
     """Build backbone ``name`` from the options it understands (the others belong to other nets)."""
     import dataclasses
 

@@ -47,7 +47,7 @@ class Execution:
     def build(self) -> tuple[GenerativeModel, Trainer]:
         spec, suite, data = self.spec, self.spec.suite, self.env.data
         torch.manual_seed(spec.seed)
-        model = build_model(spec.model, spec.params, data.image_shape).to(self.env.device)
+        model = build_model(spec.model, spec.params, data.image_shape, suite.plugin_paths).to(self.env.device)
         self.model_capabilities = model.capabilities
         trainer = Trainer(
             model,
@@ -272,6 +272,14 @@ def log_dataset(run: RunLogger, data: ImageData) -> None:
     run.dataset(data.name, data.checksum, data.source, profile)
 
 
+def _model_spec(spec: RunSpec, data: ImageData) -> dict:
+    """What rebuilds the model: its name, parameters, image shape (and where a plugin is found)."""
+    out = {"model": spec.model, "params": spec.params, "image_shape": list(data.image_shape)}
+    if spec.entry.plugin is not None:
+        out["plugin_paths"] = spec.suite.plugin_paths
+    return out
+
+
 def log_artifacts(run: RunLogger, model, data: ImageData, spec: RunSpec, device: torch.device) -> None:
     """Sample grid, reconstruction grid (encoder families), state_dict and the spec to rebuild it."""
     if model.can_sample:
@@ -281,5 +289,5 @@ def log_artifacts(run: RunLogger, model, data: ImageData, spec: RunSpec, device:
     run.torch_state("model/state_dict.pt", model.state_dict())
     run.text(
         "model/spec.json",
-        json.dumps({"model": spec.model, "params": spec.params, "image_shape": list(data.image_shape)}),
+        json.dumps(_model_spec(spec, data)),
     )

@@ -85,6 +85,8 @@ def suite_of_run(run: StoredRun, metrics: list[str] | None, overrides: list[str]
         "eval": {**c["eval"], **({"metrics": metrics} if metrics is not None else {})},
         "models": [{"name": c["model"], "label": c["label"], **c["params"]}],
     }
+    if "plugin" in c:  # a plugin model: found where the run found it
+        raw["plugins"] = list(c["plugin"].get("paths", []))
     where = f"run {run.run_id} ({run.name})"
     return validate_suite(apply_overrides(raw, overrides, where), where)
 
@@ -101,7 +103,8 @@ def load_model(tracker: Tracker, run: StoredRun, device: torch.device) -> Genera
         state = torch.load(
             tracker.download(run.run_id, "model/state_dict.pt", d), map_location=device, weights_only=True
         )
-    model = build_model(spec["model"], spec["params"], tuple(spec["image_shape"])).to(device)
+    paths = spec.get("plugin_paths", ())
+    model = build_model(spec["model"], spec["params"], tuple(spec["image_shape"]), paths).to(device)
     model.load_state_dict(state)
     return model.eval()
 

@@ -14,7 +14,7 @@ import torch
 from bench.cache import content_key
 from bench.config import EvalConfig
 from bench.data import ImageData
-from bench.metrics.base import Result
+from bench.metrics.base import METRICS, Result
 from bench.metrics.generative import GenerationEval, generation_metric, generation_names
 from bench.metrics.reference import protocol
 from bench.store.tracking import RunLogger, Tracker
@@ -32,7 +32,7 @@ def log_reference(
     computing the row failed (logged as an error, never raised: the model runs it accompanies are
     already safe in the store).
     """
-    names = generation_names(cfg.metrics)
+    names = [m for m in generation_names(cfg.metrics) if data.has_labels or not METRICS.get(m).needs_labels]
     if not names:
         return None
     gen = GenerationEval(data, cfg, seed=0, device=device)

@@ -902,10 +902,10 @@ def environment() -> dict[str, Any]:
     import torch
     import torchvision
 
-    import bench
+    from bench.version import __version__
 
     env = {
-        "bench": bench.__version__,
+        "bench": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,

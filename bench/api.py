@@ -1,0 +1,138 @@
+"""``bench.evaluate``: score a model trained elsewhere, or any callable from noise to images, with
+bench's metrics (``bench.run``, the other half of the Python API, is ``bench.run.api``).
+
+It raises instead of exiting: ``SuiteError`` for a bad request (every problem, with its field),
+``DataError`` for data that cannot be read, ``TrackingError`` for a store that cannot be reached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.config import DatasetConfig, EvalConfig
+from bench.data import ImageData, from_config
+from bench.metrics import METRICS, Result
+from bench.models import GenerativeModel, ModelParams
+from bench.suite import FieldError, SuiteError
+
+# --------------------------------------------------------------------------- evaluate
+
+
+class CallableGenerator(GenerativeModel):
+    """Any callable from noise (n, z_dim) ~ N(0, I) to images (n, C, H, W), float in [0, 1] or
+    uint8, as a model of the gan family: what sample-based metrics score."""
+
+    family = "gan"
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], z_dim: int, image_shape, device) -> None:
+        super().__init__(ModelParams(), image_shape)
+        self.fn, self.z_dim = fn, z_dim
+        self.anchor = nn.Parameter(torch.zeros(0, device=device), requires_grad=False)  # holds the device
+
+    def sample(self, n, generator=None):
+        z = torch.randn(n, self.z_dim, generator=generator, device=self.anchor.device)
+        x = torch.as_tensor(self.fn(z))
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
+        if tuple(x.shape) != (n, *self.image_shape):
+            raise ValueError(
+                f"the generator returned images of shape {tuple(x.shape)}; expected {(n, *self.image_shape)}"
+            )
+        return x.to(self.anchor.device).float()
+
+    def d_loss(self, x, z):  # evaluation only
+        raise NotImplementedError
+
+    g_loss = sample_z = d_loss
+
+
+def _dataset(dataset: str | Mapping[str, Any] | DatasetConfig | ImageData) -> ImageData:
+    if isinstance(dataset, ImageData):
+        return dataset
+    if isinstance(dataset, str):
+        dataset = {"name": dataset}
+    return from_config(dataset if isinstance(dataset, DatasetConfig) else DatasetConfig(**dataset))
+
+
+def evaluate(
+    model_or_generator: GenerativeModel | Callable[[torch.Tensor], torch.Tensor],
+    dataset: str | Mapping[str, Any] | DatasetConfig | ImageData = "synthetic",
+    metrics: Iterable[str] = ("fid",),
+    n_samples: int = 10000,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    z_dim: int = 128,
+    tracking_uri: str | None = None,
+    experiment: str = "evaluate",
+    **eval_options: Any,
+) -> dict[str, Result]:
+    """Score a model trained elsewhere (a ``GenerativeModel``) or any callable from noise
+    (n, ``z_dim``) to images (n, C, H, W) in [0, 1], on ``dataset`` (a registered name, a
+    ``dataset`` section as a dict, or loaded ``ImageData``), with the suite metrics ``metrics``.
+
+    ``eval_options`` are further ``eval`` settings (``n_real``, ``reference_split``, ...).
+    Returns {metric: Result(value, provenance)}; metrics that do not apply are absent (n/a).
+    With ``tracking_uri`` the values and their provenance are also logged to MLflow, as one run
+    of ``experiment``."""
+    names = list(metrics)
+    try:
+        cfg = EvalConfig(metrics=names, n_samples=n_samples, **eval_options)
+    except Exception as e:
+        raise SuiteError("bench.evaluate", [FieldError("eval", str(e))]) from None
+    unknown = [
+        FieldError(f"metrics.{i}", METRICS.unknown_message(m))
+        for i, m in enumerate(names)
+        if m not in METRICS
+    ]
+    if unknown:
+        raise SuiteError("bench.evaluate", unknown)
+    data = _dataset(dataset)
+    dev = torch.device(device)
+    if isinstance(model_or_generator, GenerativeModel):
+        model = model_or_generator.to(dev)
+    elif callable(model_or_generator):
+        model = CallableGenerator(model_or_generator, z_dim, data.image_shape, dev)
+    else:
+        raise TypeError("evaluate() takes a bench GenerativeModel or a callable from noise to images")
+    from bench.metrics import evaluate as compute
+    from bench.metrics.samplers import fit_latent_sampler
+
+    fit_latent_sampler(model, data, cfg.batch_size)
+    t0 = time.perf_counter()
+    results = compute(model, data.to(dev), cfg, seed, dev)
+    seconds = time.perf_counter() - t0
+    results = {
+        k: Result(r.value, {**r.provenance, "dataset": data.name, "dataset_checksum": data.checksum}, r.extra)
+        for k, r in results.items()
+    }
+    if tracking_uri is not None:
+        _log(tracking_uri, experiment, model, data, cfg, seed, results, seconds)
+    return results
+
+
+def _log(uri, experiment, model, data, cfg, seed, results, seconds) -> str:
+    """One MLflow run (tag ``bench.kind=evaluation``) holding the values and their provenance."""
+    from bench.store.tracking import RunLogger, Tracker
+    from bench.suite import flatten
+
+    tracker = Tracker(uri)
+    tracker.check()
+    fn = getattr(model, "fn", None)
+    name = getattr(fn, "__name__", "generator") if fn is not None else type(model).__name__
+    tags = {"bench.kind": "evaluation", "label": name, "family": model.family, "model": name}
+    created = tracker.call(
+        tracker.client.create_run, tracker.experiment_id(experiment), run_name=name, tags=tags
+    )
+    run = RunLogger(tracker, created.info.run_id)
+    run.params(flatten({"eval": cfg.model_dump(), "seed": seed, "dataset": data.name}))
+    run.params({"dataset.checksum": data.checksum, "dataset.source": data.source})
+    run.results(0, results)
+    run.metrics(0, {"eval_seconds": seconds})
+    run.finish("FINISHED")
+    return run.run_id
