@@ -350,10 +350,10 @@ def test_a_model_that_cannot_be_built_is_one_failed_run(tmp_path, write_suite, c
 
     real = execute.build_model
 
-    def build(name, params, image_shape):
+    def build(name, params, image_shape, *plugin_paths):
         if name == "vae-mlp":
             raise MemoryError("cannot allocate 9 TB")
-        return real(name, params, image_shape)
+        return real(name, params, image_shape, *plugin_paths)
 
     monkeypatch.setattr(execute, "build_model", build)
     monkeypatch.chdir(tmp_path)

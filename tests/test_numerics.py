@@ -134,19 +134,10 @@ def test_train_options_land_in_params_and_the_config_hash(write_suite):
 
 
 def test_default_numerics_keep_the_hash_of_runs_recorded_before_them(write_suite):
-    import hashlib
-    import json
-
-    import bench
+    from conftest import hash_as_recorded_before
 
     spec = expand(load_suite(write_suite(tiny_suite())))[0]
-    before = {k: v for k, v in spec.resolved().items() if k != "train"}  # what runs recorded until now
-    later = ("gmm_kind", "gmm_weight_concentration", "gmm_max_iter", "dc_neighborhood", "fd_inf_points",
-             "fd_inf_min_n", "gmm_fit_n", "code_step")  # fmt: skip
-    before["eval"] = {k: v for k, v in before["eval"].items() if k not in later}
-    before["params"] = {k: v for k, v in before["params"].items() if k != "prior_mean"}
-    blob = json.dumps({"run": before, "bench": bench.__version__}, sort_keys=True, default=str)
-    assert spec.config_hash == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    assert spec.config_hash == hash_as_recorded_before(spec)
 
 
 def test_a_code_step_changes_the_hash(write_suite):

@@ -1,24 +1,17 @@
 """The paper-protocol options: each a parameter whose default keeps the earlier behaviour and the
 earlier config hash."""
 
-import hashlib
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_suite
+from conftest import hash_as_recorded_before, tiny_suite
 from pydantic import ValidationError
 
-import bench
 from bench.data import load_dataset
 from bench.metrics.samplers import GMMOptions, latent_gmm
 from bench.models import build_model
 from bench.suite import SuiteError, expand, load_suite
-
-NEW_EVAL = ("gmm_kind", "gmm_weight_concentration", "gmm_max_iter", "dc_neighborhood", "fd_inf_points",
-            "fd_inf_min_n", "gmm_fit_n")  # fmt: skip
-NEW_PARAMS = ("ls_on", "init", "bn_momentum", "bn_eps", "g_activation", "prior_mean")
 
 
 @pytest.fixture(scope="module")
@@ -26,21 +19,12 @@ def data():
     return load_dataset("synthetic", train_size=1024, test_size=512)
 
 
-def _old_hash(spec) -> str:
-    """The hash as runs recorded it before these options existed."""
-    run = {k: v for k, v in spec.resolved().items() if k != "train"}
-    run["eval"] = {k: v for k, v in run["eval"].items() if k not in NEW_EVAL}
-    run["params"] = {k: v for k, v in run["params"].items() if k not in NEW_PARAMS}
-    blob = json.dumps({"run": run, "bench": bench.__version__}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def test_new_options_at_their_defaults_keep_the_config_hash(write_suite):
     models = [{"name": "ae-conv"}, {"name": "lsgan"}, {"name": "dcgan", "init": "pytorch"}]
     specs = expand(load_suite(write_suite(tiny_suite(models=models))))
     for spec in specs:
         assert {"init", "ls_on"} <= set(spec.params) or "prior_mean" in spec.params  # recorded as params
-        assert spec.config_hash == _old_hash(spec)
+        assert spec.config_hash == hash_as_recorded_before(spec)
     changed = [
         {"name": "ae-conv", "prior_mean": "zero"},
         {"name": "lsgan", "ls_on": "sigmoid"},

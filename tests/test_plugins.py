@@ -18,7 +18,6 @@ import bench
 from bench.cli import main
 from bench.data import DataError, load_dataset
 from bench.suite import expand, load_suite
-from bench.version import __version__
 
 PLUGIN = "myplugins.models:TinyVAE"
 EVAL = {
@@ -71,7 +70,7 @@ def model_runs(uri: str) -> list:
 def test_plugin_and_image_folder_run_evaluate_report_and_resume(project, capsys):
     root, uri = project["root"], project["uri"]
     results = pd.read_csv(root / "rep" / "results.csv")
-    assert list(results.label) == ["tiny", "dcgan"]
+    assert list(results.label) == ["tiny", "dcgan", "real data (reference)"]
     tiny = results[results.label == "tiny"].iloc[0]
     assert (
         tiny.family == "vae" and np.isfinite(tiny["recon_mse_mean"]) and np.isfinite(tiny["fid_domain_mean"])
@@ -117,7 +116,7 @@ def test_python_run_returns_the_numbers_of_results_csv(project):
     out = project["root"] / "rep-api"
     assert main(["report", "mine", "--tracking-uri", project["uri"], "--out", str(out)]) == 0
     csv = pd.read_csv(out / "results.csv")
-    assert list(table.label) == list(csv.label) == ["tiny", "dcgan"]
+    assert list(table.label) == list(csv.label) == ["tiny", "dcgan", "real data (reference)"]
     numeric = [c for c in csv.columns if pd.api.types.is_numeric_dtype(csv[c])]
     assert "recon_mse_mean" in numeric and "fid_domain_mean" in numeric
     np.testing.assert_allclose(table[numeric].to_numpy(float), csv[numeric].to_numpy(float), rtol=1e-12)
@@ -168,15 +167,10 @@ def test_an_edited_plugin_is_a_new_run_and_builtin_hashes_do_not_move(project, t
 
 def test_builtin_config_hash_ignores_the_new_dataset_keys(write_suite):
     """A built-in suite's run hash is what it was before plugins and image_size/channels existed."""
-    from conftest import tiny_suite
+    from conftest import hash_as_recorded_before, tiny_suite
 
     spec = expand(load_suite(write_suite(tiny_suite())))[0]
-    run = spec.resolved()
-    assert "plugin" not in run and "image_size" not in run["dataset"] and "channels" not in run["dataset"]
-    blob = json.dumps(
-        {"run": {k: v for k, v in run.items() if k != "train"}, "bench": __version__}, sort_keys=True
-    )
-    assert spec.config_hash == __import__("hashlib").sha256(blob.encode()).hexdigest()[:16]
+    assert spec.config_hash == hash_as_recorded_before(spec)
 
 
 @pytest.mark.parametrize(

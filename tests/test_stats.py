@@ -76,11 +76,10 @@ def test_pareto_front_directions():
 
 
 def test_cost_cells_show_the_mean_with_the_range_not_an_interval():
-    import pandas as pd
+    from bench.report.tables import stat_cell
 
-    from bench.report.summary import cost_cell
-
-    row = pd.Series({"images_per_s_mean": 200.0, "images_per_s_min": 100.0, "images_per_s_max": 300.0})
-    assert cost_cell(row, "images_per_s").text == "200 (100–300)"
-    same = pd.Series({"train_seconds_mean": 2.5, "train_seconds_min": 2.5, "train_seconds_max": 2.5})
-    assert cost_cell(same, "train_seconds").text == "2.5"
+    nan = float("nan")
+    cost = {"kind": "cost", "applies": True, "mean": 200.0, "ci95": 50.0, "min": 100.0, "max": 300.0, "n": 3}
+    assert stat_cell(cost, 3).text == "200 (100–300)"
+    same = cost | {"mean": 2.5, "min": 2.5, "max": 2.5, "ci95": nan}
+    assert stat_cell(same, 3).text == "2.5"

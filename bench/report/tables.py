@@ -168,7 +168,7 @@ def use_tables(summary: Summary) -> list[tuple[Use, list[str]]]:
 
 def markdown_answers(summary: Summary) -> str:
     """The answer section: one line per use (and suite)."""
-    lines = [f"- {a.text(summary.multi_suite)}" for a in answers(summary)]
+    lines = [f"- {a.text(summary.multi_suite, escape=md_escape)}" for a in answers(summary)]
     return "\n".join(lines) + "\n" if lines else ""
 
 

@@ -11,7 +11,8 @@ of each family, and the real-data reference where there is one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bench.report.stats import welch
@@ -132,15 +133,18 @@ class Answer:
     def tie(self) -> bool:
         return self.runner_up is not None and self.runner_up.mean == self.best.mean
 
-    def text(self, with_suite: bool = False) -> str:
-        """One line, in words and numbers."""
+    def text(self, with_suite: bool = False, escape: Callable[[str], str] = str) -> str:
+        """One line, in words and numbers; ``escape`` is applied to the labels and the suite name
+        (which come from suite files), e.g. the markdown escaping of report.md."""
         from bench.report.summary import fmt_num
 
         arrow = "↑" if self.higher else "↓"
         head = f"{self.use.title.lower()} ({self.metric} {arrow})"
         if with_suite:
-            head = f"{self.suite}: {head}"
-        b, r = self.best, self.runner_up
+            head = f"{escape(self.suite)}: {head}"
+        b, r = (
+            replace(x, label=escape(x.label)) if x is not None else None for x in (self.best, self.runner_up)
+        )
         best_word = ("lowest" if not self.higher else "highest") if self.use is COST else "best"
         if self.tie:
             parts = [f"{b.label} and {r.label} tie at {fmt_num(b.mean)}"]
@@ -151,9 +155,9 @@ class Answer:
             parts.append(f"runner-up {r.label} ({FAMILY_NAMES.get(r.family, r.family)}) {fmt_num(r.mean)}")
         shown = {b.label} | ({r.label} if r is not None else set())
         parts += [
-            f"best {FAMILY_NAMES[f]} {self.family_best[f].label} {fmt_num(self.family_best[f].mean)}"
+            f"best {FAMILY_NAMES[f]} {escape(self.family_best[f].label)} {fmt_num(self.family_best[f].mean)}"
             for f in FAMILIES
-            if f in self.family_best and self.family_best[f].label not in shown
+            if f in self.family_best and escape(self.family_best[f].label) not in shown
         ]
         if r is not None and not self.tie:
             parts.append(f"{b.label} vs {r.label} {self.verdict()}")

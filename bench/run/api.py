@@ -42,7 +42,7 @@ def run(
 
     from bench.metrics.generative import preflight
     from bench.report import write_report
-    from bench.report.summary import load_store, summarise
+    from bench.report.summary import load_store, results_table, summarise
     from bench.run.context import resolve_device
     from bench.run.driver import run_suite
     from bench.run.executors import LocalExecutor
@@ -62,7 +62,7 @@ def run(
     run_suite(s, resolved_yaml, tracker, resolve_device(s.device), default_hooks(), restart, LocalExecutor())
     if out is not None:
         summary, _ = write_report(tracker, [s.name], Path(out))
-        return summary.table
+        return results_table(summary)
     data = load_store(tracker, [s.name])
     summary = summarise(
         data.runs,
@@ -70,4 +70,4 @@ def run(
         order={s.name: data.label_order(s.name)},
         references=data.references,
     )
-    return summary.table
+    return results_table(summary)
