@@ -823,14 +823,22 @@ class RunLogger:
             logged = self.tracker.call(
                 self.client.create_logged_model, exp, name=MODEL_ARTIFACT, source_run_id=self.run_id
             )
-            with self.tracker.as_default():  # log_model writes through MLflow's fluent API
-                mlflow.pytorch.log_model(
-                    model,
-                    name=MODEL_ARTIFACT,
-                    model_id=logged.model_id,
-                    serialization_format="pickle",  # the models' forward is not one traceable call
-                    pip_requirements=[f"torch=={metadata.version('torch')}"],  # no slow inference
-                )
+            # MLflow warns on every pickled model; bench never loads it back (it reads state_dict.pt
+            # with weights_only), so the warning is said once in docs/tracking-and-cluster.md instead
+            quiet = logging.getLogger("mlflow.pytorch")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                with self.tracker.as_default():  # log_model writes through MLflow's fluent API
+                    mlflow.pytorch.log_model(
+                        model,
+                        name=MODEL_ARTIFACT,
+                        model_id=logged.model_id,
+                        serialization_format="pickle",  # the models' forward is not one traceable call
+                        pip_requirements=[f"torch=={metadata.version('torch')}"],  # no slow inference
+                    )
+            finally:
+                quiet.setLevel(level)
             self.tracker.call(
                 self.client.log_outputs, self.run_id, [LoggedModelOutput(logged.model_id, step)]
             )
