@@ -35,6 +35,22 @@ def hash_as_recorded_before(spec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def stop_process_group(proc) -> None:
+    """SIGTERM a server started in its own session (``bench ui``), SIGKILL it if it lingers."""
+    import signal
+    import subprocess
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 def tiny_suite(**over) -> dict:
     """A suite that trains in seconds on the synthetic data; keyword arguments replace top-level keys."""
     suite = {

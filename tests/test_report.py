@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import stop_process_group
 from mlflow import MlflowClient
 from PIL import Image
 from scipy import stats as sps
@@ -288,12 +288,4 @@ def test_bench_ui_answers_and_lists_the_suite(report_store):
         assert names is not None, f"bench ui did not answer on port {port}: {proc.poll()=}"
         assert "reportsuite" in names
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_group(proc)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_suite
+from conftest import stop_process_group, tiny_suite
 from mlflow import MlflowClient
 
 from bench.config import Suite
@@ -212,15 +211,7 @@ def test_bench_ui_opens_on_the_training_runs(interrupted):
             if os.environ.get("BENCH_UI_SCREENSHOT"):
                 b.screenshot(Path(os.environ["BENCH_UI_SCREENSHOT"]))
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_group(proc)
 
 
 def _wait(b, expression: str, seconds: float = 90):

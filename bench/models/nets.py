@@ -71,8 +71,22 @@ class MLP:
         return nn.Sequential(*layers, TanhToUnit(), Reshape(*shape))
 
 
+class ConvTrunk:
+    """A conv backbone whose encoder and discriminator share one trunk (``_trunk``): the encoder
+    ends in ``out_dim`` features, the discriminator in one logit per image."""
+
+    def _trunk(self, shape: Shape, out_dim: int) -> nn.Module:
+        raise NotImplementedError
+
+    def encoder(self, shape: Shape, out_dim: int) -> nn.Module:
+        return self._trunk(shape, out_dim)
+
+    def discriminator(self, shape: Shape) -> nn.Module:
+        return nn.Sequential(self._trunk(shape, 1), nn.Flatten(0))
+
+
 @dataclass(frozen=True)
-class InfoGAN:
+class InfoGAN(ConvTrunk):
     """The nets of Lucic et al. 2018 ("Are GANs Created Equal?"), shared by every GAN there.
 
     D: conv64(4,s2) lReLU conv128(4,s2) BN lReLU FC1024 BN lReLU FC1
@@ -110,12 +124,6 @@ class InfoGAN:
             nn.LeakyReLU(0.2),
             nn.Linear(1024, out_dim),
         )
-
-    def encoder(self, shape: Shape, out_dim: int) -> nn.Module:
-        return self._trunk(shape, out_dim)
-
-    def discriminator(self, shape: Shape) -> nn.Module:
-        return nn.Sequential(self._trunk(shape, 1), nn.Flatten(0))
 
     def generator(self, shape: Shape, z_dim: int) -> nn.Module:
         c, h, w = shape
@@ -255,7 +263,7 @@ def compare_gan_init(net: nn.Module) -> None:
 
 
 @dataclass(frozen=True)
-class DCGAN:
+class DCGAN(ConvTrunk):
     """DCGAN-style conv nets (Radford et al. 2016) for colour images, in the layout Lucic et al. 2018
     list for CIFAR-10 and CelebA.
 
@@ -284,12 +292,6 @@ class DCGAN:
             nn.Flatten(),
             nn.Linear(256 * (h // 8) * (w // 8), out_dim),
         )
-
-    def encoder(self, shape: Shape, out_dim: int) -> nn.Module:
-        return self._trunk(shape, out_dim)
-
-    def discriminator(self, shape: Shape) -> nn.Module:
-        return nn.Sequential(self._trunk(shape, 1), nn.Flatten(0))
 
     def generator(self, shape: Shape, z_dim: int) -> nn.Module:
         c, h, w = shape
