@@ -30,7 +30,7 @@ from pathlib import Path
 
 SUITE_METRICS = [
     "recon_mse", "psnr", "ssim", "compression_ratio", "probe_acc", "knn_acc", "denoise_psnr",
-    "nll_bound", "fid_domain", "fid_domain_gmm", "is_domain", "kid_domain", "precision_domain",
+    "nll_bpd", "fid_domain", "fid_domain_gmm", "is_domain", "kid_domain", "precision_domain",
     "recall_domain", "modes_covered",
 ]  # fmt: skip
 

@@ -11,7 +11,7 @@ from conftest import tiny_suite
 from bench.cli import main
 from bench.config import EvalConfig
 from bench.data import ImageData, load_dataset
-from bench.metrics import METRICS, evaluate
+from bench.metrics import evaluate
 from bench.models import build_model
 
 
@@ -121,64 +121,9 @@ def test_denoise_psnr_does_not_depend_on_batch_size(synthetic):
     assert a == pytest.approx(b, rel=1e-5)
 
 
-def test_nll_bound_applies_to_likelihood_models_only(synthetic):
-    all_metrics = ["recon_mse", "probe_acc", "knn_acc", "denoise_psnr", "nll_bound"]
-    small = {"backbone": "mlp", "hidden": [32]}
-    got = {
-        name: set(run(build_model(name, params, synthetic.image_shape), synthetic, all_metrics))
-        for name, params in [
-            ("vae-mlp", {}),
-            ("iwae", small),
-            ("vq-vae", small),
-            ("wae-mmd", small),
-            ("ae-mlp", {}),
-            ("gan-mlp", {}),
-        ]
-    }
-    assert got["vae-mlp"] == got["iwae"] == got["vq-vae"] == set(all_metrics)
-    assert got["wae-mmd"] == got["ae-mlp"] == set(all_metrics) - {"nll_bound"}
-    assert got["gan-mlp"] == set()  # no encoder: every one of these is n/a, none is 0
-    assert not METRICS.get("nll_bound").applies_to("vae", frozenset())
-
-
-def test_vq_vae_nll_bound_by_hand(synthetic):
-    torch.manual_seed(0)
-    m = build_model(
-        "vq-vae", {"backbone": "mlp", "hidden": [32], "num_codes": 16}, synthetic.image_shape
-    ).eval()
-    x = synthetic.test_x.float() / 255
-    with torch.no_grad():
-        sq = ((m.reconstruct(x) - x) ** 2).flatten(1).sum(1)
-    by_hand = sq + 0.5 * 784 * math.log(math.pi) + 16 * math.log(16)  # Gaussian(var 1/2) + L log K
-    res = run(m, synthetic, ["nll_bound"])["nll_bound"]
-    assert res.value == pytest.approx(by_hand.double().mean().item(), rel=1e-5)
-    assert res.provenance["units"] == "nats per image"
-
-
-def test_more_importance_samples_give_a_tighter_bound(synthetic):
-    torch.manual_seed(0)
-    vae = build_model("vae-mlp", {}, synthetic.image_shape)
-    iwae = build_model("iwae", {"backbone": "mlp", "hidden": [128], "k": 64}, synthetic.image_shape)
-    iwae.load_state_dict(vae.state_dict())  # the same networks: only the bound differs
-    elbo = run(vae, synthetic, ["nll_bound"])["nll_bound"].value
-    iw = run(iwae, synthetic, ["nll_bound"])["nll_bound"].value
-    assert iw < elbo
-
-
-def test_a_wae_only_suite_cannot_ask_for_nll_bound(write_suite):
-    from bench.suite import SuiteError, load_suite
-
-    path = write_suite(tiny_suite(models=[{"name": "wae-mmd"}], eval={"metrics": ["nll_bound"]}))
-    with pytest.raises(SuiteError) as e:
-        load_suite(path)
-    assert "eval.metrics.0: 'nll_bound' applies to vae models with nll_bound and the suite has none" in str(
-        e.value
-    )
-
-
 def test_one_table_compares_the_families_with_n_a_where_a_metric_does_not_apply(tmp_path, write_suite, store):
     small = {"backbone": "mlp", "hidden": [32]}
-    metrics = ["recon_mse", "compression_ratio", "probe_acc", "knn_acc", "denoise_psnr", "nll_bound"]
+    metrics = ["recon_mse", "compression_ratio", "probe_acc", "knn_acc", "denoise_psnr", "nll_bpd"]
     suite = tiny_suite(
         budget={"steps": 4, "batch_size": 32},
         eval={"metrics": metrics, "batch_size": 64},
@@ -212,8 +157,8 @@ def test_one_table_compares_the_families_with_n_a_where_a_metric_does_not_apply(
         return cells[label, metric]
 
     assert all(cell("gan-mlp", m) == "n/a" for m in metrics)
-    assert cell("wae-mmd", "nll_bound") == "n/a" and cell("ae-mlp", "nll_bound") == "n/a"
-    assert cell("vq-vae", "nll_bound") not in ("n/a", "—", "0")
+    assert cell("wae-mmd", "nll_bpd") == "n/a" and cell("ae-mlp", "nll_bpd") == "n/a"
+    assert cell("vq-vae", "nll_bpd") not in ("n/a", "—", "0")
     assert cell("wae-mmd", "probe_acc") not in ("n/a", "—")
 
 

@@ -9,6 +9,9 @@ from bench.metrics import reconstruction  # noqa: F401  (registration side effec
 from bench.metrics import latent  # noqa: F401
 
 # isort: split
+from bench.metrics import likelihood  # noqa: F401
+
+# isort: split
 from bench.metrics import generative  # noqa: F401
 from bench.metrics.base import METRICS, EvalContext, Metric, Result, evaluate, register_metric
 

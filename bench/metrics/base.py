@@ -48,7 +48,7 @@ class Metric:
     families: tuple[str, ...]
     description: str
     check: Callable[[Suite], list[str]] = lambda suite: []
-    needs: frozenset[str] = frozenset()  # model capabilities beyond the family (e.g. "nll_bound")
+    needs: frozenset[str] = frozenset()  # model capabilities beyond the family (e.g. "likelihood")
     needs_labels: bool = False  # n/a on a dataset without labels (an image folder without classes)
     # the model methods the metric calls: ``bench validate`` checks a plugin model has them
     uses: frozenset[str] = frozenset()
@@ -57,6 +57,9 @@ class Metric:
     extractor: str | None = None  # "inception" | "domain" (bench.metrics.features.EXTRACTORS)
     sampler: str | None = None  # "prior" | "gmm" | "rec" (bench.metrics.samplers.SAMPLERS)
     headline: bool = False  # drawn in the report's headline generation figure
+    # a run tag's column that splits the comparison: values of different groups never share a
+    # "best" (the likelihood metrics: one per decoder distribution)
+    ranked_within: str | None = None
 
     @property
     def is_generation(self) -> bool:
@@ -74,7 +77,7 @@ class Metric:
 
     @property
     def scope(self) -> str:
-        """Who the metric is for, in words: 'ae/vae models', 'vae models with nll_bound'."""
+        """Who the metric is for, in words: 'ae/vae models', 'vae models with likelihood'."""
         with_ = f" with {', '.join(sorted(self.needs))}" if self.needs else ""
         return f"{'/'.join(self.families)} models{with_}"
 
@@ -92,6 +95,7 @@ def register_metric(
     needs: tuple[str, ...] = (),
     needs_labels: bool = False,
     uses: tuple[str, ...] | None = None,
+    ranked_within: str | None = None,
     **generation: Any,
 ) -> Callable[[Callable[[EvalContext], Result | float]], Callable[[EvalContext], Result | float]]:
     """Decorator registering a metric function under ``name``. ``uses``: the model methods it calls
@@ -114,6 +118,7 @@ def register_metric(
                 frozenset(needs),
                 needs_labels=needs_labels,
                 uses=frozenset(uses) | frozenset(needs),
+                ranked_within=ranked_within,
                 **generation,
             ),
         )

@@ -1,5 +1,5 @@
-"""Latent and application metrics: what the codes are good for (feature learning, denoising) and
-how well VAE-style models explain the data (a bound on the negative log-likelihood).
+"""Latent and application metrics: what the codes are good for (feature learning, denoising).
+The likelihood metrics are in ``likelihood.py``.
 
 The probes (``probe.py``, ``neighbours.py``: torch, on the evaluation's device) are fitted on the
 codes of the training split and scored on the codes of the test split; GANs have no encoder, so
@@ -103,23 +103,4 @@ def denoise_psnr(ctx: EvalContext) -> Result:
         "impl": "torchmetrics",
         "per": "image",
     }
-    return Result(per_image.double().mean().item(), prov)
-
-
-@register_metric(
-    "nll_bound",
-    higher_is_better=False,
-    families=("vae",),
-    needs=("nll_bound",),
-    uses=("nll_bound",),
-    description="mean over test images of an upper bound on -log p(x) in nats (models with a likelihood: "
-    "vae-*, iwae, vq-vae; not wae-mmd): the negative ELBO, or the importance-weighted bound for iwae",
-)
-def nll_bound(ctx: EvalContext) -> Result:
-    model, bs = ctx.model, ctx.cfg.batch_size
-    x = ctx.test_images
-    g = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 3)
-    with torch.inference_mode():
-        per_image = torch.cat([model.nll_bound(x[i : i + bs], g) for i in range(0, len(x), bs)])
-    prov = {**ctx.recon_provenance, **model.nll_provenance(), "units": "nats per image"}
     return Result(per_image.double().mean().item(), prov)

@@ -91,7 +91,9 @@ class GenerativeModel(nn.Module):
       default ``reconstruct(x) = decode(encode(x))``.
     - ``reconstruct(x)`` (or encode + decode): unlocks recon_mse, psnr, ssim, denoise_psnr, ``*_rec``
       and the reconstruction grid.
-    - ``nll_bound(x)`` with ``capabilities = frozenset({"nll_bound"})``: unlocks nll_bound (vae).
+    - ``importance_samples(x, k)`` with ``capabilities = frozenset({"likelihood"})`` and a
+      ``likelihood`` name (``bernoulli`` | ``gaussian``, how ``decode`` parameterises p(x | z)):
+      unlocks nll_bpd and nll_nats (vae), one importance-weighted estimator for every model.
     - ``fit_latent_prior(codes)`` optional: called with the training codes after training.
 
     A metric a model cannot serve is n/a in its row; a metric the suite asks for that needs a
@@ -102,7 +104,7 @@ class GenerativeModel(nn.Module):
     step_kind: ClassVar[StepKind]
     Params: ClassVar[type[ModelParams]] = ModelParams
     # what the model offers beyond its family, for metrics that need it (``Metric.needs``):
-    # "nll_bound": ``nll_bound(x)`` gives an upper bound on -log p(x) in nats
+    # "likelihood": ``importance_samples(x, k)`` and ``likelihood``: the model defines p(x)
     # "bitstream": ``compress``/``decompress`` code images to bytes themselves (codecs, ae-factorized)
     # "posterior": ``posterior(x)`` gives a diagonal Gaussian q(z | x) (its KL is the bits-back rate)
     capabilities: ClassVar[frozenset[str]] = frozenset()
@@ -175,12 +177,23 @@ class GenerativeModel(nn.Module):
         """Bits needed to store one image's code; None for models without an encoder."""
         return None
 
-    def nll_bound(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-image upper bound on -log p(x) in nats, (B, C, H, W) -> (B,) (capability "nll_bound")."""
-        raise NotImplementedError(f"{type(self).__name__} has no likelihood bound")
+    # --- likelihood: latent-variable models with a decoder distribution (capability "likelihood")
+    @property
+    def likelihood(self) -> str:
+        """How ``decode(z)`` parameterises p(x | z): ``bernoulli`` (its output is the mean) or
+        ``gaussian`` (its output is the mean, variance 1/2 per pixel: the summed squared error)."""
+        return "bernoulli" if getattr(self.params, "recon_loss", "mse") == "bce" else "gaussian"
 
-    def nll_provenance(self) -> dict[str, Any]:
-        """How ``nll_bound`` is computed (likelihood, bound, samples), for the metric's provenance."""
+    def importance_samples(
+        self, x: torch.Tensor, k: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """k latent draws z_i ~ q(z | x) for the importance-weighted likelihood bound (Burda et al.
+        2016): the codes to decode (k', B, d) and log p(z_i) - log q(z_i | x) (k', B). A point
+        posterior returns k' = 1 (its bound is the same for every k)."""
+        raise NotImplementedError(f"{type(self).__name__} has no likelihood")
+
+    def likelihood_provenance(self) -> dict[str, Any]:
+        """What q(z | x) and p(z) are, in words, for the likelihood metrics' provenance."""
         return {}
 
     def optimizer_groups(self) -> list[dict[str, Any]]:

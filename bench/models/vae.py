@@ -25,10 +25,6 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
 
 
-def _likelihood(kind: str) -> str:
-    return "Bernoulli decoder" if kind == "bce" else "Gaussian decoder, variance 1/2 per pixel"
-
-
 class GaussianVAEParams(CodecParams):
     recon_loss: Literal["mse", "bce"] = "bce"
 
@@ -40,12 +36,13 @@ class VAEParams(GaussianVAEParams):
 class VAE(Autoencoder):
     """VAE with the reparameterisation trick; ``beta`` weights the KL term.
 
-    ``encode`` gives the posterior mean; ``nll_bound`` is the negative ELBO (beta = 1) in nats.
+    ``encode`` gives the posterior mean; ``importance_samples`` draws from q(z | x) for the
+    likelihood metrics (``bench.metrics.likelihood``), whatever beta it trained with.
     """
 
     family = "vae"
     Params = VAEParams
-    capabilities = frozenset({"nll_bound", "posterior"})
+    capabilities = frozenset({"likelihood", "posterior"})
     enc_factor = 2  # the encoder outputs (mu, logvar)
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -66,17 +63,16 @@ class VAE(Autoencoder):
         device = next(self.parameters()).device
         return self.decode(torch.randn(n, self.params.latent_dim, generator=generator, device=device))
 
-    def nll_bound(self, x, generator=None):
+    def importance_samples(self, x, k, generator=None):
         mu, logvar = self.posterior(x)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device)
+        eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device)  # (k, B, d)
         z = mu + eps * (0.5 * logvar).exp()
-        return decoder_nll(self.params.recon_loss, self.decode(z), x) + gaussian_kl(mu, logvar)
+        log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)  # (k, B)
+        log_qz = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
+        return z, log_pz - log_qz
 
-    def nll_provenance(self) -> dict[str, Any]:
-        return {
-            "bound": "negative ELBO (beta 1): one posterior sample, analytic KL",
-            "likelihood": _likelihood(self.params.recon_loss),
-        }
+    def likelihood_provenance(self) -> dict[str, Any]:
+        return {"posterior": "diagonal Gaussian q(z | x)", "prior": "N(0, I)"}
 
 
 class IWAEParams(GaussianVAEParams):
@@ -90,15 +86,12 @@ class IWAE(VAE):
     Params = IWAEParams
 
     def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-        """log p(x, z_i) - log q(z_i | x) for k posterior samples: (B, ...) -> (k, B)."""
-        mu, logvar = self.posterior(x)
-        eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device)  # (k, B, d)
-        z = mu + eps * (0.5 * logvar).exp()
+        """log p(x, z_i) - log q(z_i | x) for k posterior samples, with the training objective's
+        decoder likelihood: (B, ...) -> (k, B)."""
+        z, log_ratio = self.importance_samples(x, k, generator)  # (k, B, d), (k, B)
         recon = self.decode(z.flatten(0, 1))  # (k*B, C, H, W)
         log_px_z = -decoder_nll(self.params.recon_loss, recon, x.expand(k, *x.shape).flatten(0, 1))
-        log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)  # (k, B)
-        log_qz = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
-        return log_px_z.view(k, -1) + log_pz - log_qz
+        return log_px_z.view(k, -1) + log_ratio
 
     def iw_bound(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The k-sample importance-weighted lower bound on log p(x), per image: (B,)."""
@@ -108,16 +101,6 @@ class IWAE(VAE):
     def loss(self, x):
         bound = self.iw_bound(x).mean()
         return {"loss": -bound, "iw_bound": bound.detach()}
-
-    def nll_bound(self, x, generator=None):
-        return -self.iw_bound(x, generator)
-
-    def nll_provenance(self) -> dict[str, Any]:
-        return {
-            "bound": f"importance-weighted bound, k = {self.params.k} samples",
-            "likelihood": _likelihood(self.params.recon_loss),
-        }
-
 
 # --------------------------------------------------------------------------- WAE-MMD
 
@@ -199,7 +182,7 @@ class VQVAE(Autoencoder):
 
     family = "vae"
     Params = VQVAEParams
-    capabilities = frozenset({"nll_bound"})
+    capabilities = frozenset({"likelihood"})
 
     def __init__(self, params: VQVAEParams, image_shape):
         super().__init__(params, image_shape)
@@ -280,14 +263,15 @@ class VQVAE(Autoencoder):
     def latent_bits(self) -> float:
         return self.positions * math.log2(self.params.num_codes)
 
-    def nll_bound(self, x, generator=None):
-        kl = self.positions * math.log(self.params.num_codes)  # point posterior vs the uniform prior
-        return decoder_nll(self.params.recon_loss, self.decode(self.encode(x)), x) + kl
+    def importance_samples(self, x, k, generator=None):
+        z = self.encode(x)[None]  # (1, B, d): the point posterior at the nearest codes
+        # log p(z) - log q(z | x): a uniform prior over K codes at each of L positions, q = 1
+        return z, z.new_full((1, len(x)), -self.positions * math.log(self.params.num_codes))
 
-    def nll_provenance(self) -> dict[str, Any]:
+    def likelihood_provenance(self) -> dict[str, Any]:
         return {
-            "bound": "negative ELBO with a uniform prior over the codes (KL = positions * log K)",
-            "likelihood": _likelihood(self.params.recon_loss),
+            "posterior": "point mass at the nearest codes",
+            "prior": f"uniform over the {self.params.num_codes} codes at each of {self.positions} positions",
         }
 
 

@@ -68,6 +68,8 @@ def _run_rows(suite: str, runs: list[Any]) -> list[dict[str, Any]]:
                 "family": tags.get("family", ""),
                 # what the model offers beyond its family, as its run recorded it (None: not recorded)
                 "capabilities": _capabilities(tags),
+                # the decoder distribution of a model with a likelihood: its values rank apart
+                "likelihood": tags.get("bench.likelihood", ""),
                 "seed": int(tags.get("seed", -1)),
                 "status": r.info.status,
                 "failure_reason": tags.get("failure_reason", ""),
@@ -464,19 +466,30 @@ def _long_rows(runs, models, metrics, costs, values, base) -> list[dict[str, Any
     return rows
 
 
-def _mark_best(long: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Best mean per metric within each suite, where the models' means differ at all."""
+def _mark_best(long: pd.DataFrame, metrics: list[str], runs: pd.DataFrame) -> pd.DataFrame:
+    """Best mean per metric within each suite, where the models' means differ at all. A metric
+    ranked within a group (``Metric.ranked_within``, e.g. the likelihood family) gets a best per group."""
     from bench.metrics import METRICS
 
     for m in metrics:
-        higher = METRICS.get(m).higher_is_better
+        metric = METRICS.get(m)
+        group = _groups(long, runs, metric.ranked_within)
         for s in dict.fromkeys(long.suite):
-            sel = (long.suite == s) & (long.metric == m) & long["mean"].notna()
-            col = long.loc[sel, "mean"]
-            if col.nunique() < 2:
-                continue
-            long.loc[sel, "best"] = col == (col.max() if higher else col.min())
+            for gv in dict.fromkeys(group[long.suite == s]):
+                sel = (long.suite == s) & (long.metric == m) & long["mean"].notna() & (group == gv)
+                col = long.loc[sel, "mean"]
+                if col.nunique() < 2:
+                    continue
+                long.loc[sel, "best"] = col == (col.max() if metric.higher_is_better else col.min())
     return long
+
+
+def _groups(long: pd.DataFrame, runs: pd.DataFrame, column: str | None) -> pd.Series:
+    """Each long row's value of the run column ``column`` (one group for all when None)."""
+    if column is None or column not in runs:
+        return pd.Series("", index=long.index)
+    of = runs.drop_duplicates(["suite", "label"]).set_index(["suite", "label"])[column].fillna("")
+    return pd.Series([of.get((s, lab), "") for s, lab in zip(long.suite, long.label)], index=long.index)
 
 
 def summarise(
@@ -500,7 +513,7 @@ def summarise(
     models = _model_rows(runs, keys, base)
     values = _seed_values(runs[runs.status == "FINISHED"], metrics + costs)
     long = pd.DataFrame(_long_rows(runs, models, metrics, costs, values, base), columns=LONG_COLUMNS)
-    long = _mark_best(long, metrics)
+    long = _mark_best(long, metrics, runs)
     return Summary(models, long, _failed(runs), metrics, costs, references, base, values)
 
 

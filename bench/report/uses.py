@@ -59,7 +59,7 @@ USES: tuple[Use, ...] = (
         # the headline: Inception FID, then the domain classifier's; sampler variants after the defaults
         _GENERATION_BASES
         + tuple(f"{b}_{v}" for v in ("gmm", "rec") for b in _GENERATION_BASES)
-        + ("nll_bound",),
+        + ("nll_bpd", "nll_nats"),
     ),
 )
 COST = Use(

@@ -42,6 +42,7 @@ class Execution:
         self.clock = {"eval_seconds": 0.0, "checkpoint_seconds": 0.0}
         self.run_logger: RunLogger | None = None
         self.model_capabilities: frozenset[str] = frozenset()  # known once the model is built
+        self.model_likelihood = ""  # the decoder distribution, for models with a likelihood
 
     # 1. the model and its trainer, seeded
     def build(self) -> tuple[GenerativeModel, Trainer]:
@@ -49,6 +50,8 @@ class Execution:
         torch.manual_seed(spec.seed)
         model = build_model(spec.model, spec.params, data.image_shape, suite.plugin_paths).to(self.env.device)
         self.model_capabilities = model.capabilities
+        if "likelihood" in model.capabilities:
+            self.model_likelihood = model.likelihood
         trainer = Trainer(
             model,
             data,
@@ -110,6 +113,7 @@ class Execution:
             "bench.threads": str(torch.get_num_threads()),
             # what the model offers beyond its family: the report reads which metrics apply from it
             "bench.capabilities": ",".join(sorted(self.model_capabilities)),
+            **({"bench.likelihood": self.model_likelihood} if self.model_likelihood else {}),
             # published values the suite compares this model with (not part of the config hash)
             **{
                 f"bench.published.{metric}": json.dumps(pv.model_dump(), sort_keys=True)
