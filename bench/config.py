@@ -113,6 +113,11 @@ class DatasetConfig(Strict):
     test_size: int | None = Field(None, ge=1, le=10**8)
     image_size: int | None = Field(None, ge=4, le=1024, description="resize + centre crop to this size")
     channels: Literal[1, 3] | None = Field(None, description="1: greyscale, 3: RGB")
+    binarize: bool = Field(
+        False,
+        description="dynamic binarisation (Burda et al. 2016): training batches draw each pixel from "
+        "Bernoulli(grey level) at every step; evaluation sees one fixed draw of each split",
+    )
 
 
 class BudgetConfig(Strict):

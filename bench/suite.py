@@ -561,8 +561,8 @@ class RunSpec:
         s = self.suite
         entry = self.entry
         dataset = s.dataset.model_dump()
-        for key in ("image_size", "channels"):  # unset: as before these options existed
-            if dataset[key] is None:
+        for key in ("image_size", "channels", "binarize"):  # unset: as before these options existed
+            if dataset[key] in (None, False):
                 del dataset[key]
         out = {
             "suite": s.name,

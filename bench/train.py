@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from bench.config import BudgetConfig, TrainConfig
-from bench.data import ImageData, batch_indices, to_float
+from bench.data import ImageData, batch_indices
 from bench.models import GenerativeModel
 from bench.numerics import Numerics
 
@@ -232,7 +232,7 @@ class Trainer:
             idx = batch_indices(n, bs, p.step, self.seed, self.device)
             if kind == "images":
                 idx = idx[: self.budget.images - p.images]  # the last batch stops exactly at the budget
-            x = to_float(data.train_x[idx])  # (B, C, H, W) in [0, 1]
+            x = data.train_batch(idx, p.step, self.seed)  # (B, C, H, W) in [0, 1]
             # 2. one optimisation step of the model's kind
             try:
                 losses = self.step_fn(model, x, p.step)

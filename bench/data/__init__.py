@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from bench.config import DatasetConfig
-from bench.data.base import DataError, ImageData, batch_indices, make_image_data, to_float
+from bench.data.base import DataError, ImageData, batch_indices, binarized, make_image_data, to_float
 from bench.data.folders import describe_fit, fit_images, load_imagefolder, load_torchvision
 from bench.data.idx import FASHION_MNIST, MNIST, IdxDataset, read_idx, write_idx
 from bench.data.synthetic import make_synthetic
@@ -26,6 +26,7 @@ __all__ = [
     "IdxDataset",
     "ImageData",
     "batch_indices",
+    "binarized",
     "config_problems",
     "dataset_problem",
     "fit_images",
@@ -149,4 +150,10 @@ def load_dataset(
 
 def from_config(cfg: DatasetConfig) -> ImageData:
     """The dataset a suite's ``dataset`` section names (loaded once per process)."""
-    return load_dataset(cfg.name, cfg.root, cfg.train_size, cfg.test_size, cfg.image_size, cfg.channels)
+    args = (cfg.name, cfg.root, cfg.train_size, cfg.test_size, cfg.image_size, cfg.channels)
+    return _load_binarized(*args) if cfg.binarize else load_dataset(*args)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_binarized(*args) -> ImageData:
+    return binarized(load_dataset(*args))

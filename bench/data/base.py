@@ -32,6 +32,10 @@ class ImageData:
     # the complete dataset when this is a prefix of it (``train_size``/``test_size``): the
     # reference set of the generation metrics is cut from it, so a subset keeps its checksum
     full: ImageData | None = field(default=None, repr=False, compare=False)
+    # dynamic binarisation (``binarized``): every split is stored as one fixed draw of {0, 255}
+    # pixels, and training batches draw afresh from the grey levels kept in ``train_levels``
+    binarized: bool = False
+    train_levels: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def has_labels(self) -> bool:
@@ -52,7 +56,16 @@ class ImageData:
             train_y=self.train_y.to(device),
             test_x=self.test_x.to(device),
             test_y=self.test_y.to(device),
+            train_levels=None if self.train_levels is None else self.train_levels.to(device),
         )
+
+    def train_batch(self, idx: torch.Tensor, step: int, seed: int) -> torch.Tensor:
+        """The training images ``idx`` as float (B, C, H, W) in [0, 1]; binarised data draws each
+        pixel from Bernoulli(grey level) with a generator of (seed, step), so resuming is exact."""
+        if self.train_levels is None:
+            return to_float(self.train_x[idx])
+        g = torch.Generator(device=idx.device).manual_seed((seed * 1_000_003 + step) % 2**63)
+        return torch.bernoulli(to_float(self.train_levels[idx]), generator=g)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -86,3 +99,44 @@ def make_image_data(name, train_x, train_y, test_x, test_y, num_classes, source)
         h.update(str(tuple(t.shape)).encode())
         h.update(t.contiguous().numpy().tobytes())
     return ImageData(name, train_x, train_y, test_x, test_y, num_classes, h.hexdigest()[:16], source)
+
+
+BINARIZE_SEEDS = {"train": 1, "test": 2}  # the fixed draws every evaluation of binarised data sees
+
+
+def binarized(data: ImageData) -> ImageData:
+    """Dynamically binarised data (Burda et al. 2016, as pythae): the splits as one fixed Bernoulli
+    draw of each pixel's grey level (what evaluation sees), training batches drawn afresh from
+    the grey levels at every step. Its checksum is the grey-level data's, marked binarised."""
+    if data.binarized:
+        return data
+    full = data.complete
+
+    def draw(x: torch.Tensor, split: str) -> torch.Tensor:
+        g = torch.Generator().manual_seed(BINARIZE_SEEDS[split])
+        return torch.bernoulli(to_float(x.cpu()), generator=g).to(torch.uint8).mul_(255).to(x.device)
+
+    checksum = hashlib.sha256(f"{full.checksum}:binarized:{BINARIZE_SEEDS}".encode()).hexdigest()[:16]
+    source = f"{full.source}; binarised (each pixel ~ Bernoulli(grey level), fixed draws for evaluation)"
+    b = replace(
+        full,
+        train_x=draw(full.train_x, "train"),
+        test_x=draw(full.test_x, "test"),
+        checksum=checksum,
+        source=source,
+        full=None,
+        binarized=True,
+        train_levels=full.train_x,
+    )
+    if data.full is None:
+        return b
+    n_train, n_test = len(data.train_x), len(data.test_x)
+    return replace(
+        b,
+        full=b,
+        train_x=b.train_x[:n_train],
+        train_y=b.train_y[:n_train],
+        train_levels=b.train_levels[:n_train],
+        test_x=b.test_x[:n_test],
+        test_y=b.test_y[:n_test],
+    )
