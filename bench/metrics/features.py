@@ -33,7 +33,7 @@ from bench.cache import CacheFileError, cached_tensors, load_tensors
 from bench.data import ImageData
 from bench.metrics.domain import LAYERS as DOMAIN_LAYERS  # (importing it registers "bench-domain")
 from bench.metrics.domain import TF_NAME as DOMAIN_TF_NAME
-from bench.metrics.domain import classifier
+from bench.metrics.domain import classifier, classifier_start
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -157,8 +157,8 @@ def _inception_missing(cfg: EvalConfig) -> str | None:
 def _prepare_domain(cfg: EvalConfig, data: ImageData, device: torch.device) -> Prepared:
     c = classifier(data, device)
     prov = {
-        "weights": f"bench domain classifier {c.key} trained on the {data.name} training split, "
-        f"on {c.trained_on}",
+        "weights": f"bench domain classifier {c.key} trained on training images "
+        f"{classifier_start(len(data.train_x))}: of {data.name}, on {c.trained_on}",
         "classifier_test_accuracy": round(c.test_accuracy, 5),
     }
     ex = EXTRACTORS.get("domain")

@@ -32,6 +32,7 @@ import torch_fidelity
 from bench.cache import cached_json
 from bench.data import ImageData
 from bench.metrics.base import METRICS, EvalContext, Result, register_metric
+from bench.metrics.domain import classifier_start
 from bench.metrics.features import (
     EXTRACTORS,
     Extractor,
@@ -201,19 +202,24 @@ class GenerationEval:
         """The complete dataset: the reference set is cut from it, whatever prefix trained."""
         return self.data.complete
 
-    def _split(self, split: str) -> torch.Tensor:
-        return self.full.train_x if split == "train" else self.full.test_x
+    def _available(self, split: str) -> int:
+        """How many images of a split may be scored as real: all test images; of the training split,
+        the first half, which the domain classifier never trains on (``classifier_start``)."""
+        if split == "train":
+            return classifier_start(len(self.full.train_x))
+        return len(self.full.test_x)
 
     @property
     def reference(self) -> RealImages:
         split = self.cfg.reference_split
-        return RealImages(self.full, split, min(self.cfg.n_real, len(self._split(split))))
+        return RealImages(self.full, split, min(self.cfg.n_real, self._available(split)))
 
     @property
     def heldout(self) -> RealImages:
-        """Real images outside the reference set (the other split): the reference row's "samples"."""
+        """Real images outside the reference set (the other split): the reference row's "samples",
+        and the images the ``rec`` sampler reconstructs, so a perfect autoencoder scores the row."""
         split = "train" if self.cfg.reference_split == "test" else "test"
-        return RealImages(self.full, split, min(self.cfg.n_samples, len(self._split(split))))
+        return RealImages(self.full, split, min(self.cfg.n_samples, self._available(split)))
 
     def prepared(self, ex: Extractor) -> Prepared:
         if ex.name not in self._prepared:
@@ -225,7 +231,7 @@ class GenerationEval:
             req = SampleRequest(
                 self.model,
                 self.data,
-                self.full.test_x,
+                self.heldout,
                 self.cfg.n_samples,
                 self.cfg.batch_size,
                 self.cfg.gmm_components,

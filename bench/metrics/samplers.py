@@ -9,7 +9,8 @@
   the training codes after training ("ex-post density estimation", Ghosh et al. 2020), wrapped
   as a torch-fidelity generative model: standard normal noise from torch-fidelity's seeded
   stream -> a mixture sample -> the model's decoder.
-- ``rec`` (ae, vae; suffix ``_rec``, FID only): reconstructions of the first test images.
+- ``rec`` (ae, vae; suffix ``_rec``, FID only): reconstructions of the reference row's held-out
+  real images (disjoint from the reference set), so an exact autoencoder scores the real-data row.
 
 The post-training fits (``fit_latent_sampler`` for the Gaussian, ``latent_gmm``) live here,
 shared by a run's evaluation (``bench.run.execute``), the metrics and ``bench eval``/``bench
@@ -30,7 +31,7 @@ from torch_fidelity.generative_model_base import GenerativeModelBase
 from bench.data import ImageData, to_float
 from bench.metrics.base import ALL_FAMILIES, ENCODER_FAMILIES
 from bench.metrics.codes import _FITS, _fits, train_codes  # noqa: F401  (shared with EvalContext)
-from bench.metrics.features import ImageSet, NoiseToImages, to_uint8
+from bench.metrics.features import ImageSet, NoiseToImages, RealImages, to_uint8
 from bench.registry import Registry
 
 Tensor = torch.Tensor
@@ -206,7 +207,7 @@ class SampleRequest:
 
     model: Any
     data: ImageData  # the data the model was trained on (codes for fits)
-    test_x: Tensor  # test images (uint8) for reconstructions
+    rec: RealImages  # the real images the ``rec`` sampler reconstructs (read only by it)
     n: int
     batch_size: int
     gmm_components: int
@@ -240,15 +241,17 @@ def _make_gmm(req: SampleRequest):
     fit_on = f"{gmm.n_fit} training codes" + (
         f" (a random subset of the {n_codes}, seed {req.seed})" if gmm.n_fit < n_codes else ""
     )
+    model = req.model
     noise_to_images = NoiseToImages(
         gmm.means.shape[1] + 1,
         lambda n: gmm.sample_from_normal(n).to(n.device),
-        req.model.decode,
-        [req.model],
+        lambda z: model.decode(model.snap_code(z)),  # only codes the model can store are decoded
+        [model],
     )
     prov = {
         "sampler": "gmm",
-        "sampler_detail": f"{req.gmm.describe(req.gmm_components)}, fitted to the training codes",
+        "sampler_detail": f"{req.gmm.describe(req.gmm_components)}, fitted to the training codes; "
+        "each draw snapped to the nearest storable code (quantiser grid, codebook) before decoding",
         "fit_on": fit_on,
         "gmm_converged": gmm.converged,
         "gmm_iterations": gmm.n_iter,
@@ -257,7 +260,7 @@ def _make_gmm(req: SampleRequest):
 
 
 def _make_rec(req: SampleRequest):
-    x = req.test_x[: req.n]
+    x = req.rec.images[: req.n]
     device = next(req.model.parameters()).device
     with torch.inference_mode():
         rec = torch.cat(
@@ -266,7 +269,7 @@ def _make_rec(req: SampleRequest):
                 for i in range(0, len(x), req.batch_size)
             ]
         )
-    detail = f"reconstructions of the first {len(x)} test images"
+    detail = f"reconstructions of {req.rec.describe()}"
     return ImageSet(rec), len(x), {"sampler": "rec", "sampler_detail": detail}
 
 
@@ -291,7 +294,10 @@ SAMPLERS.add(
         _make_gmm,
     ),
 )
-SAMPLERS.add("rec", Sampler("rec", "_rec", ENCODER_FAMILIES, "test-split reconstructions", _make_rec))
+SAMPLERS.add(
+    "rec",
+    Sampler("rec", "_rec", ENCODER_FAMILIES, "reconstructions of the held-out real images", _make_rec),
+)
 
 
 def draw(
@@ -304,7 +310,8 @@ def draw(
     gmm: GMMOptions = GMMOptions(),
 ) -> Tensor:
     """n images (n, C, H, W) in [0, 1] from a sampler, with noise from ``seed`` (``bench sample``)."""
-    req = SampleRequest(model, data, data.test_x, n, 256, gmm_components, seed, gmm)
+    test = RealImages(data, "test", min(n, len(data.test_x)))
+    req = SampleRequest(model, data, test, n, 256, gmm_components, seed, gmm)
     source, n, _ = SAMPLERS.get(sampler).make(req)
     if isinstance(source, Dataset):
         imgs = torch.stack([source[i] for i in range(n)])

@@ -183,12 +183,15 @@ class AE(Autoencoder):
         self.prior_mean.copy_(mean.float())
         self.prior_chol.copy_(torch.linalg.cholesky(cov).float())
 
+    def snap_code(self, z: Tensor) -> Tensor:
+        """Only grid points can be stored, so only they are decoded: z clamped and rounded."""
+        if self.params.latent_bits is None:
+            return z
+        return self._to_grid(z.clamp(self._code_low, 1.0))
+
     def sample(self, n, generator=None):
         eps = torch.randn(n, self.params.latent_dim, generator=generator, device=self.prior_mean.device)
-        z = self.prior_mean + eps @ self.prior_chol.T
-        if self.params.latent_bits is not None:  # only grid points can be stored, so only they are decoded
-            z = self._to_grid(z.clamp(self._code_low, 1.0))
-        return self.decode(z)
+        return self.decode(self.snap_code(self.prior_mean + eps @ self.prior_chol.T))
 
     def latent_bits(self) -> float:
         return float(self.params.latent_dim * (self.params.latent_bits or 32))

@@ -149,6 +149,11 @@ class GenerativeModel(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    def snap_code(self, z: torch.Tensor) -> torch.Tensor:
+        """The nearest code the model can store for a point z (B, d) of its code space: what a
+        code-space sampler (the ex-post GMM) decodes. Identity for float codes."""
+        return z
+
     @property
     def reconstructs(self) -> bool:
         """Whether the model reconstructs images (encoder families and codecs)."""

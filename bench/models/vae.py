@@ -205,6 +205,10 @@ class VQVAE(Autoencoder):
         idx = d2.argmin(1)
         return idx.view(ze.shape[:-1]), cb[idx].view_as(ze)
 
+    def snap_code(self, z: Tensor) -> Tensor:
+        """Each position's nearest codebook vector: (B, latent_dim) -> (B, latent_dim)."""
+        return self.quantise(z.view(len(z), self.positions, self.params.code_dim))[1].flatten(1)
+
     def code_indices(self, x: Tensor) -> Tensor:
         return self.quantise(self._vectors(x))[0]
 
