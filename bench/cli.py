@@ -365,6 +365,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+ML_VIEW = "workflowType=machine_learning"  # the MLflow UI's "Model training" view, as a URL parameter
+
+
 def ui_links(uri: str, host: str, port: int) -> list[tuple[str, str]]:
     """Each experiment's page of training runs in the MLflow UI (its "Model training" view; the UI
     otherwise opens on its GenAI views, which bench never fills). Empty when the store cannot be read."""
@@ -376,7 +379,7 @@ def ui_links(uri: str, host: str, port: int) -> list[tuple[str, str]]:
         return []
     base = f"http://{host}:{port}/#/experiments"
     return [
-        (e.name, f"{base}/{e.experiment_id}/runs?workflowType=machine_learning")
+        (e.name, f"{base}/{e.experiment_id}/runs?{ML_VIEW}")
         for e in exps
         if e.name != "Default"
     ]
@@ -418,9 +421,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     root = _artifact_root(uri)
     if root:
         cmd += ["--default-artifact-root", root]
-    print(redact_uri(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)"))
+    front = f"http://{args.host}:{args.port}/#/experiments?{ML_VIEW}"
+    print(redact_uri(f"MLflow UI for {uri} at {front} (Ctrl-C to stop)"))
     for name, url in ui_links(uri, args.host, args.port):
         print(f"  {name}: {url}")
+    # MLflow 3's UI keeps its view (GenAI or Model training) in the browser, GenAI until the user
+    # switches; a link's workflowType shows that page in the other view without switching
+    print('  (these links open the training runs; choose "Model training" at the top left of the UI once, '
+          "and the browser keeps it for every page)")
     sys.stdout.flush()  # before the server's own output
     try:
         return subprocess.call(cmd)

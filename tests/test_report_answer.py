@@ -181,6 +181,7 @@ def test_bench_ui_opens_on_the_training_runs(interrupted):
     try:
         lines = [proc.stdout.readline() for _ in range(2)]
         url = lines[1].split("cut: ", 1)[1].strip()
+        assert f"127.0.0.1:{port}/#/experiments?workflowType=machine_learning " in lines[0]  # the front page
         assert url.endswith("/runs?workflowType=machine_learning")
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
