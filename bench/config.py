@@ -167,7 +167,7 @@ class EvalConfig(Strict):
     gmm_components: int = Field(10, ge=1, le=1000, description="components of the ex-post latent GMM")
     gmm_kind: Literal["em", "dirichlet"] = Field(
         "em",
-        description="em: scikit-learn GaussianMixture (maximum likelihood); dirichlet: "
+        description="em: maximum likelihood (EM in torch, as scikit-learn's GaussianMixture); dirichlet: "
         "BayesianGaussianMixture with a Dirichlet-process weight prior (Ghosh et al.'s published GMM)",
         json_schema_extra=HASH_NEUTRAL,
     )

@@ -32,9 +32,11 @@ from bench.data import ImageData, to_float
 from bench.metrics.base import ALL_FAMILIES, ENCODER_FAMILIES
 from bench.metrics.codes import _FITS, _fits, train_codes  # noqa: F401  (shared with EvalContext)
 from bench.metrics.features import ImageSet, NoiseToImages, RealImages, to_uint8
+from bench.metrics.gmm import fit_em
 from bench.registry import Registry
 
 Tensor = torch.Tensor
+REG_COVAR = 1e-6  # added to each GMM covariance's diagonal (scikit-learn's default)
 
 # ``eval.gmm_fit_n`` (GMMOptions.fit_n) defaults to None, all training codes, as Ghosh et al. 2020
 # fit them; a number fits a seeded random subset of that many (faster, but on 64-d vae-conv codes
@@ -112,7 +114,9 @@ class GMMOptions:
     def describe(self, components: int) -> str:
         what = f"{components}-component full-covariance GMM"
         if self.kind == "dirichlet":
-            what += f" with a Dirichlet-process weight prior ({self.weight_concentration})"
+            what += f" with a Dirichlet-process weight prior ({self.weight_concentration}) (scikit-learn)"
+        else:
+            what += " (maximum likelihood, EM in torch, float64, k-means++ initialisation)"
         return f"{what}, at most {self.max_iter} EM iterations"
 
 
@@ -124,45 +128,53 @@ def latent_gmm(
     batch_size: int = 500,
     options: GMMOptions = GMMOptions(),
 ) -> GMM:
-    """A ``components``-component full-covariance GMM fitted (scikit-learn) to the training codes."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
-    from threadpoolctl import threadpool_limits
-
+    """A ``components``-component full-covariance GMM fitted to the training codes: by EM in torch
+    (``bench.metrics.gmm``, on the codes' device), or scikit-learn's BayesianGaussianMixture for
+    ``kind: dirichlet``."""
     memo = _fits(model, data)
     key = f"gmm:{components}:{seed}:{options}"
     if key not in memo:
         codes = train_codes(model, data, batch_size)
         subset = gmm_fit_subset(len(codes), options.fit_n, seed)
-        codes = (codes if subset is None else codes[subset.to(codes.device)]).double().cpu().numpy()
+        codes = codes if subset is None else codes[subset.to(codes.device)]
         if len(codes) < components:
             raise ValueError(f"cannot fit {components} mixture components to {len(codes)} training codes")
-        common = {
-            "covariance_type": "full",
-            "reg_covar": 1e-6,
-            "max_iter": options.max_iter,
-            "random_state": seed,
-        }
         if options.kind == "dirichlet":
-            gm = BayesianGaussianMixture(
-                n_components=components, weight_concentration_prior=options.weight_concentration, **common
-            )
+            memo[key] = _dirichlet_gmm(codes, components, seed, options)
         else:
-            gm = GaussianMixture(components, **common)
-        # one BLAS thread: the d x d products are small, and on shared cores idle BLAS threads
-        # spin-waiting made the fit 3 to 10 times slower (measured on 2 shared cores)
-        with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
-            warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in provenance instead
-            gm.fit(codes)
-        memo[key] = GMM(
-            torch.from_numpy(gm.weights_).float(),
-            torch.from_numpy(gm.means_).float(),
-            torch.linalg.cholesky(torch.from_numpy(gm.covariances_)).float(),
-            bool(gm.converged_),
-            int(gm.n_iter_),
-            len(codes),
-        )
+            fit = fit_em(codes, components, seed, max_iter=options.max_iter, reg=REG_COVAR)
+            parts = (fit.weights.float(), fit.means.float(), fit.chol.float())
+            memo[key] = GMM(*parts, fit.converged, fit.n_iter, len(codes))
     return memo[key]
+
+
+def _dirichlet_gmm(codes: Tensor, components: int, seed: int, options: GMMOptions) -> GMM:
+    """scikit-learn's BayesianGaussianMixture with a Dirichlet-process weight prior."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import BayesianGaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    gm = BayesianGaussianMixture(
+        n_components=components,
+        weight_concentration_prior=options.weight_concentration,
+        covariance_type="full",
+        reg_covar=REG_COVAR,
+        max_iter=options.max_iter,
+        random_state=seed,
+    )
+    # one BLAS thread: the d x d products are small, and on shared cores idle BLAS threads
+    # spin-waiting made the fit 3 to 10 times slower (measured on 2 shared cores)
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+        warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in provenance instead
+        gm.fit(codes.double().cpu().numpy())
+    return GMM(
+        torch.from_numpy(gm.weights_).float(),
+        torch.from_numpy(gm.means_).float(),
+        torch.linalg.cholesky(torch.from_numpy(gm.covariances_)).float(),
+        bool(gm.converged_),
+        int(gm.n_iter_),
+        len(codes),
+    )
 
 
 # --------------------------------------------------------------------------- the model's own sampler

@@ -1,0 +1,41 @@
+"""The ex-post GMM's EM in torch against scikit-learn's GaussianMixture on the same codes."""
+
+import pytest
+import torch
+from sklearn.mixture import GaussianMixture
+
+from bench.metrics.gmm import fit_em, mean_log_likelihood
+
+
+def mixture(n: int, seed: int) -> torch.Tensor:
+    """Three full-covariance Gaussians in 6 dimensions, weights 0.5 / 0.3 / 0.2."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.tensor([[0.0] * 6, [4.0] * 6, [-4.0, 4.0, -4.0, 4.0, -4.0, 4.0]], dtype=torch.float64)
+    mix = torch.multinomial(torch.tensor([0.5, 0.3, 0.2]), n, replacement=True, generator=g)
+    a = torch.randn(3, 6, 6, generator=g, dtype=torch.float64) * 0.4 + torch.eye(6, dtype=torch.float64)
+    eps = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    return means[mix] + torch.einsum("nij,nj->ni", a[mix], eps)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_em_reaches_scikit_learns_held_out_likelihood(seed):
+    train, test = mixture(6000, 0), mixture(3000, 1)
+    fit = fit_em(train, 3, seed)
+    sk = GaussianMixture(3, covariance_type="full", reg_covar=1e-6, random_state=seed).fit(train.numpy())
+    ours = mean_log_likelihood(test, fit.weights, fit.means, fit.chol)
+    theirs = sk.score(test.numpy())
+    assert abs(ours - theirs) < 0.01 * abs(theirs)
+    assert fit.converged and fit.n_iter <= 100
+    assert sorted(fit.weights.tolist()) == pytest.approx([0.2, 0.3, 0.5], abs=0.03)
+    assert fit.log_likelihood == pytest.approx(mean_log_likelihood(train, fit.weights, fit.means, fit.chol))
+
+
+def test_the_same_seed_gives_the_same_fit():
+    x = mixture(2000, 3)
+    a, b = fit_em(x, 4, 7), fit_em(x, 4, 7)
+    assert torch.equal(a.means, b.means) and torch.equal(a.chol, b.chol)
+
+
+def test_the_fit_stops_at_max_iter():
+    fit = fit_em(mixture(2000, 3), 5, 0, max_iter=2)
+    assert fit.n_iter == 2 and not fit.converged
