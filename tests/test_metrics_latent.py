@@ -160,6 +160,12 @@ def test_one_table_compares_the_families_with_n_a_where_a_metric_does_not_apply(
     assert cell("wae-mmd", "nll_bpd") == "n/a" and cell("ae-mlp", "nll_bpd") == "n/a"
     assert cell("vq-vae", "nll_bpd") not in ("n/a", "—", "0")
     assert cell("wae-mmd", "probe_acc") not in ("n/a", "—")
+    # the decoder distribution is recorded with the run: the report ranks likelihoods within it
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.label = 'vq-vae'")
+    assert [r.data.tags.get("bench.likelihood") for r in runs] == ["gaussian"]
 
 
 def test_list_shows_every_variant_with_its_family(capsys):
