@@ -256,7 +256,13 @@ def _scatter(ax, s: Summary, pts: pd.DataFrame, colors: dict[str, str]) -> None:
 def _log_if_wide(ax, values: pd.Series, axis: str) -> None:
     v = values[values > 0]
     if len(v) > 1 and v.max() / v.min() > 20:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        # plain tick labels: matplotlib's log labels are mathtext, which the figures never parse
+        which = ax.xaxis if axis == "x" else ax.yaxis
+        which.set_major_formatter(FuncFormatter(lambda t, _: f"{t:g}"))
+        which.set_minor_formatter(NullFormatter())
 
 
 def jpeg_comparison(pts: pd.DataFrame, ycol: str = "psnr") -> dict[str, list[str]] | None:

@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,7 @@ def _run_rows(suite: str, runs: list[Any]) -> list[dict[str, Any]]:
                 "failure_reason": tags.get("failure_reason", ""),
                 "run_id": r.info.run_id,
                 "start_time": r.info.start_time,
-                **r.data.metrics,
+                **{k: _infinite(v) for k, v in r.data.metrics.items()},
             }
         )
     return rows
@@ -517,6 +518,11 @@ def summarise(
     return Summary(models, long, _failed(runs), metrics, costs, references, base, values)
 
 
+def _infinite(v: float) -> float:
+    """MLflow stores an infinite metric (a lossless codec's PSNR) as the largest float: back to inf."""
+    return math.copysign(math.inf, v) if abs(v) >= sys.float_info.max else v
+
+
 def _capabilities(tags: dict[str, str]) -> frozenset[str] | None:
     """The ``bench.capabilities`` tag of a run (comma-separated); None for a run logged before
     runs recorded it, which is then judged by its family alone."""
@@ -528,7 +534,10 @@ def _capabilities(tags: dict[str, str]) -> frozenset[str] | None:
 
 
 def fmt_num(x: float | None) -> str:
-    """A number for a table: integers with thousands separators, otherwise 4 significant digits."""
+    """A number for a table: integers with thousands separators, otherwise 4 significant digits;
+    an infinity (a lossless codec's PSNR) as ∞."""
+    if x is not None and math.isinf(x):
+        return "∞" if x > 0 else "−∞"
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return ""
     if float(x).is_integer() and abs(x) < 1e15:
@@ -541,7 +550,7 @@ def fmt_num(x: float | None) -> str:
 def fmt_mean_ci(mean: float, ci: float) -> str:
     """``mean ± ci`` with the interval to two significant digits and the mean to the same decimals."""
     if not math.isfinite(mean):
-        return ""
+        return fmt_num(mean)
     if not (math.isfinite(ci) and ci > 0):
         return fmt_num(mean)
     if abs(mean) < 1e-3 and mean != 0 or ci < 1e-6:

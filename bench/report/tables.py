@@ -45,7 +45,7 @@ def stat_cell(st: dict[str, Any] | None, seeds: int) -> Cell:
     if not st["applies"]:
         return Cell("n/a", kind="na")
     mean = st["mean"]
-    if not math.isfinite(mean):
+    if math.isnan(mean):
         return Cell("—", kind="missing")
     if st["kind"] == "cost":  # what this machine measured: the mean and the range, not a t-interval
         lo, hi = st.get("min", math.nan), st.get("max", math.nan)

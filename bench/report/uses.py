@@ -42,8 +42,8 @@ USES: tuple[Use, ...] = (
         "compression",
         "Compression",
         "rate and distortion: how well the code reconstructs its input, and how small it is",
-        ("recon_mse", "psnr", "ssim", "compression_ratio"),
-        rate=("compression_ratio",),
+        ("recon_mse", "psnr", "ssim", "compression_ratio", "bpp", "rate_kl_bits"),
+        rate=("compression_ratio", "bpp"),
     ),
     Use(
         "features",
