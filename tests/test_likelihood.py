@@ -155,3 +155,10 @@ def test_each_likelihood_family_has_its_own_best():
     long = summarise(pd.DataFrame(rows)).long.set_index("label")
     assert long.loc["vae-a", "best"] and long.loc["vq", "best"]
     assert not long.loc["vae-b", "best"] and not long.loc["vq-b", "best"]
+
+
+def test_the_estimate_does_not_depend_on_the_batch_size(synthetic):
+    torch.manual_seed(0)
+    vae = build_model("vae-mlp", {}, synthetic.image_shape)
+    values = [run(vae, synthetic, ["nll_bpd"], nll_k=40, batch_size=bs)["nll_bpd"].value for bs in (7, 500)]
+    assert values[0] == values[1]

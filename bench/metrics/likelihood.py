@@ -29,6 +29,7 @@ import math
 import torch
 
 from bench.metrics.base import EvalContext, Result, register_metric
+from bench.metrics.samplers import chunk_seed
 
 Tensor = torch.Tensor
 GAUSSIAN_VAR = 0.5  # the variance the summed squared error implies (bench.models.ae.decoder_nll)
@@ -98,14 +99,28 @@ def log_likelihood(kind: str, out: Tensor, x: Tensor, levels: int) -> Tensor:
     return per_pixel.flatten(1).sum(1)
 
 
-def iw_log_likelihood(model, x: Tensor, k: int, levels: int, generator: torch.Generator) -> Tensor:
-    """The k-sample importance-weighted lower bound on log P(x) per image: (B, C, H, W) -> (B,)."""
-    z, log_ratio = model.importance_samples(x, k, generator)  # (k', B, d), (k', B)
-    kk = z.shape[0]
-    out = model.decode(z.flatten(0, 1))  # (k' B, C, H, W)
-    log_px_z = log_likelihood(model.likelihood, out, x.repeat(kk, *([1] * (x.dim() - 1))), levels)
-    log_w = log_px_z.view(kk, -1) + log_ratio.double()
-    return torch.logsumexp(log_w, 0) - math.log(kk)
+IMAGES_PER_CHUNK = 16  # images whose k draws are decoded together ...
+SAMPLES_PER_BLOCK = 32  # ... in blocks of this many draws: 512 decodes a call, whatever k and eval.batch_size
+
+
+def iw_log_likelihood(model, x: Tensor, k: int, levels: int, seed: int) -> Tensor:
+    """The k-sample importance-weighted lower bound on log P(x) per image: (B, C, H, W) -> (B,).
+
+    The draws come in fixed blocks, each with a generator of (seed, block), so the value depends
+    on neither ``eval.batch_size`` nor the device's memory."""
+    blocks = []
+    for b, start in enumerate(range(0, k, SAMPLES_PER_BLOCK)):
+        g = torch.Generator(device=x.device).manual_seed(chunk_seed(seed, b))
+        want = min(SAMPLES_PER_BLOCK, k - start)
+        z, log_ratio = model.importance_samples(x, want, g)  # (k', B, d), (k', B)
+        kk = z.shape[0]
+        out = model.decode(z.flatten(0, 1))  # (k' B, C, H, W)
+        log_px_z = log_likelihood(model.likelihood, out, x.repeat(kk, *([1] * (x.dim() - 1))), levels)
+        blocks.append(log_px_z.view(kk, -1) + log_ratio.double())
+        if kk < want:
+            break  # a point posterior gives one draw, which is the whole bound
+    log_w = torch.cat(blocks)
+    return torch.logsumexp(log_w, 0) - math.log(len(log_w))
 
 
 def _levels(ctx: EvalContext) -> int:
@@ -118,11 +133,12 @@ def estimate(ctx: EvalContext) -> dict:
         return ctx.memo["likelihood"]
     model, k, levels = ctx.model, ctx.cfg.nll_k, _levels(ctx)
     x = ctx.test_images[: ctx.cfg.nll_n]
-    # about eval.batch_size decoded images per call, whatever k is
-    chunk = max(1, ctx.cfg.batch_size // k)
-    g = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 3)
+    n = IMAGES_PER_CHUNK
     with torch.inference_mode():
-        parts = [iw_log_likelihood(model, x[i : i + chunk], k, levels, g) for i in range(0, len(x), chunk)]
+        parts = [
+            iw_log_likelihood(model, x[i : i + n], k, levels, chunk_seed(ctx.seed + 3, c))
+            for c, i in enumerate(range(0, len(x), n))
+        ]
     log_p = torch.cat(parts)
     kind = model.likelihood
     dims = x[0].numel()
