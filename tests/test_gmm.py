@@ -1,5 +1,7 @@
 """The ex-post GMM's EM in torch against scikit-learn's GaussianMixture on the same codes."""
 
+import math
+
 import pytest
 import torch
 from sklearn.mixture import GaussianMixture
@@ -39,3 +41,11 @@ def test_the_same_seed_gives_the_same_fit():
 def test_the_fit_stops_at_max_iter():
     fit = fit_em(mixture(2000, 3), 5, 0, max_iter=2)
     assert fit.n_iter == 2 and not fit.converged
+
+
+def test_codes_on_a_grid_with_more_components_than_clusters_still_fit():
+    """Quantised codes: few distinct values, so some components hold (nearly) identical codes."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (3000, 4), generator=g).double() / 2  # 81 grid points in 4-d
+    fit = fit_em(x, 10, 0)
+    assert torch.isfinite(fit.chol).all() and math.isfinite(fit.log_likelihood)

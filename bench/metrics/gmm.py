@@ -57,10 +57,18 @@ def _m_step(x: Tensor, resp: Tensor, reg: float) -> tuple[Tensor, Tensor, Tensor
     nk = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # as scikit-learn: no empty component
     means = resp.T @ x / nk[:, None]  # (K, d)
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
-    # Sigma_k = sum_i r_ik x_i x_i^T / n_k - mu_k mu_k^T (float64: no cancellation at these scales)
+    # Sigma_k = sum_i r_ik x_i x_i^T / n_k - mu_k mu_k^T: one product per component, no centred copy
     second = torch.stack([x.T @ (resp[:, j, None] * x) for j in range(len(nk))]) / nk[:, None, None]
     cov = second - means[:, :, None] * means[:, None, :] + reg * eye
-    return nk / n, means, torch.linalg.cholesky(cov)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    for j in torch.nonzero(info).flatten().tolist():
+        # cancellation made a nearly empty or degenerate component indefinite: the centred form is
+        # positive semi-definite by construction
+        diff = x - means[j]
+        chol[j], bad = torch.linalg.cholesky_ex((resp[:, j, None] * diff).T @ diff / nk[j] + reg * eye)
+        if bad:
+            raise ValueError(f"GMM component {j} has an ill-defined covariance; raise reg_covar")
+    return nk / n, means, chol
 
 
 def _log_prob(x: Tensor, weights: Tensor, means: Tensor, chol: Tensor) -> Tensor:
