@@ -2,9 +2,8 @@
 
 The same model and stopping rule as scikit-learn's ``GaussianMixture(covariance_type="full")``
 with its defaults (k-means initialisation, ``reg_covar`` added to each covariance's diagonal,
-EM until the mean log-likelihood per code changes by less than ``tol``), computed in float64
-with one matrix product per component and step instead of scikit-learn's per-sample Python-level
-work, so it runs on a GPU when the evaluation does. The Dirichlet-process variant
+EM until the mean log-likelihood per code changes by less than ``tol``), computed with a few
+matrix products per step, so it runs on a GPU when the evaluation does. The Dirichlet-process variant
 (``eval.gmm_kind: dirichlet``) stays scikit-learn's ``BayesianGaussianMixture``.
 """
 
@@ -51,55 +50,77 @@ def kmeans(x: Tensor, k: int, generator: torch.Generator, max_iter: int = 100) -
     return labels
 
 
-def _m_step(x: Tensor, resp: Tensor, reg: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Weights, means and the covariances' Cholesky factors from responsibilities (n, K)."""
-    n, d = x.shape
+# a code's share of a component below this adds less to that component's sums than float32 rounds
+# away (terms r * |x - mu|^2 against sums of order n_k * variance): such rows are left out of the
+# component's covariance product, which is what makes the M-step cheap (each code has a
+# non-negligible share of one or two of the components)
+_NEGLIGIBLE = 1e-10
+
+
+def _m_step(xc: Tensor, x64: Tensor, resp: Tensor, reg: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Weights, means and the covariances' Cholesky factors (float64) from responsibilities
+    (n, K, float64); ``xc`` is the codes in float32 and ``x64`` the same in float64."""
+    n, d = xc.shape
     nk = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # as scikit-learn: no empty component
-    means = resp.T @ x / nk[:, None]  # (K, d)
-    eye = torch.eye(d, dtype=x.dtype, device=x.device)
-    # Sigma_k = sum_i r_ik x_i x_i^T / n_k - mu_k mu_k^T: one product per component, no centred copy
-    second = torch.stack([x.T @ (resp[:, j, None] * x) for j in range(len(nk))]) / nk[:, None, None]
-    cov = second - means[:, :, None] * means[:, None, :] + reg * eye
-    chol, info = torch.linalg.cholesky_ex(cov)
-    for j in torch.nonzero(info).flatten().tolist():
-        # cancellation made a nearly empty or degenerate component indefinite: the centred form is
-        # positive semi-definite by construction
-        diff = x - means[j]
-        chol[j], bad = torch.linalg.cholesky_ex((resp[:, j, None] * diff).T @ diff / nk[j] + reg * eye)
-        if bad:
-            raise ValueError(f"GMM component {j} has an ill-defined covariance; raise reg_covar")
+    means = resp.T @ x64 / nk[:, None]  # (K, d)
+    eye = torch.eye(d, dtype=torch.float64, device=xc.device)
+    cov = torch.empty(len(nk), d, d, dtype=torch.float64, device=xc.device)
+    for j in range(len(nk)):
+        # the centred form: positive semi-definite by construction, no cancellation
+        rows = torch.nonzero(resp[:, j] > _NEGLIGIBLE).squeeze(1)
+        diff = (xc[rows] - means[j].to(xc.dtype)).mul_(resp[rows, j, None].sqrt().to(xc.dtype))
+        cov[j] = (diff.T @ diff).double() / nk[j]
+    chol, info = torch.linalg.cholesky_ex(cov + reg * eye)
+    if info.any():
+        j = int(torch.nonzero(info)[0])
+        raise ValueError(f"GMM component {j} has an ill-defined covariance; raise reg_covar")
     return nk / n, means, chol
 
 
-def _log_prob(x: Tensor, weights: Tensor, means: Tensor, chol: Tensor) -> Tensor:
-    """log w_k + log N(x | mu_k, Sigma_k) for every code and component: (n, K)."""
-    d = x.shape[1]
-    eye = torch.eye(d, dtype=x.dtype, device=x.device).expand_as(chol)
+def _log_prob(x: Tensor, weights: Tensor, means: Tensor, chol: Tensor, chunk: int = 16384) -> Tensor:
+    """log w_k + log N(x | mu_k, Sigma_k) for every code and component: (n, K), in x's dtype.
+
+    The factors are inverted in float64; the product over the codes is one matrix product for all
+    components, || x L^-T - mu L^-T ||^2, in chunks of codes."""
+    k, d = means.shape
+    eye = torch.eye(d, dtype=chol.dtype, device=chol.device).expand_as(chol)
     inv_t = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(1, 2)  # (K, d, d): L^-T
     log_det = torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(1)  # (K,)
-    # || L^-1 (x - mu) ||^2 = || x L^-T - mu L^-T ||^2: one matrix product per component
-    maha = torch.stack([(x @ t - mu @ t).square_().sum(1) for t, mu in zip(inv_t, means)], 1)
-    return -0.5 * (d * math.log(2 * math.pi) + maha) - log_det + torch.log(weights)
+    const = (-0.5 * d * math.log(2 * math.pi) - log_det + torch.log(weights)).to(x.dtype)
+    proj = inv_t.permute(1, 0, 2).reshape(d, k * d).to(x.dtype)  # [L_1^-T ... L_K^-T]
+    shift = torch.einsum("kd,kde->ke", means.to(chol.dtype), inv_t).reshape(1, k * d).to(x.dtype)
+    out = []
+    for s in range(0, len(x), chunk):
+        y = torch.addmm(shift, x[s : s + chunk], proj, beta=-1)  # x L^-T - mu L^-T
+        out.append(const - 0.5 * y.square_().view(-1, k, d).sum(2))
+    return torch.cat(out)
 
 
-def fit_em(
-    x: Tensor, k: int, seed: int, max_iter: int = 100, tol: float = 1e-3, reg: float = 1e-6
-) -> Fit:
-    """A K-component full-covariance GMM fitted by EM to codes x (n, d), in float64 on x's device."""
-    x = x.detach().double()
+def fit_em(x: Tensor, k: int, seed: int, max_iter: int = 100, tol: float = 1e-3, reg: float = 1e-6) -> Fit:
+    """A K-component full-covariance GMM fitted by EM to codes x (n, d), on x's device.
+
+    The products over all codes (the E-step's distances, the M-step's covariances) run in float32
+    on the codes centred on their mean; the per-component matrices, the responsibilities, the
+    means and every sum that decides convergence are float64. On 60,000 64-d vae-conv codes this
+    gave the same iterations and the same held-out log-likelihood as an all-float64 fit to the
+    fourth decimal, in a third of the time (docs/performance.md)."""
+    x64 = x.detach().double()
+    centre = x64.mean(0)
+    x64 = x64 - centre
+    xc = x64.float()
     g = torch.Generator(device=x.device).manual_seed(seed)
-    resp = torch.nn.functional.one_hot(kmeans(x, k, g), k).double()
-    weights, means, chol = _m_step(x, resp, reg)
+    resp = torch.nn.functional.one_hot(kmeans(x64, k, g), k).double()
+    weights, means, chol = _m_step(xc, x64, resp, reg)
     lower, converged, n_iter = -math.inf, False, 0
     while n_iter < max_iter and not converged:
         n_iter += 1
-        lp = _log_prob(x, weights, means, chol)  # E-step
+        lp = _log_prob(xc, weights, means, chol).double()  # E-step
         norm = torch.logsumexp(lp, 1)
         prev, lower = lower, norm.mean().item()
-        weights, means, chol = _m_step(x, (lp - norm[:, None]).exp(), reg)  # M-step
+        weights, means, chol = _m_step(xc, x64, (lp - norm[:, None]).exp(), reg)  # M-step
         converged = abs(lower - prev) < tol
-    final = torch.logsumexp(_log_prob(x, weights, means, chol), 1).mean().item()
-    return Fit(weights, means, chol, converged, n_iter, final)
+    final = torch.logsumexp(_log_prob(x64, weights, means, chol), 1).mean().item()
+    return Fit(weights, means + centre, chol, converged, n_iter, final)
 
 
 def mean_log_likelihood(x: Tensor, weights: Tensor, means: Tensor, chol: Tensor) -> float:
