@@ -45,10 +45,12 @@ def fit_logistic(
     z = (x - mean) / scale
     y = y.to(x.device)
     n, d = z.shape
-    weight = torch.zeros(d, num_classes, dtype=z.dtype, device=z.device, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=z.dtype, device=z.device, requires_grad=True)
+    onehot = F.one_hot(y, num_classes).to(z.dtype)
+    # one flat parameter vector [W (d x classes), b]; the loss and its gradient in closed form
+    # (two matrix products an evaluation, no autograd graph)
+    theta = torch.zeros(d * num_classes + num_classes, dtype=z.dtype, device=z.device, requires_grad=True)
     opt = torch.optim.LBFGS(
-        [weight, bias],
+        [theta],
         max_iter=max_iter,
         max_eval=2 * max_iter,
         tolerance_grad=tol,
@@ -58,13 +60,17 @@ def fit_logistic(
     )
 
     def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(z @ weight + bias, y) + weight.square().sum() / (2 * c * n)
-        loss.backward()
+        with torch.no_grad():
+            weight, bias = theta[: d * num_classes].view(d, num_classes), theta[d * num_classes :]
+            logits = torch.addmm(bias, z, weight)
+            lse = torch.logsumexp(logits, 1)
+            loss = (lse - (logits * onehot).sum(1)).mean() + weight.square().sum() / (2 * c * n)
+            resid = (logits - lse[:, None]).exp_().sub_(onehot).div_(n)  # d loss / d logits
+            theta.grad = torch.cat([(z.T @ resid + weight / (c * n)).flatten(), resid.sum(0)])
         return loss
 
-    with torch.enable_grad():
-        opt.step(closure)
-        grad = torch.cat([weight.grad.flatten(), bias.grad.flatten()]).abs().max().item()
+    opt.step(closure)
+    grad = theta.grad.abs().max().item()
+    weight, bias = theta.detach()[: d * num_classes].view(d, num_classes), theta.detach()[d * num_classes :]
     n_iter = int(opt.state[opt._params[0]]["n_iter"])
-    return Probe(mean, scale, weight.detach(), bias.detach(), n_iter, grad <= tol)
+    return Probe(mean, scale, weight, bias, n_iter, grad <= tol)
