@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench import numerics
 from bench.config import DatasetConfig, EvalConfig
 from bench.data import ImageData, from_config
 from bench.metrics import METRICS, Result
@@ -103,7 +104,8 @@ def evaluate(
     from bench.metrics import evaluate as compute
     from bench.metrics.samplers import fit_latent_sampler
 
-    fit_latent_sampler(model, data, cfg.batch_size)
+    with numerics.evaluation(model, cfg.precision, dev):  # the codes evaluate shares
+        fit_latent_sampler(model, data, cfg.batch_size)
     t0 = time.perf_counter()
     results = compute(model, data.to(dev), cfg, seed, dev)
     seconds = time.perf_counter() - t0

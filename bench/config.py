@@ -150,6 +150,12 @@ class EvalConfig(Strict):
         None, ge=1, le=BIG, description="evaluate every N steps (and always at the end)"
     )
     batch_size: int = Field(500, ge=1, le=65536)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: the model's encode/decode/sample/reconstruct under bf16 autocast "
+        "(the metrics, feature extractors, likelihood and bitstreams stay fp32)",
+        json_schema_extra=HASH_NEUTRAL,
+    )
     n_test: int | None = Field(None, ge=1, le=10**8, description="test images for reconstruction metrics")
     n_samples: int = Field(10000, ge=2, le=10**7, description="generated samples for generation metrics")
     # generation metrics (bench/metrics/generative.py); defaults follow Lucic et al. 2018

@@ -1,4 +1,5 @@
-"""How the training step computes: bf16 autocast and ``torch.compile``, the suite's ``train:`` options.
+"""How the model computes: the training step's ``train:`` options (bf16 autocast, ``torch.compile``)
+and the evaluation's forward passes (``eval.precision``, the conv layout).
 
 Both are off by default and both change a run's numbers, so the suite records them in the run's
 parameters and its config hash. Only the forward pass and the loss run under autocast; the
@@ -9,9 +10,11 @@ losses are cast back to float32 before ``backward``, and weights and optimiser s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import torch
@@ -90,3 +93,79 @@ def _configure_compile() -> None:
     dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
     dynamo.fail_on_recompile_limit_hit = True
     torch._inductor.config.fallback_random = True
+
+
+# --------------------------------------------------------------------------- evaluation
+
+# the model's methods whose forward passes an evaluation's precision applies to
+FORWARD_METHODS = ("encode", "decode", "sample", "reconstruct")
+_PRECISION: ContextVar[str] = ContextVar("bench_eval_precision", default="fp32")
+_EXACT: ContextVar[bool] = ContextVar("bench_eval_exact", default=False)
+
+
+def eval_precision() -> str:
+    """The precision the model's forward passes run at here: what memoised codes are keyed by."""
+    return "fp32" if _EXACT.get() else _PRECISION.get()
+
+
+@contextlib.contextmanager
+def exact() -> Iterator[None]:
+    """Float32 forward passes inside, whatever ``eval.precision`` says: for what needs full
+    precision (the likelihood's log-densities, the bitstreams' quantised codes)."""
+    token = _EXACT.set(True)
+    try:
+        yield
+    finally:
+        _EXACT.reset(token)
+
+
+def _to_float(out):
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.dtype == torch.bfloat16 else out
+    if isinstance(out, tuple | list):
+        return type(out)(_to_float(o) for o in out)
+    return out
+
+
+@contextlib.contextmanager
+def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> Iterator[None]:
+    """How an evaluation runs the model's forward passes; everything is restored on exit.
+
+    - On a CPU, conv weights are held in channels_last for the evaluation: oneDNN's faster
+      kernels, still float32 (values change at rounding level only; docs/performance.md).
+    - ``precision="bf16"``: the model's own ``encode``, ``decode``, ``sample`` and ``reconstruct``
+      run under bf16 autocast and return float32. Nothing else does: the metrics' arithmetic, the
+      feature extractors (Inception, the domain classifier), the likelihood and the bitstreams
+      (``exact()``) stay float32.
+    """
+    params = [p for p in model.parameters() if p.dim() == 4]
+    relayout = device.type == "cpu" and bool(params) and all(p.is_contiguous() for p in params)
+    if relayout:
+        model.to(memory_format=torch.channels_last)
+    patched = []
+    if precision == "bf16":
+        for name in FORWARD_METHODS:
+            fn = getattr(model, name, None)
+            if callable(fn) and name not in vars(model):
+                object.__setattr__(model, name, _autocast(fn, device.type))
+                patched.append(name)
+    token = _PRECISION.set(precision)
+    try:
+        yield
+    finally:
+        _PRECISION.reset(token)
+        for name in patched:
+            object.__delattr__(model, name)
+        if relayout:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def _autocast(fn: Callable, device_type: str) -> Callable:
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if _EXACT.get():
+            return fn(*args, **kwargs)
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return _to_float(fn(*args, **kwargs))
+
+    return call

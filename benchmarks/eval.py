@@ -48,6 +48,10 @@ class Worker:
 
         self.torch, self.EvalConfig = torch, EvalConfig
         self.device = torch.device(args.device)
+        # eval.precision where this tree has it (older trees ran fp32 only)
+        self.eval_kw = {"precision": args.precision} if "precision" in EvalConfig.model_fields else {}
+        if args.precision != "fp32" and not self.eval_kw:
+            raise SystemExit(f"this tree has no eval.precision: cannot run {args.precision}")
         self.data = from_config(DatasetConfig(name="fashion-mnist")).to(self.device)
         torch.manual_seed(0)
         self.model = build_model(args.model, {}, self.data.image_shape).to(self.device)
@@ -73,7 +77,7 @@ class Worker:
         from bench.metrics import evaluate
 
         self.clear()
-        cfg = self.EvalConfig(metrics=metrics, **eval_kw)
+        cfg = self.EvalConfig(metrics=metrics, **self.eval_kw, **eval_kw)
         per_metric = {}  # filled where this tree's evaluate times each metric
         kw = {"seconds": per_metric} if "seconds" in inspect.signature(evaluate).parameters else {}
         t0 = time.perf_counter()
@@ -82,14 +86,23 @@ class Worker:
         print(f"# per metric: {json.dumps(per_metric)}", file=sys.stderr, flush=True)
         return seconds, {k: r.value for k, r in out.items()}
 
-    def floor(self) -> dict[str, float]:
-        """Seconds of the forward passes one evaluation cannot avoid (batches of 500, inference mode)."""
+    def floor(self, metrics: list[str]) -> dict[str, float]:
+        """Seconds of the forward passes one evaluation cannot avoid (batches of 500, inference
+        mode), at the evaluation's precision and layout where the tree has them."""
+        import contextlib
+
         from bench.data import to_float
         from bench.metrics.features import EXTRACTORS, _module
 
+        try:
+            from bench.numerics import evaluation, exact
+        except ImportError:  # a tree from before eval.precision
+            evaluation, exact = None, contextlib.nullcontext
         torch, model, data, bs = self.torch, self.model, self.data, 500
+        precision = self.eval_kw.get("precision", "fp32")
+        numerics = evaluation(model, precision, self.device) if evaluation else contextlib.nullcontext()
         out = {}
-        with torch.inference_mode():
+        with torch.inference_mode(), numerics:
             t0 = time.perf_counter()
             codes = [model.encode(to_float(x[i : i + bs])) for x in (data.train_x, data.test_x)
                      for i in range(0, len(x), bs)]  # fmt: skip
@@ -98,6 +111,16 @@ class Worker:
             t0 = time.perf_counter()
             imgs = [model.decode(z[i : i + bs]) for _ in range(4) for i in range(0, len(z), bs)]
             out["decode 40,000 (reconstructions, denoising, prior, GMM)"] = time.perf_counter() - t0
+            if "nll_bpd" in metrics or "nll_nats" in metrics:  # 2,000 test images x k = 16, float32
+                cfg = self.EvalConfig()
+                n, k = getattr(cfg, "nll_n", 2000), getattr(cfg, "nll_k", 16)
+                with exact():
+                    t0 = time.perf_counter()
+                    zs = [model.encode(to_float(data.test_x[i : i + bs])) for i in range(0, n, bs)]
+                    zz = torch.cat(zs).repeat(k, 1)
+                    for i in range(0, len(zz), bs):
+                        model.decode(zz[i : i + bs])
+                    out[f"likelihood: encode {n:,}, decode {n * k:,} (float32)"] = time.perf_counter() - t0
             ex = EXTRACTORS.get("domain")
             prep = ex.prepare(self.EvalConfig(), data, self.device)
             fe = _module(ex.fidelity_name, str(prep.weights_path), prep.weights_sha256, prep.layers,
@@ -120,7 +143,7 @@ class Worker:
                 seconds, values = self.evaluate(cmd["metrics"])
                 reply = {"seconds": seconds, "values": values}
             else:
-                reply = {"floor": self.floor()}
+                reply = {"floor": self.floor(cmd["metrics"])}
             print(json.dumps(reply), flush=True)
 
 
@@ -193,15 +216,15 @@ def kernels(n_train: int, n_test: int, n_feat: int, repeats: int) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def start(label: str, tree: str, args) -> subprocess.Popen:
+def start(label: str, tree: str, precision: str, args) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
     cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--steps", str(args.steps),
-           "--weights", args.weights, "--device", args.device]  # fmt: skip
+           "--weights", args.weights, "--device", args.device, "--precision", precision]  # fmt: skip
     p = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     if not line:
         raise SystemExit(f"worker {label} ({tree}) failed to start")
-    print(f"# worker {label} ready ({tree})", file=sys.stderr, flush=True)
+    print(f"# worker {label} ready ({tree}, eval.precision {precision})", file=sys.stderr, flush=True)
     return p
 
 
@@ -220,7 +243,9 @@ def fmt(v: float | None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tree", action="append", help="label=DIR of a code tree (default: this checkout)")
+    ap.add_argument("--tree", action="append", help="label=DIR[@PRECISION] of a code tree and the "
+                    "eval.precision it runs (default: this checkout, fp32)")  # fmt: skip
+    ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     ap.add_argument("--model", default="vae-conv")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--weights", default="/tmp/bench-eval-vae-conv.pt", help="loaded if present, else saved")
@@ -242,7 +267,7 @@ def main() -> None:
         return
     trees = [t.split("=", 1) for t in (args.tree or [f"this={Path(__file__).resolve().parents[1]}"])]
     metrics = args.metrics.split(",")
-    workers = {label: start(label, tree, args) for label, tree in trees}
+    workers = {label: start(label, *(tree.rsplit("@", 1) + ["fp32"])[:2], args) for label, tree in trees}
     res: dict = {label: {"single": {}, "values": {}} for label in workers}
     if not args.skip_single:
         for m in metrics:
@@ -260,7 +285,8 @@ def main() -> None:
         res[label]["all"], res[label]["all_values"] = r["seconds"], r["values"]
         print(f"# all {label}: {r['seconds']:.1f} s", file=sys.stderr, flush=True)
     for label, p in workers.items():
-        res[label]["floor"] = ask(p, {"what": "floor"})["floor"] if label in whole else None
+        floor = ask(p, {"what": "floor", "metrics": metrics})["floor"] if label in whole else None
+        res[label]["floor"] = floor
         p.stdin.close()
         p.wait()
     labels = list(workers)

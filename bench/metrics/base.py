@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from bench import numerics
 from bench.data import ImageData, to_float
 from bench.metrics.codes import train_codes
 from bench.metrics.coding import Coded, code_test_set
@@ -209,19 +210,20 @@ def evaluate(
     ctx = EvalContext(model, data, cfg, seed, device)
     out: dict[str, Result] = {}
     try:
-        for name in cfg.metrics:
-            metric = METRICS.get(name)
-            if not metric.applies_to_model(model) or (metric.needs_labels and not data.has_labels):
-                continue
-            t0 = time.perf_counter()
-            r = metric.fn(ctx)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if r is None:  # not defined for this model as configured (e.g. float codes, no code_step)
-                continue
-            out[name] = r if isinstance(r, Result) else Result(float(r))
-            if seconds is not None:
-                seconds[name] = time.perf_counter() - t0
+        with numerics.evaluation(model, cfg.precision, device):
+            for name in cfg.metrics:
+                metric = METRICS.get(name)
+                if not metric.applies_to_model(model) or (metric.needs_labels and not data.has_labels):
+                    continue
+                t0 = time.perf_counter()
+                r = metric.fn(ctx)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if r is None:  # not defined for this model as configured (e.g. float codes, no code_step)
+                    continue
+                out[name] = r if isinstance(r, Result) else Result(float(r))
+                if seconds is not None:
+                    seconds[name] = time.perf_counter() - t0
     finally:
         model.train(was_training)
     return out

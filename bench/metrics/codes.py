@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from bench import numerics
 from bench.data import ImageData, to_float
 
 Tensor = torch.Tensor
@@ -37,19 +38,21 @@ def _fits(model: torch.nn.Module, data: ImageData) -> dict[str, Any]:
 
 
 def train_codes(model, data: ImageData, batch_size: int = 500) -> Tensor:
-    """Deterministic codes (N, d) of the whole training split, in eval mode, once per trained state."""
+    """Deterministic codes (N, d) of the whole training split, in eval mode, once per trained state
+    and forward-pass precision (``bench.numerics.eval_precision``)."""
     memo = _fits(model, data)
-    if "codes" not in memo:
+    key = f"codes:{numerics.eval_precision()}"
+    if key not in memo:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         x = data.train_x
         with torch.inference_mode():
-            memo["codes"] = torch.cat(
+            memo[key] = torch.cat(
                 [
                     model.encode(to_float(x[i : i + batch_size]).to(device)).flatten(1).float()
                     for i in range(0, len(x), batch_size)
                 ]
             )
         model.train(was_training)
-    return memo["codes"]
+    return memo[key]

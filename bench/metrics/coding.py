@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench import numerics
+
 Tensor = torch.Tensor
 PSEUDO_COUNT = 0.5  # Krichevsky-Trofimov
 MAX_ALPHABET = 2**16  # a wider range of float symbols means a code step far too small for the codes
@@ -162,7 +164,15 @@ def code_test_set(
     model, data, test_x: Tensor, step: float | None, bs: int, device: torch.device
 ) -> Coded | None:
     """The test images ``test_x`` (uint8) through the model's bitstreams; None when the model
-    stores nothing that has a rate (no encoder, or float codes and no ``step``)."""
+    stores nothing that has a rate (no encoder, or float codes and no ``step``). The codes are
+    always computed in float32, whatever ``eval.precision`` is: rates are exact counts of bits."""
+    with numerics.exact():
+        return _code_test_set(model, data, test_x, step, bs, device)
+
+
+def _code_test_set(
+    model, data, test_x: Tensor, step: float | None, bs: int, device: torch.device
+) -> Coded | None:
     if "bitstream" in getattr(model, "capabilities", ()):
         with torch.inference_mode():
             return _self_coded(model, test_x, bs, device)

@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from bench import numerics
 from bench.metrics.base import EvalContext, Result, register_metric
 from bench.metrics.samplers import chunk_seed
 
@@ -134,7 +135,7 @@ def estimate(ctx: EvalContext) -> dict:
     model, k, levels = ctx.model, ctx.cfg.nll_k, _levels(ctx)
     x = ctx.test_images[: ctx.cfg.nll_n]
     n = IMAGES_PER_CHUNK
-    with torch.inference_mode():
+    with torch.inference_mode(), numerics.exact():  # log-densities need float32 logits
         parts = [
             iw_log_likelihood(model, x[i : i + n], k, levels, chunk_seed(ctx.seed + 3, c))
             for c, i in enumerate(range(0, len(x), n))

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 from torch_fidelity.generative_model_base import GenerativeModelBase
 
+from bench import numerics
 from bench.data import ImageData, to_float
 from bench.metrics.base import ALL_FAMILIES, ENCODER_FAMILIES
 from bench.metrics.codes import _FITS, _fits, train_codes  # noqa: F401  (shared with EvalContext)
@@ -57,9 +58,10 @@ def fit_latent_sampler(model, data: ImageData, batch_size: int = 500) -> bool:
     if fit is None:
         return False
     memo = _fits(model, data)
-    if not memo.get("gaussian"):
+    key = f"gaussian:{numerics.eval_precision()}"
+    if memo.get("fitted") != key:  # fitted to the codes of this precision
         fit(train_codes(model, data, batch_size))
-        memo["gaussian"] = True
+        memo["fitted"] = key
     return True
 
 
@@ -132,7 +134,7 @@ def latent_gmm(
     (``bench.metrics.gmm``, on the codes' device), or scikit-learn's BayesianGaussianMixture for
     ``kind: dirichlet``."""
     memo = _fits(model, data)
-    key = f"gmm:{components}:{seed}:{options}"
+    key = f"gmm:{components}:{seed}:{options}:{numerics.eval_precision()}"
     if key not in memo:
         codes = train_codes(model, data, batch_size)
         subset = gmm_fit_subset(len(codes), options.fit_n, seed)

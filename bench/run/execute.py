@@ -16,6 +16,7 @@ import traceback
 
 import torch
 
+from bench import numerics
 from bench.data import ImageData
 from bench.metrics import Result, evaluate
 from bench.metrics.samplers import fit_latent_sampler
@@ -224,7 +225,9 @@ class Execution:
     ) -> dict[str, Result]:
         """Post-training fits, the final evaluation, the artifacts and what the run cost."""
         t0 = time.perf_counter()
-        fit_latent_sampler(model, self.env.data, self.spec.suite.eval.batch_size)  # e.g. the AE's Gaussian
+        cfg = self.spec.suite.eval
+        with numerics.evaluation(model, cfg.precision, self.env.device):  # the codes evaluate shares
+            fit_latent_sampler(model, self.env.data, cfg.batch_size)  # e.g. the AE's Gaussian
         self.clock["eval_seconds"] += time.perf_counter() - t0
         results = self.evaluate(model)
         run.results(progress.step, results)

@@ -1,0 +1,100 @@
+"""How an evaluation runs the model's forward passes: ``eval.precision`` and the conv layout
+(``bench.numerics.evaluation``)."""
+
+import pytest
+import torch
+from conftest import tiny_suite
+
+from bench import numerics
+from bench.config import BudgetConfig, EvalConfig
+from bench.data import load_dataset
+from bench.metrics import evaluate
+from bench.models import build_model
+from bench.suite import expand, flatten, load_suite
+from bench.train import Trainer
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic", train_size=256, test_size=64)
+
+
+@pytest.fixture(scope="module")
+def vae(data):
+    torch.manual_seed(0)
+    model = build_model("vae-conv", {}, data.image_shape)
+    Trainer(model, data, BudgetConfig(steps=20, batch_size=32), 0).run()
+    return model.eval()
+
+
+def test_the_evaluation_leaves_the_model_as_it_found_it(vae):
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    convs = [p for p in vae.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous() for p in convs)
+    with numerics.evaluation(vae, "bf16", CPU):
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        assert set(numerics.FORWARD_METHODS) <= set(vars(vae))  # the forward passes are wrapped
+        assert numerics.eval_precision() == "bf16"
+        with numerics.exact():
+            assert numerics.eval_precision() == "fp32"
+    assert numerics.eval_precision() == "fp32"
+    assert not set(numerics.FORWARD_METHODS) & set(vars(vae))
+    assert all(p.is_contiguous() for p in convs)
+    after = vae.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].is_contiguous() for k in before)
+
+
+def test_bf16_rounds_the_forward_passes_and_exact_keeps_them_float32(vae, data):
+    x = data.test_x[:32].float() / 255
+    with torch.inference_mode():
+        plain = vae.reconstruct(x)
+        with numerics.evaluation(vae, "fp32", CPU):
+            relaid = vae.reconstruct(x)  # channels_last, float32: rounding-level changes only
+        with numerics.evaluation(vae, "bf16", CPU):
+            low = vae.reconstruct(x)
+            z = vae.encode(x)
+            with numerics.exact():
+                full = vae.reconstruct(x)
+    assert torch.allclose(relaid, plain, atol=1e-5)
+    assert low.dtype == z.dtype == torch.float32  # what the metrics receive
+    assert not torch.equal(low, plain) and (low - plain).abs().max() < 0.05
+    assert torch.equal(full, relaid)
+
+
+def test_bf16_changes_reconstructions_only_while_the_likelihood_and_rates_stay_exact(vae, data):
+    metrics = ["recon_mse", "psnr", "probe_acc", "nll_bpd", "bpp"]
+
+    def run(precision):
+        cfg = EvalConfig(metrics=metrics, precision=precision, code_step=0.25, nll_n=32)
+        return {k: r.value for k, r in evaluate(vae, data, cfg, 0, CPU).items()}
+
+    fp32, bf16 = run("fp32"), run("bf16")
+    assert set(fp32) == set(bf16) == set(metrics)
+    # the likelihood and the bitstreams are computed in float32 whatever the precision
+    assert bf16["nll_bpd"] == fp32["nll_bpd"] and bf16["bpp"] == fp32["bpp"]
+    # bpp's reconstructions are decoded from the bitstreams, in float32 too
+    assert bf16["recon_mse"] == fp32["recon_mse"]
+    assert bf16["probe_acc"] == pytest.approx(fp32["probe_acc"], abs=0.1)
+
+
+def test_bf16_reconstructions_move_at_bf16_rounding(vae, data):
+    def run(precision):
+        cfg = EvalConfig(metrics=["recon_mse", "psnr"], precision=precision)
+        return {k: r.value for k, r in evaluate(vae, data, cfg, 0, CPU).items()}
+
+    fp32, bf16 = run("fp32"), run("bf16")
+    assert bf16["recon_mse"] != fp32["recon_mse"]
+    assert bf16["recon_mse"] == pytest.approx(fp32["recon_mse"], rel=0.01)
+    assert bf16["psnr"] == pytest.approx(fp32["psnr"], abs=0.05)
+
+
+def test_eval_precision_is_recorded_and_only_bf16_changes_the_hash(write_suite):
+    def spec(**eval_over):
+        return expand(load_suite(write_suite(tiny_suite(eval={**tiny_suite()["eval"], **eval_over}))))[0]
+
+    default, fp32, bf16 = spec(), spec(precision="fp32"), spec(precision="bf16")
+    assert flatten(default.resolved())["eval.precision"] == "fp32"
+    assert flatten(bf16.resolved())["eval.precision"] == "bf16"
+    assert default.config_hash == fp32.config_hash != bf16.config_hash
