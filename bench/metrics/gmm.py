@@ -77,11 +77,12 @@ def _m_step(xc: Tensor, x64: Tensor, resp: Tensor, reg: float) -> tuple[Tensor, 
     return nk / n, means, chol
 
 
-def _log_prob(x: Tensor, weights: Tensor, means: Tensor, chol: Tensor, chunk: int = 16384) -> Tensor:
+def _log_prob(x: Tensor, weights: Tensor, means: Tensor, chol: Tensor, chunk: int = 4096) -> Tensor:
     """log w_k + log N(x | mu_k, Sigma_k) for every code and component: (n, K), in x's dtype.
 
     The factors are inverted in float64; the product over the codes is one matrix product for all
-    components, || x L^-T - mu L^-T ||^2, in chunks of codes."""
+    components, || x L^-T - mu L^-T ||^2, in chunks of codes small enough for the products to stay
+    in cache (4,096 64-d codes: 2.6x faster than chunks of 16,384 on a 2-core CPU)."""
     k, d = means.shape
     eye = torch.eye(d, dtype=chol.dtype, device=chol.device).expand_as(chol)
     inv_t = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(1, 2)  # (K, d, d): L^-T
@@ -103,7 +104,7 @@ def fit_em(x: Tensor, k: int, seed: int, max_iter: int = 100, tol: float = 1e-3,
     on the codes centred on their mean; the per-component matrices, the responsibilities, the
     means and every sum that decides convergence are float64. On 60,000 64-d vae-conv codes this
     gave the same iterations and the same held-out log-likelihood as an all-float64 fit to the
-    fourth decimal, in a third of the time (docs/performance.md)."""
+    seventh significant digit, in under half the time (docs/performance.md)."""
     x64 = x.detach().double()
     centre = x64.mean(0)
     x64 = x64 - centre
