@@ -84,6 +84,7 @@ class Worker:
         out = evaluate(self.model, self.data, cfg, 0, self.device, **kw)
         seconds = time.perf_counter() - t0
         print(f"# per metric: {json.dumps(per_metric)}", file=sys.stderr, flush=True)
+        self.per_metric = per_metric
         return seconds, {k: r.value for k, r in out.items()}
 
     def floor(self, metrics: list[str]) -> dict[str, float]:
@@ -141,7 +142,7 @@ class Worker:
                 reply = {"seconds": seconds, "values": values}
             elif cmd["what"] == "all":
                 seconds, values = self.evaluate(cmd["metrics"])
-                reply = {"seconds": seconds, "values": values}
+                reply = {"seconds": seconds, "values": values, "per_metric": self.per_metric}
             else:
                 reply = {"floor": self.floor(cmd["metrics"])}
             print(json.dumps(reply), flush=True)
@@ -283,6 +284,7 @@ def main() -> None:
             continue
         r = ask(p, {"what": "all", "metrics": metrics})
         res[label]["all"], res[label]["all_values"] = r["seconds"], r["values"]
+        res[label]["all_split"] = r.get("per_metric", {})
         print(f"# all {label}: {r['seconds']:.1f} s", file=sys.stderr, flush=True)
     for label, p in workers.items():
         floor = ask(p, {"what": "floor", "metrics": metrics})["floor"] if label in whole else None
@@ -302,6 +304,15 @@ def main() -> None:
         print("| sum of the single calls | " + " | ".join(sums) + " |" * (len(labels) + 1))
     print("| all metrics in one call | " + " | ".join(fmt(res[lb]["all"]) for lb in labels)
           + " |" * (len(labels) + 1))  # fmt: skip
+    split = [lb for lb in labels if res[lb].get("all_split")]
+    if split:  # what each metric cost inside the one call (shared work charged to its first user)
+        print("\n| one call, per metric | " + " | ".join(f"{lb} (s)" for lb in split) + " | "
+              + " | ".join(f"{lb} value" for lb in split) + " |")  # fmt: skip
+        print("|---" * (1 + 2 * len(split)) + "|")
+        for m in metrics:
+            secs = [fmt(res[lb]["all_split"].get(m)) for lb in split]
+            vals = [fmt(res[lb]["all_values"].get(m)) for lb in split]
+            print(f"| {m} | " + " | ".join(secs) + " | " + " | ".join(vals) + " |")
     for lb in [lb for lb in labels if res[lb]["floor"]]:
         floor = res[lb]["floor"]
         print(f"\nforward-pass floor ({lb}):")
