@@ -68,6 +68,25 @@ def test_report_files(report_dir):
     assert "Not drawn: quality against cost: no generation metric" in md
 
 
+def test_the_cost_section_shows_the_evaluation_time_of_every_metric(report_dir, report_store):
+    md = (report_dir / "report.md").read_text()
+    section = md.split("### Evaluation time", 1)[1].split("\n#", 1)[0]
+    header = next(line for line in section.splitlines() if line.startswith("| model"))
+    # one column per metric the runs logged a time for, in the suite's order; the GAN has n/a
+    assert [c.strip() for c in header.split("|")[4:-1]] == [
+        "recon_mse s", "psnr s", "ssim s", "bpp s", "compression_ratio s"
+    ]  # fmt: skip
+    cost = md.split("### Cost", 1)[1].split("\n#", 1)[0]
+    assert "| eval s |" in next(line for line in cost.splitlines() if line.startswith("| model"))
+    # the cells are the runs' own eval_seconds.<metric>, averaged over seeds
+    runs = pd.read_csv(report_dir / "runs.csv")
+    ae = runs[(runs.label == "ae-mlp") & (runs.status == "FINISHED")]
+    mean = ae["eval_seconds.ssim"].mean()
+    row = next(line for line in section.splitlines() if line.startswith("| ae-mlp"))
+    assert fmt_num(mean) in row.split("|")[6]
+    assert "that metric's seconds within the evaluation" in md
+
+
 def test_one_row_per_model_in_suite_order(report_dir):
     table = pd.read_csv(report_dir / "results.csv")
     assert list(table.label) == LABELS

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.metrics import METRICS
-from bench.report.summary import COST_NAMES, REFERENCE_NAME, Report, Summary, fmt_num
+from bench.report.summary import REFERENCE_NAME, Report, Summary, cost_name, fmt_num
 from bench.report.tables import (
     Cell,
     has_reference,
@@ -69,12 +69,12 @@ def _tip(st: dict[str, Any] | None, baseline: str) -> str:
 
 def _table(s: Summary, use: Use, cols: list[str]) -> dict[str, Any]:
     """One use's table: its columns, its model rows, and each suite's reference row."""
-    kind = "cost" if use.key == "cost" else "metric"
+    kind = "cost" if use.key in ("cost", "eval_cost") else "metric"
     columns = [
         {
             "name": metric_header(m),
             "kind": kind,
-            "title": METRICS.get(m).description if m in METRICS else COST_NAMES.get(m, m),
+            "title": METRICS.get(m).description if m in METRICS else cost_name(m),
         }
         for m in cols
     ]

@@ -29,14 +29,18 @@ COST_COLUMNS = [
     "budget_steps",
     "budget_images",
     "train_seconds",
+    "eval_seconds",
     "images_per_s",
     "param_count",
     "peak_memory_mb",
 ]
+# each metric's share of ``eval_seconds``, as runs log it: ``eval_seconds.<metric>``
+METRIC_SECONDS = "eval_seconds."
 COST_NAMES = {
     "budget_steps": "steps",
     "budget_images": "images",
     "train_seconds": "train s",
+    "eval_seconds": "eval s",
     "images_per_s": "images/s",
     "param_count": "params",
     "peak_memory_mb": "peak MB",
@@ -45,10 +49,28 @@ COST_NOTES = {
     "budget_steps": "steps = optimiser steps",
     "budget_images": "images = training images seen",
     "train_seconds": "train s = seconds of optimisation (evaluation not counted)",
+    "eval_seconds": "eval s = seconds of evaluation, every metric and the post-training fits",
     "images_per_s": "images/s = training throughput",
     "param_count": "params = parameter count",
     "peak_memory_mb": "peak MB = peak memory (process peak RSS on CPU, peak allocated on CUDA)",
 }
+METRIC_SECONDS_NOTE = (
+    "<metric> s = that metric's seconds within the evaluation (work metrics share, such as encoding "
+    "the training split, is charged to the first metric that needs it)"
+)
+
+
+def cost_name(column: str) -> str:
+    """A cost column's short header: ``train s``, or ``probe_acc s`` for a metric's share."""
+    if column.startswith(METRIC_SECONDS):
+        return f"{column[len(METRIC_SECONDS):]} s"
+    return COST_NAMES.get(column, column)
+
+
+def cost_note(column: str) -> str:
+    return METRIC_SECONDS_NOTE if column.startswith(METRIC_SECONDS) else COST_NOTES[column]
+
+
 REFERENCE_NAME = "real data (reference)"
 ALPHA = 0.05  # significance level of the test against the baseline
 CONFIDENCE = 0.95
@@ -506,6 +528,7 @@ def summarise(
         return Summary(empty, pd.DataFrame(columns=LONG_COLUMNS), empty, [], reference=references)
     metrics = metric_columns(runs)
     costs = [c for c in COST_COLUMNS if c in runs.columns]
+    costs += [METRIC_SECONDS + m for m in metrics if METRIC_SECONDS + m in runs.columns]
     keys = _order(runs, order)
     base = {s: (baselines or {}).get(s) for s, _ in keys}
     for s in base:

@@ -18,9 +18,11 @@ from bench.report.summary import (
     ALPHA,
     CONFIDENCE,
     COST_NAMES,
-    COST_NOTES,
+    METRIC_SECONDS,
     REFERENCE_NAME,
     Summary,
+    cost_name,
+    cost_note,
     fmt_mean_ci,
     fmt_num,
 )
@@ -64,8 +66,8 @@ def reference_cell(s: Summary, suite: str, m: str) -> Cell:
 
 
 def metric_header(m: str) -> str:
-    if m in COST_NAMES:
-        return COST_NAMES[m]
+    if m in COST_NAMES or m.startswith(METRIC_SECONDS):
+        return cost_name(m)
     higher = higher_is_better(m)
     return m if higher is None else f"{m} {'↑' if higher else '↓'}"
 
@@ -211,7 +213,9 @@ def table_notes(summary: Summary) -> list[str]:
             "comparisons)."
         )
     if summary.costs:
-        notes.append("What each model cost: " + "; ".join(COST_NOTES[c] for c in summary.costs) + ".")
+        notes.append(
+            "What each model cost: " + "; ".join(dict.fromkeys(cost_note(c) for c in summary.costs)) + "."
+        )
     if not summary.reference.empty:
         notes.append(f"{REFERENCE_NAME}: the metrics of real held-out images scored as if they were samples.")
     return notes

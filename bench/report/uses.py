@@ -66,10 +66,24 @@ COST = Use(
     "cost",
     "Cost",
     "what training took under the shared budget",
-    ("train_seconds", "images_per_s", "param_count", "peak_memory_mb", "budget_steps", "budget_images"),
+    ("train_seconds", "eval_seconds", "images_per_s", "param_count", "peak_memory_mb", "budget_steps",
+     "budget_images"),
+)  # fmt: skip
+# each metric's share of the evaluation time (its columns are the runs' ``eval_seconds.<metric>``)
+EVAL_COST = Use(
+    "eval_cost",
+    "Evaluation time",
+    "what each metric took to evaluate, on the machine that ran it (seconds)",
+    (),
 )
 # direction of the cost columns (the metrics' own comes from the registry); none: not ranked
-COST_HIGHER = {"train_seconds": False, "images_per_s": True, "param_count": False, "peak_memory_mb": False}
+COST_HIGHER = {
+    "train_seconds": False,
+    "eval_seconds": False,
+    "images_per_s": True,
+    "param_count": False,
+    "peak_memory_mb": False,
+}
 OTHER = Use("other", "Other metrics", "metrics no use names", ())
 
 
@@ -89,6 +103,7 @@ def metrics_by_use(s: Summary) -> list[tuple[Use, list[str]]]:
     if other:
         out.append((OTHER, other))
     out.append((COST, [c for c in COST.metrics if c in s.costs]))
+    out.append((EVAL_COST, [c for c in s.costs if c.startswith("eval_seconds.")]))
     return [(u, ms) for u, ms in out if ms]
 
 
@@ -97,6 +112,8 @@ def higher_is_better(metric: str) -> bool | None:
 
     if metric in METRICS:
         return METRICS.get(metric).higher_is_better
+    if metric.startswith("eval_seconds."):
+        return False
     return COST_HIGHER.get(metric)
 
 
