@@ -1,8 +1,8 @@
 """How the model computes: the training step's ``train:`` options (bf16 autocast, ``torch.compile``)
 and the evaluation's forward passes (``eval.precision``, the conv layout).
 
-Both are off by default and both change a run's numbers, so the suite records them in the run's
-parameters and its config hash. Only the forward pass and the loss run under autocast; the
+The ``train:`` options are off by default and both change a run's numbers, so the suite records
+them in the run's parameters and its config hash. Only the forward pass and the loss run under autocast; the
 losses are cast back to float32 before ``backward``, and weights and optimiser state stay float32.
 ``torch.compile`` wraps the model's loss functions, never the module itself, so a compiled run's
 ``state_dict`` has the same keys as an eager one and its checkpoints load either way.
@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import shutil
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import torch
+
+log = logging.getLogger("bench")
 
 if TYPE_CHECKING:
     from bench.config import TrainConfig
@@ -97,21 +100,25 @@ def _configure_compile() -> None:
 
 # --------------------------------------------------------------------------- evaluation
 
-# the model's methods whose forward passes an evaluation's precision applies to
-FORWARD_METHODS = ("encode", "decode", "sample", "reconstruct")
 _PRECISION: ContextVar[str] = ContextVar("bench_eval_precision", default="fp32")
+_LAYOUT: ContextVar[str] = ContextVar("bench_eval_layout", default="contiguous")
 _EXACT: ContextVar[bool] = ContextVar("bench_eval_exact", default=False)
 
 
 def eval_precision() -> str:
-    """The precision the model's forward passes run at here: what memoised codes are keyed by."""
+    """The precision the model's networks run at here."""
     return "fp32" if _EXACT.get() else _PRECISION.get()
+
+
+def eval_mode() -> str:
+    """Precision and layout of the forward passes here: what memoised codes are keyed by."""
+    return f"{eval_precision()}/{_LAYOUT.get()}"
 
 
 @contextlib.contextmanager
 def exact() -> Iterator[None]:
-    """Float32 forward passes inside, whatever ``eval.precision`` says: for what needs full
-    precision (the likelihood's log-densities, the bitstreams' quantised codes)."""
+    """Float32 networks inside, whatever ``eval.precision`` says: for what needs full precision
+    (the likelihood's log-densities, the bitstreams' quantised codes)."""
     token = _EXACT.set(True)
     try:
         yield
@@ -122,50 +129,62 @@ def exact() -> Iterator[None]:
 def _to_float(out):
     if isinstance(out, torch.Tensor):
         return out.float() if out.dtype == torch.bfloat16 else out
+    if isinstance(out, dict):
+        return {k: _to_float(v) for k, v in out.items()}
+    if isinstance(out, tuple) and hasattr(out, "_fields"):  # a NamedTuple
+        return type(out)(*(_to_float(o) for o in out))
     if isinstance(out, tuple | list):
         return type(out)(_to_float(o) for o in out)
     return out
 
 
+def _autocast(forward: Callable, device_type: str) -> Callable:
+    @functools.wraps(forward)
+    def call(*args, **kwargs):
+        if _EXACT.get() or _PRECISION.get() != "bf16":
+            return forward(*args, **kwargs)
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return _to_float(forward(*args, **kwargs))
+
+    return call
+
+
 @contextlib.contextmanager
 def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> Iterator[None]:
-    """How an evaluation runs the model's forward passes; everything is restored on exit.
+    """How an evaluation runs the model's networks; everything is restored on exit.
 
     - On a CPU, conv weights are held in channels_last for the evaluation: oneDNN's faster
       kernels, still float32 (values change at rounding level only; docs/performance.md).
-    - ``precision="bf16"``: the model's own ``encode``, ``decode``, ``sample`` and ``reconstruct``
-      run under bf16 autocast and return float32. Nothing else does: the metrics' arithmetic, the
-      feature extractors (Inception, the domain classifier), the likelihood and the bitstreams
-      (``exact()``) stay float32.
+    - ``precision="bf16"``: the model's networks (``autocast_modules()``: by default its
+      ``encoder``, ``decoder`` and ``generator``) run under bf16 autocast and hand float32 back.
+      Nothing else does: the model's own code between its networks (quantisers, codebook search,
+      prior sampling), the metrics' arithmetic, the feature extractors (Inception, the domain
+      classifier), the likelihood and the bitstreams (``exact()``) stay float32.
     """
     params = [p for p in model.parameters() if p.dim() == 4]
     relayout = device.type == "cpu" and bool(params) and all(p.is_contiguous() for p in params)
-    if relayout:
-        model.to(memory_format=torch.channels_last)
-    patched = []
-    if precision == "bf16":
-        for name in FORWARD_METHODS:
-            fn = getattr(model, name, None)
-            if callable(fn) and name not in vars(model):
-                object.__setattr__(model, name, _autocast(fn, device.type))
-                patched.append(name)
-    token = _PRECISION.set(precision)
+    patched: list[torch.nn.Module] = []
+    tokens = (_PRECISION.set(precision), _LAYOUT.set("channels_last" if relayout else _LAYOUT.get()))
     try:
+        if relayout:
+            model.to(memory_format=torch.channels_last)
+        if precision == "bf16":
+            nets = model.autocast_modules() if hasattr(model, "autocast_modules") else []
+            if not nets:
+                log.warning(
+                    "eval.precision bf16: %s names no networks to autocast (autocast_modules); "
+                    "its forward passes run in float32",
+                    type(model).__name__,
+                )
+            for net in nets:
+                if "forward" not in vars(net):  # not already wrapped (a nested evaluation)
+                    object.__setattr__(net, "forward", _autocast(net.forward, device.type))
+                    patched.append(net)
         yield
     finally:
-        _PRECISION.reset(token)
-        for name in patched:
-            object.__delattr__(model, name)
+        _LAYOUT.reset(tokens[1])
+        _PRECISION.reset(tokens[0])
+        for net in patched:
+            object.__delattr__(net, "forward")
         if relayout:
             model.to(memory_format=torch.contiguous_format)
-
-
-def _autocast(fn: Callable, device_type: str) -> Callable:
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        if _EXACT.get():
-            return fn(*args, **kwargs)
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            return _to_float(fn(*args, **kwargs))
-
-    return call

@@ -35,12 +35,12 @@ def test_the_evaluation_leaves_the_model_as_it_found_it(vae):
     assert convs and all(p.is_contiguous() for p in convs)
     with numerics.evaluation(vae, "bf16", CPU):
         assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
-        assert set(numerics.FORWARD_METHODS) <= set(vars(vae))  # the forward passes are wrapped
-        assert numerics.eval_precision() == "bf16"
+        assert all("forward" in vars(net) for net in (vae.encoder, vae.decoder))  # wrapped
+        assert numerics.eval_mode() == "bf16/channels_last"
         with numerics.exact():
-            assert numerics.eval_precision() == "fp32"
-    assert numerics.eval_precision() == "fp32"
-    assert not set(numerics.FORWARD_METHODS) & set(vars(vae))
+            assert numerics.eval_mode() == "fp32/channels_last"
+    assert numerics.eval_mode() == "fp32/contiguous"
+    assert not any("forward" in vars(m) for m in vae.modules())
     assert all(p.is_contiguous() for p in convs)
     after = vae.state_dict()
     assert all(torch.equal(before[k], after[k]) and after[k].is_contiguous() for k in before)
@@ -61,6 +61,55 @@ def test_bf16_rounds_the_forward_passes_and_exact_keeps_them_float32(vae, data):
     assert low.dtype == z.dtype == torch.float32  # what the metrics receive
     assert not torch.equal(low, plain) and (low - plain).abs().max() < 0.05
     assert torch.equal(full, relaid)
+
+
+def test_the_model_is_restored_when_the_evaluation_fails(vae):
+    with pytest.raises(RuntimeError, match="a metric failed"):
+        with numerics.evaluation(vae, "bf16", CPU):
+            raise RuntimeError("a metric failed")
+    assert not any("forward" in vars(m) for m in vae.modules())
+    assert all(p.is_contiguous() for p in vae.parameters())
+
+
+def test_a_nested_fp32_evaluation_runs_float32(vae, data):
+    x = data.test_x[:16].float() / 255
+    with torch.inference_mode(), numerics.evaluation(vae, "fp32", CPU):
+        plain = vae.encode(x)
+        with numerics.evaluation(vae, "bf16", CPU):
+            low = vae.encode(x)
+            with numerics.evaluation(vae, "fp32", CPU):
+                inner = vae.encode(x)
+    assert not torch.equal(low, plain) and torch.equal(inner, plain)
+
+
+@pytest.mark.parametrize("name, params", [("ae-conv", {"latent_bits": 4}), ("ae-conv", {"latent_bits": 8}),
+                                          ("vq-vae", {})])  # fmt: skip
+def test_bf16_networks_still_give_storable_codes(data, name, params):
+    """The networks run in bf16, the quantiser and the codebook search in float32: every code is
+    exactly a grid level or a codebook vector."""
+    torch.manual_seed(0)
+    model = build_model(name, params, data.image_shape).eval()
+    x = data.test_x[:32].float() / 255
+    with torch.inference_mode(), numerics.evaluation(model, "bf16", CPU):
+        z = model.encode(x)
+    assert z.dtype == torch.float32
+    assert torch.equal(model.snap_code(z), z)
+    if name == "vq-vae":
+        vectors = z.view(-1, model.codebook.shape[1])
+        assert (torch.cdist(vectors, model.codebook).min(1).values == 0).all()
+
+
+def test_memoised_codes_are_kept_apart_by_precision(vae, data):
+    from bench.metrics.codes import train_codes
+
+    with torch.inference_mode():
+        with numerics.evaluation(vae, "fp32", CPU):
+            a = train_codes(vae, data)
+        with numerics.evaluation(vae, "bf16", CPU):
+            b = train_codes(vae, data)
+        with numerics.evaluation(vae, "fp32", CPU):
+            again = train_codes(vae, data)
+    assert not torch.equal(a, b) and again is a
 
 
 def test_bf16_changes_reconstructions_only_while_the_likelihood_and_rates_stay_exact(vae, data):

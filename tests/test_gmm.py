@@ -49,3 +49,26 @@ def test_codes_on_a_grid_with_more_components_than_clusters_still_fit():
     x = torch.randint(0, 3, (3000, 4), generator=g).double() / 2  # 81 grid points in 4-d
     fit = fit_em(x, 10, 0)
     assert torch.isfinite(fit.chol).all() and math.isfinite(fit.log_likelihood)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0, 100.0])
+def test_components_with_fewer_codes_than_dimensions_or_a_wide_scale_fit(scale):
+    """256 isotropic 64-d codes in 10 components (about 26 codes each, fewer than the dimensions):
+    each covariance is singular but for reg_covar, so its smallest eigenvalues are 1e-6 beside
+    largest ones of up to scale^2 * 64: they must survive the products."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 64, generator=g, dtype=torch.float64) * scale
+    fit = fit_em(x, 10, 0)
+    assert torch.isfinite(fit.chol).all() and math.isfinite(fit.log_likelihood)
+
+
+def test_low_rank_codes_far_from_the_origin_fit_as_at_the_origin():
+    """Rank-20 codes in 64 dimensions, shifted by 1,000: the fit sees the same data up to a
+    translation, so it reaches the same likelihood."""
+    g = torch.Generator().manual_seed(1)
+    one = {"generator": g, "dtype": torch.float64}
+    x = torch.randn(3000, 20, **one) @ torch.randn(20, 64, **one)
+    here, there = fit_em(x, 5, 0), fit_em(x + 1000.0, 5, 0)
+    assert there.n_iter == here.n_iter
+    assert there.log_likelihood == pytest.approx(here.log_likelihood, rel=1e-6)
+    assert torch.allclose(there.means - 1000.0, here.means, atol=1e-4)

@@ -39,9 +39,9 @@ def _fits(model: torch.nn.Module, data: ImageData) -> dict[str, Any]:
 
 def train_codes(model, data: ImageData, batch_size: int = 500) -> Tensor:
     """Deterministic codes (N, d) of the whole training split, in eval mode, once per trained state
-    and forward-pass precision (``bench.numerics.eval_precision``)."""
+    and forward-pass precision and layout (``bench.numerics.eval_mode``)."""
     memo = _fits(model, data)
-    key = f"codes:{numerics.eval_precision()}"
+    key = f"codes:{numerics.eval_mode()}"
     if key not in memo:
         was_training = model.training
         model.eval()

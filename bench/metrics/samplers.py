@@ -58,7 +58,7 @@ def fit_latent_sampler(model, data: ImageData, batch_size: int = 500) -> bool:
     if fit is None:
         return False
     memo = _fits(model, data)
-    key = f"gaussian:{numerics.eval_precision()}"
+    key = f"gaussian:{numerics.eval_mode()}"
     if memo.get("fitted") != key:  # fitted to the codes of this precision
         fit(train_codes(model, data, batch_size))
         memo["fitted"] = key
@@ -134,7 +134,7 @@ def latent_gmm(
     (``bench.metrics.gmm``, on the codes' device), or scikit-learn's BayesianGaussianMixture for
     ``kind: dirichlet``."""
     memo = _fits(model, data)
-    key = f"gmm:{components}:{seed}:{options}:{numerics.eval_precision()}"
+    key = f"gmm:{components}:{seed}:{options}:{numerics.eval_mode()}"
     if key not in memo:
         codes = train_codes(model, data, batch_size)
         subset = gmm_fit_subset(len(codes), options.fit_n, seed)

@@ -95,6 +95,9 @@ class GenerativeModel(nn.Module):
       ``likelihood`` name (``bernoulli`` | ``gaussian``, how ``decode`` parameterises p(x | z)):
       unlocks nll_bpd and nll_nats (vae), one importance-weighted estimator for every model.
     - ``fit_latent_prior(codes)`` optional: called with the training codes after training.
+    - ``autocast_modules()``: the networks ``eval.precision: bf16`` runs under autocast (default:
+      the ``encoder``, ``decoder`` and ``generator`` submodules the model has). The model's own
+      code between them (quantisers, codebook search, prior sampling) stays float32.
 
     A metric a model cannot serve is n/a in its row; a metric the suite asks for that needs a
     method the model lacks is an error at ``bench validate``.
@@ -148,6 +151,11 @@ class GenerativeModel(nn.Module):
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    def autocast_modules(self) -> list[nn.Module]:
+        """The networks an evaluation at ``eval.precision: bf16`` runs under bf16 autocast."""
+        nets = (getattr(self, name, None) for name in ("encoder", "decoder", "generator"))
+        return [m for m in nets if isinstance(m, nn.Module)]
 
     def snap_code(self, z: torch.Tensor) -> torch.Tensor:
         """The nearest code the model can store for a point z (B, d) of its code space: what a

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from bench import numerics
 from bench.config import EvalConfig, Suite
 from bench.data import ImageData, from_config
 from bench.metrics import Result, evaluate
@@ -115,7 +116,8 @@ def evaluate_run(
     """Compute ``suite.eval.metrics`` for a stored run and log them into it at its final step."""
     model = load_model(tracker, run, device)
     cfg: EvalConfig = suite.eval
-    fit_latent_sampler(model, data, cfg.batch_size)
+    with numerics.evaluation(model, cfg.precision, device):  # the codes evaluate shares
+        fit_latent_sampler(model, data, cfg.batch_size)
     results = evaluate(model, data, cfg, run.config["seed"], device)
     stamped = {
         k: Result(r.value, {**r.provenance, "evaluated_by": "bench eval"}, r.extra)
