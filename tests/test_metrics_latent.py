@@ -141,7 +141,7 @@ def test_one_table_compares_the_families_with_n_a_where_a_metric_does_not_apply(
     assert 784 * 8 / (16 * 8 + 32) <= table.loc["vq-vae", "compression_ratio_mean"] < 784 * 8 / 32
     assert math.isnan(table.loc["ae-mlp", "compression_ratio_mean"])
     assert 0 <= table.loc["ae-mlp", "probe_acc_mean"] <= 1
-    md = (tmp_path / "r" / "report.md").read_text()
+    md = (tmp_path / "r" / "report.md").read_text().split("### Evaluation time")[0]  # the metrics' tables
     cells: dict[tuple[str, str], str] = {}  # (label, metric) -> cell, over the report's per-use tables
     cols: list[str] = []
     for line in md.splitlines():
