@@ -2,8 +2,9 @@
 and the evaluation's forward passes (``eval.precision``, the conv layout).
 
 The ``train:`` options are off by default and both change a run's numbers, so the suite records
-them in the run's parameters and its config hash. Only the forward pass and the loss run under autocast; the
-losses are cast back to float32 before ``backward``, and weights and optimiser state stay float32.
+them in the run's parameters and its config hash. Only the forward pass and the loss run under
+autocast; the losses are cast back to float32 before ``backward``, and weights and optimiser
+state stay float32.
 ``torch.compile`` wraps the model's loss functions, never the module itself, so a compiled run's
 ``state_dict`` has the same keys as an eager one and its checkpoints load either way.
 """
@@ -105,14 +106,11 @@ _LAYOUT: ContextVar[str] = ContextVar("bench_eval_layout", default="contiguous")
 _EXACT: ContextVar[bool] = ContextVar("bench_eval_exact", default=False)
 
 
-def eval_precision() -> str:
-    """The precision the model's networks run at here."""
-    return "fp32" if _EXACT.get() else _PRECISION.get()
-
-
 def eval_mode() -> str:
-    """Precision and layout of the forward passes here: what memoised codes are keyed by."""
-    return f"{eval_precision()}/{_LAYOUT.get()}"
+    """Precision and layout of the model's networks here (``bf16/channels_last``): what memoised
+    codes are keyed by."""
+    precision = "fp32" if _EXACT.get() else _PRECISION.get()
+    return f"{precision}/{_LAYOUT.get()}"
 
 
 @contextlib.contextmanager
