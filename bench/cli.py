@@ -474,7 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=3,
         metavar="N",
-        help="Ray: times a run lost with its worker or node is started again (default 3)",
+        help=(
+            "Ray: times a run lost with its worker or node, or to a tracking-store error, "
+            "is started again (default 3)"
+        ),
     )
     r.set_defaults(fn=cmd_run)
 

@@ -89,7 +89,7 @@ def cluster():
         ]
         + ["--workers", "1"],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=(tmp / "server.log").open("w"),  # shown when a test fails
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -120,11 +120,18 @@ def cluster():
             "address": f"127.0.0.1:{ray_port}",
             "env": env,
             "home": tmp / "home",
+            "log": tmp / "server.log",
         }
     finally:
         stop_group(head)
         stop_group(server, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def server_log(cluster: dict, lines: int = 60) -> str:
+    """The tracking server's last lines, for a failed test's message."""
+    text = cluster["log"].read_text(errors="replace").splitlines()[-lines:]
+    return "\n--- mlflow server (last lines) ---\n" + "\n".join(text)
 
 
 def bench_cmd(*args: str) -> list[str]:
@@ -161,7 +168,7 @@ def test_ray_results_equal_the_local_executors(cluster, tmp_path):
         text=True,
         timeout=600,
     )
-    assert remote.returncode == 0, remote.stderr
+    assert remote.returncode == 0, remote.stderr + server_log(cluster)
 
     def metrics(uri):
         out = {}
@@ -225,7 +232,7 @@ def test_a_killed_worker_is_retried_and_its_run_continues_from_the_stored_checkp
         time.sleep(0.1)
     assert victim is not None, "no run was caught mid-training"
     out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 0, err + server_log(cluster)
 
     runs = child_runs(uri, "ray-kill")
     assert len(runs) == 2  # every run recorded once
@@ -270,3 +277,55 @@ def test_a_local_store_is_refused_for_a_cluster_it_cannot_reach(tmp_path, capsys
     suite = load_suite(write_suite({**tiny_suite(), "device": "cuda"}))
     with pytest.raises(ExecutorError, match="resources.gpus: 0, but the runs are to use cuda"):
         ex.start(suite, "http://10.11.12.1:5000")
+
+
+def test_a_task_stopped_by_a_store_error_is_run_again_and_its_own_errors_are_not(cluster, tmp_path):
+    """Ray's retry policy as the executor sets it, on the real cluster: an error the tracking
+    server returned is the store's fault, so the task runs again (and would continue from its
+    checkpoint); any other error is the run's own and is reported after one attempt, with its
+    message."""
+    import types
+
+    import ray
+
+    from bench.run.executors import WorkerLost
+    from bench.run.ray import RayExecutor
+
+    marks = tmp_path / "attempts"
+    marks.mkdir()
+
+    def flaky(job):  # pickled by value into the worker: it counts its attempts in files
+        from mlflow.exceptions import MlflowException
+
+        n = len(list(marks.glob(f"{job.index}-*")))
+        (marks / f"{job.index}-{n}").touch()
+        if job.kind == "store" and n < job.fails:
+            raise MlflowException("UNIQUE constraint failed: latest_metrics.key", error_code=1)
+        if job.kind == "own":
+            raise ValueError("width 0 is not a width")
+        return types.SimpleNamespace(status="FINISHED", run_id=f"run-{job.index}")
+
+    def job(i, kind, fails=0):
+        spec = types.SimpleNamespace(run_name=f"m/seed{i}")
+        return types.SimpleNamespace(index=i, kind=kind, fails=fails, spec=spec)
+
+    env = types.SimpleNamespace(stop=lambda: False)
+    ray.init(address=cluster["address"], logging_level="WARNING", log_to_driver=False)
+    try:
+        ex = RayExecutor(cluster["address"], max_retries=2)
+        task = ex.task(1, 0, fn=flaky)
+        recorded = {}
+        ex._drive(task, [job(0, "store", fails=2)], env, lambda i, o: recorded.update({i: o.run_id}))
+        assert recorded == {0: "run-0"}
+        assert len(list(marks.glob("0-*"))) == 3  # two store errors, then the run went on
+
+        with pytest.raises(WorkerLost, match=r"m/seed1: its Ray task failed with ValueError: width 0"):
+            ex._drive(task, [job(1, "own")], env, lambda i, o: None)
+        assert len(list(marks.glob("1-*"))) == 1  # the run's own error: never retried
+
+        msg = r"m/seed2: its Ray task failed 3 times, the last time with MlflowException: UNIQUE"
+        with pytest.raises(WorkerLost, match=msg):
+            ex._drive(task, [job(2, "store", fails=99)], env, lambda i, o: None)
+        assert len(list(marks.glob("2-*"))) == 3
+    finally:
+        ray.shutdown()

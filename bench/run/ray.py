@@ -4,8 +4,9 @@
   runs ``bench.run.executors.work``, the same function as a ``--jobs`` worker: it loads the dataset
   as the local executor does (root, ``$BENCH_DATA_DIR``, the Debian folder) and logs to the
   tracking URI given, as a child of the suite's parent run.
-- A task lost with its worker or node is retried by Ray (``--max-retries``); a failed or diverged
-  run is an outcome, not an error, so it is never retried. The retry continues from the run's
+- A task lost with its worker or node, or stopped by an error of the tracking store
+  (``store_errors``), is retried by Ray (``--max-retries``); a failed or diverged run is an
+  outcome, not an error, so it is never retried. The retry continues from the run's
   last checkpoint, which every task also keeps among its run's artifacts in the tracking store
   (a retry on another node reads it from there) and it logs into the same MLflow run.
 - Reference statistics, the domain classifier and the converted Inception weights are computed
@@ -48,6 +49,18 @@ FORWARDED_ENV = (
 
 def _ray_work(job: Job) -> Any:
     return work(job)
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What a task may raise when the tracking store fails under it (an error the server returned,
+    or one it kept failing with past ``tracking.retry_seconds``): the store's fault, not the run's,
+    so Ray runs the task again and it continues from the run's checkpoint, in the same MLflow run.
+    Anything else a run raises is its own failure, recorded as FAILED and never retried."""
+    from mlflow.exceptions import MlflowException
+
+    from bench.store.tracking import TrackingError
+
+    return (MlflowException, TrackingError)
 
 
 def _local_addresses() -> set[str]:
@@ -157,9 +170,7 @@ class RayExecutor(Executor):
             jobs = make_jobs(specs, env, max(1, int(cpus)), device)
             if shared:
                 jobs = [replace(j, shared_cache=env.parent.run_id) for j in jobs]
-            task = ray.remote(_ray_work).options(
-                num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=False
-            )
+            task = self.task(cpus, gpus)
             log.info(
                 "%d runs as Ray tasks (%g CPUs, %g GPUs each; %d shared cache entries)",
                 len(jobs),
@@ -171,9 +182,22 @@ class RayExecutor(Executor):
         finally:
             self.close()
 
+    def task(self, cpus: float, gpus: float, fn: Any = _ray_work) -> Any:
+        """``fn`` as a Ray task of the given size, retried as the module's docstring says."""
+        import ray
+
+        return ray.remote(fn).options(
+            num_cpus=cpus,
+            num_gpus=gpus,
+            max_retries=self.max_retries,
+            retry_exceptions=list(store_errors()),
+        )
+
     def _drive(self, task: Any, jobs: list[Job], env: SuiteEnv, record: Record) -> None:
         import ray
         from ray.exceptions import RayError
+
+        from bench.store.tracking import redact_uri, short_reason
 
         refs = {task.remote(j): j for j in jobs}
         deferred: list[Job] = []
@@ -190,6 +214,18 @@ class RayExecutor(Executor):
                     outcome = ray.get(ref)
                 except ray.exceptions.TaskCancelledError:
                     continue
+                except ray.exceptions.RayTaskError as e:  # the task itself raised: not retried
+                    if stopping:
+                        continue
+                    cause = e.cause if e.cause is not None else e
+                    log.error("%s: the Ray task's error:\n%s", job.spec.run_name, e)
+                    tries = self.max_retries + 1 if isinstance(cause, store_errors()) else 1
+                    raise WorkerLost(
+                        f"{job.spec.run_name}: its Ray task failed "
+                        f"{f'{tries} times, the last time ' if tries > 1 else ''}"
+                        f"with {type(cause).__name__}: {redact_uri(short_reason(cause))}; "
+                        "finished runs are kept: run the same command again"
+                    ) from None
                 except RayError as e:  # retries used up (worker or node lost each time)
                     if stopping:
                         continue
