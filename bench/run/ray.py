@@ -155,8 +155,6 @@ class RayExecutor(Executor):
             self._started = False
 
     def run(self, specs: Sequence[RunSpec], env: SuiteEnv, record: Record) -> None:
-        import ray
-
         from bench.cache import publish_shared
 
         suite = env.suite
