@@ -87,6 +87,67 @@ def test_precision_recall_equal_torch_fidelity(k):
     torch.testing.assert_close(radii, full, rtol=1e-12, atol=1e-12)
 
 
+def _brute_force(fake, real, k):
+    """Precision, recall and both sets' radii from every pair's float64 coordinate differences."""
+
+    def dist(a, b):
+        return (a.double()[:, None, :] - b.double()[None, :, :]).square().sum(-1).sqrt()
+
+    real_r = dist(real, real).kthvalue(k + 1, 1).values
+    fake_r = dist(fake, fake).kthvalue(k + 1, 1).values
+    d = dist(fake, real)
+    precision = (d <= real_r[None, :]).any(1).float().mean().item()
+    return precision, (d <= fake_r[:, None]).any(0).float().mean().item(), real_r, fake_r
+
+
+def _hard_cases():
+    """Features where float32 distances alone get answers wrong: duplicates, points on a lattice
+    (many distances exactly equal to a radius), a collapsed generator, a large common offset,
+    norms spread over orders of magnitude."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(600, 16, generator=g)
+    fake = 0.8 * torch.randn(500, 16, generator=g) + 0.3
+    fake[:20] = real[:20]
+    scale = torch.exp(3 * torch.randn(600, 1, generator=g))
+    return {
+        "gaussians with duplicates": (fake, real),
+        "offset by 1000": (fake + 1000, real + 1000),
+        "lattice": (
+            torch.randint(0, 4, (500, 3), generator=g).float(),
+            torch.randint(0, 4, (400, 3), generator=g).float(),
+        ),
+        "wide norms": (fake * scale[:500], real * scale),
+        "collapsed": (real[:1].repeat(300, 1) + 1e-7 * torch.randn(300, 16, generator=g), real),
+    }
+
+
+@pytest.mark.parametrize("case", list(_hard_cases()))
+def test_precision_recall_and_radii_equal_the_float64_answers_on_every_pair(case):
+    fake, real = _hard_cases()[case]
+    for k in (1, 3, 5):
+        precision, recall, real_r, fake_r = _brute_force(fake, real, k)
+        assert precision_recall(fake, real, k, chunk=128) == (precision, recall)
+        assert torch.equal(kth_neighbour_distance(real, k, chunk=97), real_r)
+        assert torch.equal(kth_neighbour_distance(fake, k, chunk=64), fake_r)
+
+
+def test_the_float32_screen_needs_its_rounding_bound(monkeypatch):
+    """Without the bound (float32 distances decide every pair) some of the answers above change:
+    the cases do reach the pairs the float64 pass decides."""
+    from bench.metrics import neighbours
+
+    bound = neighbours._bound
+    monkeypatch.setattr(neighbours, "_bound", lambda *a: 0 * bound(*a))
+    monkeypatch.setattr(neighbours, "U32", 0.0)
+    wrong = 0
+    for fake, real in _hard_cases().values():
+        for k in (1, 3, 5):
+            precision, recall, real_r, _ = _brute_force(fake, real, k)
+            wrong += precision_recall(fake, real, k, chunk=128) != (precision, recall)
+            wrong += not torch.equal(kth_neighbour_distance(real, k, chunk=97), real_r)
+    assert wrong >= 3
+
+
 def test_precision_recall_of_the_domain_metrics_equal_torch_fidelity(tmp_path, monkeypatch):
     """Through the evaluation: the metric computed from the reference's cached radii equals
     torch-fidelity's value on the same features."""
@@ -118,6 +179,42 @@ def test_precision_recall_of_the_domain_metrics_equal_torch_fidelity(tmp_path, m
     res = evaluate(model, data, cfg, 0, torch.device("cpu"))
     assert res["precision_domain"].value == seen["ref"]["precision"]
     assert res["recall_domain"].value == seen["ref"]["recall"]
+
+
+def test_kid_on_float32_features_equals_the_float64_kernel_sums(monkeypatch):
+    """KID takes the float32 features as torch-fidelity's own pipeline does; its kernel sums in
+    float32 agree with the same sums in float64 far inside KID's own spread over subsets."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    from bench.data import load_dataset
+    from bench.metrics import generative
+    from bench.metrics.features import real_features
+    from bench.models import build_model
+
+    seen = {}
+    real_kid = generative.SCORERS["kid"]
+
+    def spy(gen, prep, fake, n_fake, seed):
+        out = real_kid(gen, prep, fake, n_fake, seed)
+        layer = prep.layer("kid")
+        real = real_features(gen.reference, prep, gen.cfg.batch_size, gen.device)[layer]
+        seen["f64"] = kid_features_to_metric(
+            fake[layer].double(), real.double(), kid_subsets=gen.cfg.kid_subsets,
+            kid_subset_size=out[1]["kid_subset_size"], rng_seed=seed, verbose=False,
+        )  # fmt: skip
+        seen["dtype"] = fake[layer].dtype
+        return out
+
+    monkeypatch.setitem(generative.SCORERS, "kid", spy)
+    data = load_dataset("synthetic", train_size=512, test_size=256)
+    torch.manual_seed(0)
+    model = build_model("gan-mlp", {}, data.image_shape)
+    cfg = EvalConfig(metrics=["kid_domain"], n_samples=200, n_real=256, kid_subset_size=100)
+    res = evaluate(model, data, cfg, 0, torch.device("cpu"))["kid_domain"]
+    assert seen["dtype"] == torch.float32 and res.provenance["features"] == "float32"
+    mean, std = seen["f64"]["kernel_inception_distance_mean"], seen["f64"]["kernel_inception_distance_std"]
+    assert res.value != 0 and abs(res.value - mean) <= 1e-5 * abs(res.value)
+    assert abs(res.value - mean) < 1e-3 * std
 
 
 class Flatten(torch.nn.Module):

@@ -318,10 +318,14 @@ def real_radii(
     from bench.metrics.neighbours import CHUNK, kth_neighbour_distance
 
     def compute() -> dict[str, torch.Tensor]:
-        f = real_features(real, prep, batch_size, device)[layer].double().to(device)
+        f = real_features(real, prep, batch_size, device)[layer].to(device)
         return {"radii": kth_neighbour_distance(f, k, CHUNK).cpu()}
 
-    parts = {"what": "knn-radii", "layer": layer, "k": k, "dtype": "float64", **real.key(prep)}
+    # "distance": float64 from coordinate differences (bench.metrics.neighbours), not cdist's
+    parts = {
+        "what": "knn-radii", "layer": layer, "k": k, "dtype": "float64", "distance": "differences",
+        **real.key(prep),
+    }  # fmt: skip
     return cached_tensors("radii", parts, compute)["radii"]
 
 

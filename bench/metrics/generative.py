@@ -353,25 +353,27 @@ def _kid(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
     cfg, layer = gen.cfg, prep.layer("kid")
     real = real_features(gen.reference, prep, cfg.batch_size, gen.device)[layer]
     subset = min(cfg.kid_subset_size, n_fake, gen.reference.n)  # smaller only where a split is smaller
+    # float32 features, as torch-fidelity's own pipeline hands them to its kernel sums
     r = kid_features_to_metric(
-        fake[layer].double(), real.double(),
+        fake[layer].float(), real.float(),
         kid_subsets=cfg.kid_subsets, kid_subset_size=subset, rng_seed=seed, verbose=False,
     )  # fmt: skip
     return (
         {"kid": r[KEY_METRIC_KID_MEAN], "std": r[KEY_METRIC_KID_STD]},
-        {"kid_subsets": cfg.kid_subsets, "kid_subset_size": subset, "kernel": "poly3"},
+        {"kid_subsets": cfg.kid_subsets, "kid_subset_size": subset, "kernel": "poly3", "features": "float32"},
     )
 
 
 def _prc(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
     """torch-fidelity's precision/recall (``metric_prc``), computed by ``neighbours.precision_recall``:
-    exact k-NN radii in float64, the real ones cached on disk, on the evaluation's device."""
+    every radius and ball test decided in float64 (float32 screens the pairs), the real radii
+    cached on disk, on the evaluation's device."""
     cfg, layer, k = gen.cfg, prep.layer("prc"), gen.cfg.prc_neighborhood
     real = real_features(gen.reference, prep, cfg.batch_size, gen.device)[layer]
     radii = real_radii(gen.reference, prep, layer, k, cfg.batch_size, gen.device)
     dev = gen.device  # input 1 generated, input 2 real, as torch-fidelity orders them
-    p, r = precision_recall(fake[layer].double().to(dev), real.double().to(dev), k, radii.to(dev), PRC_BATCH)
-    return {"precision": p, "recall": r}, {"neighborhood": k}
+    p, r = precision_recall(fake[layer].to(dev), real.to(dev), k, radii.to(dev), PRC_BATCH)
+    return {"precision": p, "recall": r}, {"neighborhood": k, "distance": "float64"}
 
 
 def _isc(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):

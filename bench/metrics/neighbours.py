@@ -13,6 +13,14 @@ approximate: the k nearest are found by ``topk`` over all N distances.
   real points inside some generated point's ball; a point is inside a ball when its distance is
   at most the radius. One pass over the generated-to-real distances serves both, and the real
   radii can come from a cache.
+
+The radii and the ball tests are decided in float64, on each pair's coordinate differences
+(``sum((a - b)**2)``, so a duplicate is at distance exactly 0), but that arithmetic runs only
+where it can change an answer. Every chunk is first screened with float32 squared distances
+(one matrix product, on points centred on their common mean) and a bound on their rounding
+error (``_bound``): a pair whose float32 distance is further from the radius than the bound is
+decided by it, and only the pairs within it, and the candidates for each k-th neighbour, are
+computed again in float64. The answers are those of the float64 computation on every pair.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 CHUNK = 1000  # rows of a distance matrix held at once
+SPARE = 8  # float32 neighbours kept beyond the k + 1 nearest, to find the exact ones among
 
 
 def knn_classify(
@@ -40,14 +49,81 @@ def knn_classify(
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=train.device)
 
 
+U32 = 2.0**-24  # float32's unit roundoff
+
+
+def _bound(dim: int, norms: Tensor, other_max: Tensor) -> Tensor:
+    """An upper bound (per row) on |float32 squared distance - exact squared distance| for rows of
+    these norms against points of norm at most ``other_max`` (centred, as ``_centred`` returns).
+
+    Each of the dot product and the two squared norms is a sum of ``dim`` products, in any order:
+    its error is at most gamma = (dim + 2) u / (1 - (dim + 2) u) of the sum of the magnitudes;
+    rounding the centred coordinates to float32 moves a squared distance by at most
+    3u (|a| + |b|)^2. Together at most (2 gamma + 3u) (|a| + |b|)^2; doubled, so that the float64
+    pass that decides a pair, and float32's rounding of the radii, are inside it too."""
+    gamma = (dim + 2) * U32 / (1 - (dim + 2) * U32)
+    return 2 * (2 * gamma + 3 * U32) * (norms + other_max) ** 2
+
+
+def _centred(*sets: Tensor) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Each set as (float64 as given, then centred on the mean of all of them: in float32, its
+    float32 squared norms, its float64 norms). Distances do not move with the centre; the norms,
+    and so the rounding bounds, shrink."""
+    mean = torch.cat([x.double() for x in sets]).mean(0)
+    out = []
+    for x in sets:
+        x64 = x.double()
+        centred = x64 - mean
+        x32 = centred.float()
+        out.append((x64, x32, (x32 * x32).sum(1), centred.norm(dim=1)))
+    return out
+
+
+def _squared32(a32: Tensor, a_sq: Tensor, b32: Tensor, b_sq: Tensor) -> Tensor:
+    """Squared distances (len(a), len(b)) in float32: |a|^2 + |b|^2 - 2 a.b."""
+    return torch.addmm(a_sq[:, None] + b_sq[None, :], a32, b32.T, alpha=-2)
+
+
+def _pairs64(a64: Tensor, b64: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Squared distances of the pairs (a[rows[i]], b[cols[i]]) in float64, from their differences."""
+    return (a64[rows] - b64[cols]).square().sum(1)
+
+
+def _kth_of_rows(rows: Tensor, values: Tensor, n_rows: int, k: int) -> Tensor:
+    """For each row 0..n_rows-1, the (k + 1)-th smallest of its ``values`` (each row has more)."""
+    order = torch.argsort(values, stable=True)
+    order = order[torch.argsort(rows[order], stable=True)]  # by row, ascending values within it
+    counts = torch.bincount(rows, minlength=n_rows)
+    starts = torch.cumsum(counts, 0) - counts
+    return values[order][starts + k]
+
+
+def _kth(x64: Tensor, x32: Tensor, x_sq: Tensor, norms: Tensor, k: int, chunk: int) -> Tensor:
+    bound = _bound(x64.shape[1], norms, norms.max())
+    m = min(len(x64), k + 1 + SPARE)
+    out = []
+    for s in range(0, len(x64), chunk):
+        d2 = _squared32(x32[s : s + chunk], x_sq[s : s + chunk], x32, x_sq)
+        near = d2.topk(m, dim=1, largest=False)
+        # the exact k + 1 smallest are among the pairs within twice the bound of float32's
+        limit = near.values[:, k] + 2 * bound[s : s + chunk].float()
+        if m == len(x64) or bool((near.values[:, -1] > limit).all()):  # all of them among the m
+            rows, at = (near.values <= limit[:, None]).nonzero(as_tuple=True)
+            cols = near.indices[rows, at]
+        else:
+            rows, cols = (d2 <= limit[:, None]).nonzero(as_tuple=True)
+        exact = _pairs64(x64[s : s + chunk], x64, rows, cols)
+        out.append(_kth_of_rows(rows, exact, len(d2), k).sqrt())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64, device=x64.device)
+
+
 def kth_neighbour_distance(x: Tensor, k: int, chunk: int = CHUNK) -> Tensor:
     """Each row's distance (N,) to its k-th nearest other row of ``x`` (its own distance, 0, is
-    the first of the k + 1 smallest)."""
+    the first of the k + 1 smallest), in float64."""
     if k >= len(x):
         raise ValueError(f"the {k}-th nearest neighbour asked of {len(x)} points")
-    return torch.cat(
-        [torch.cdist(c, x).topk(k + 1, dim=1, largest=False).values[:, k] for c in x.split(chunk)]
-    )
+    ((x64, x32, x_sq, norms),) = _centred(x)
+    return _kth(x64, x32, x_sq, norms, k, chunk)
 
 
 def precision_recall(
@@ -55,16 +131,43 @@ def precision_recall(
 ) -> tuple[float, float]:
     """(precision, recall) of generated features ``fake`` (N, d) against ``real`` (M, d), k-NN balls
     of size ``k``; ``real_radii`` (M,) are ``kth_neighbour_distance(real, k)`` when given."""
+    (f64, f32, f_sq, f_norm), (r64, r32, r_sq, r_norm) = _centred(fake, real)
     if real_radii is None:
-        real_radii = kth_neighbour_distance(real, k, chunk)
-    fake_radii = kth_neighbour_distance(fake, k, chunk)
-    real_radii = real_radii.to(real)
+        real_radii = _kth(r64, r32, r_sq, r_norm, k, chunk)
+    if k >= len(fake):
+        raise ValueError(f"the {k}-th nearest neighbour asked of {len(fake)} points")
+    fake_radii = _kth(f64, f32, f_sq, f_norm, k, chunk)
+    real_radii = real_radii.to(r64)
+    # one bound for every pair (from the largest norms of both sets), plus float32's rounding of
+    # the radii and of the three sums below that carry them (each value is at most 9 M^2)
+    big = (f_norm.max() + r_norm.max()).item()
+    slack = _bound(f64.shape[1], f_norm.max(), r_norm.max()).item() + 32 * U32 * big**2
+    real_r2, fake_r2 = real_radii.square().float(), fake_radii.square().float()
     inside_real_ball = []  # per generated point
-    real_covered = torch.zeros(len(real), dtype=torch.bool, device=real.device)
-    for f, rf in zip(fake.split(chunk), fake_radii.split(chunk), strict=True):
-        d = torch.cdist(f, real)  # (c, M)
-        inside_real_ball.append((d <= real_radii).any(1))
-        real_covered |= (d <= rf[:, None]).any(0)
+    real_covered = torch.zeros(len(real), dtype=torch.bool, device=r64.device)
+    for s in range(0, len(fake), chunk):
+        a64, fr = f64[s : s + chunk], fake_radii[s : s + chunk]
+        # g[i, j] = d(i, j)^2 - r_j^2: generated point i is inside real point j's ball when <= 0
+        g = torch.addmm(
+            f_sq[s : s + chunk, None] + (r_sq - real_r2)[None, :], f32[s : s + chunk], r32.T, alpha=-2
+        )
+        low = g.amin(1)
+        inside = low < -slack
+        rows = ((low <= slack) & ~inside).nonzero().flatten()  # not decided by float32
+        if len(rows):
+            i, j = (g[rows] <= slack).nonzero(as_tuple=True)
+            hit = _pairs64(a64, r64, rows[i], j).sqrt() <= real_radii[j]
+            inside[rows[i[hit]]] = True
+        inside_real_ball.append(inside)
+        # h[i, j] + r_j^2 = d(i, j)^2 - rf_i^2: real point j is inside generated point i's ball
+        h = g - fake_r2[s : s + chunk, None]
+        low = h.amin(0) + real_r2
+        real_covered |= low < -slack
+        cols = ((low <= slack) & (low >= -slack)).nonzero().flatten()
+        if len(cols):
+            i, j = (h[:, cols] + real_r2[cols] <= slack).nonzero(as_tuple=True)
+            hit = _pairs64(a64, r64, i, cols[j]).sqrt() <= fr[i]
+            real_covered[cols[j[hit]]] = True
     # float32 means, as torch-fidelity takes them: the same values to the last digit
     precision = torch.cat(inside_real_ball).float().mean().item()
     return precision, real_covered.float().mean().item()

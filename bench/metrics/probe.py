@@ -46,8 +46,9 @@ def fit_logistic(
     y = y.to(x.device)
     n, d = z.shape
     onehot = F.one_hot(y, num_classes).to(z.dtype)
+    picked = y[:, None]
     # one flat parameter vector [W (d x classes), b]; the loss and its gradient in closed form
-    # (two matrix products an evaluation, no autograd graph)
+    # (two matrix products and one exponential an evaluation, no autograd graph)
     theta = torch.zeros(d * num_classes + num_classes, dtype=z.dtype, device=z.device, requires_grad=True)
     opt = torch.optim.LBFGS(
         [theta],
@@ -63,9 +64,12 @@ def fit_logistic(
         with torch.no_grad():
             weight, bias = theta[: d * num_classes].view(d, num_classes), theta[d * num_classes :]
             logits = torch.addmm(bias, z, weight)
-            lse = torch.logsumexp(logits, 1)
-            loss = (lse - (logits * onehot).sum(1)).mean() + weight.square().sum() / (2 * c * n)
-            resid = (logits - lse[:, None]).exp_().sub_(onehot).div_(n)  # d loss / d logits
+            top = logits.amax(1, keepdim=True)
+            e = (logits - top).exp_()
+            total = e.sum(1, keepdim=True)
+            lse = top + total.log()  # log-sum-exp of each row
+            loss = (lse - logits.gather(1, picked)).mean() + weight.square().sum() / (2 * c * n)
+            resid = e.div_(total).sub_(onehot).div_(n)  # softmax - onehot: d loss / d logits
             theta.grad = torch.cat([(z.T @ resid + weight / (c * n)).flatten(), resid.sum(0)])
         return loss
 
