@@ -131,6 +131,16 @@ def test_precision_recall_and_radii_equal_the_float64_answers_on_every_pair(case
         assert torch.equal(kth_neighbour_distance(fake, k, chunk=64), fake_r)
 
 
+def test_the_float64_pairs_in_small_batches_give_the_same_answers(monkeypatch):
+    from bench.metrics import neighbours
+
+    fake, real = _hard_cases()["collapsed"]
+    whole = precision_recall(fake, real, 3, chunk=128), kth_neighbour_distance(fake, 3)
+    monkeypatch.setattr(neighbours, "PAIR_VALUES", 40)  # two or three pairs of 16 coordinates
+    batched = precision_recall(fake, real, 3, chunk=128), kth_neighbour_distance(fake, 3)
+    assert batched[0] == whole[0] and torch.equal(batched[1], whole[1])
+
+
 def test_the_float32_screen_needs_its_rounding_bound(monkeypatch):
     """Without the bound (float32 distances decide every pair) some of the answers above change:
     the cases do reach the pairs the float64 pass decides."""

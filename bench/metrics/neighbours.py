@@ -32,6 +32,7 @@ Tensor = torch.Tensor
 
 CHUNK = 1000  # rows of a distance matrix held at once
 SPARE = 8  # float32 neighbours kept beyond the k + 1 nearest, to find the exact ones among
+PAIR_VALUES = 1 << 22  # float64 coordinate differences held at once (32 MB)
 
 
 def knn_classify(
@@ -85,8 +86,13 @@ def _squared32(a32: Tensor, a_sq: Tensor, b32: Tensor, b_sq: Tensor) -> Tensor:
 
 
 def _pairs64(a64: Tensor, b64: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """Squared distances of the pairs (a[rows[i]], b[cols[i]]) in float64, from their differences."""
-    return (a64[rows] - b64[cols]).square().sum(1)
+    """Squared distances of the pairs (a[rows[i]], b[cols[i]]) in float64, from their differences
+    (in batches of at most ``PAIR_VALUES`` coordinates: wide features and many pairs fit)."""
+    step = max(1, PAIR_VALUES // max(1, a64.shape[1]))
+    parts = [
+        (a64[rows[i : i + step]] - b64[cols[i : i + step]]).square().sum(1) for i in range(0, len(rows), step)
+    ]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64, device=a64.device)
 
 
 def _kth_of_rows(rows: Tensor, values: Tensor, n_rows: int, k: int) -> Tensor:

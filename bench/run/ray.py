@@ -212,7 +212,7 @@ class RayExecutor(Executor):
                     outcome = ray.get(ref)
                 except ray.exceptions.TaskCancelledError:
                     continue
-                except ray.exceptions.RayTaskError as e:  # the task itself raised: not retried
+                except ray.exceptions.RayTaskError as e:  # the task raised (a store error: every try)
                     if stopping:
                         continue
                     cause = e.cause if e.cause is not None else e
