@@ -112,6 +112,7 @@ def _hard_cases():
     return {
         "gaussians with duplicates": (fake, real),
         "offset by 1000": (fake + 1000, real + 1000),
+        "offset by 1e9": (fake.double() + 1e9, real.double() + 1e9),
         "lattice": (
             torch.randint(0, 4, (500, 3), generator=g).float(),
             torch.randint(0, 4, (400, 3), generator=g).float(),

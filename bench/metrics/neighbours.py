@@ -51,33 +51,39 @@ def knn_classify(
 
 
 U32 = 2.0**-24  # float32's unit roundoff
+U64 = 2.0**-53  # float64's
 
 
-def _bound(dim: int, norms: Tensor, other_max: Tensor) -> Tensor:
-    """An upper bound (per row) on |float32 squared distance - exact squared distance| for rows of
-    these norms against points of norm at most ``other_max`` (centred, as ``_centred`` returns).
+def _bound(dim: int, norms: Tensor, other_max: Tensor | float, shift: float) -> Tensor:
+    """An upper bound (per row) on |float32 squared distance - float64 squared distance| for rows
+    of these norms against points of norm at most ``other_max`` (centred, as ``_centred`` returns;
+    ``shift`` bounds how far centring in float64 moved any point).
 
     Each of the dot product and the two squared norms is a sum of ``dim`` products, in any order:
     its error is at most gamma = (dim + 2) u / (1 - (dim + 2) u) of the sum of the magnitudes;
     rounding the centred coordinates to float32 moves a squared distance by at most
-    3u (|a| + |b|)^2. Together at most (2 gamma + 3u) (|a| + |b|)^2; doubled, so that the float64
-    pass that decides a pair, and float32's rounding of the radii, are inside it too."""
+    3u (|a| + |b|)^2, centring by at most 4 shift (|a| + |b|) + 4 shift^2. Together; doubled, so
+    that the float64 pass that decides a pair, and float32's rounding of the radii, are inside it."""
     gamma = (dim + 2) * U32 / (1 - (dim + 2) * U32)
-    return 2 * (2 * gamma + 3 * U32) * (norms + other_max) ** 2
+    span = norms + other_max
+    return 2 * ((2 * gamma + 3 * U32) * span**2 + 4 * shift * span + 4 * shift**2)
 
 
-def _centred(*sets: Tensor) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+def _centred(*sets: Tensor) -> tuple[list[tuple[Tensor, Tensor, Tensor, Tensor]], float]:
     """Each set as (float64 as given, then centred on the mean of all of them: in float32, its
-    float32 squared norms, its float64 norms). Distances do not move with the centre; the norms,
-    and so the rounding bounds, shrink."""
+    float32 squared norms, its float64 norms), and a bound on how far centring in float64 moved
+    any point. Distances do not move with the centre; the norms, and so the rounding bounds,
+    shrink."""
     mean = torch.cat([x.double() for x in sets]).mean(0)
-    out = []
+    out, largest = [], mean.abs().max().item() if len(mean) else 0.0
     for x in sets:
         x64 = x.double()
         centred = x64 - mean
         x32 = centred.float()
         out.append((x64, x32, (x32 * x32).sum(1), centred.norm(dim=1)))
-    return out
+        largest = max(largest, x64.abs().max().item() if x64.numel() else 0.0)
+    # each centred coordinate is within 2 u64 (|x| + |mean|) of its exact value
+    return out, 4 * U64 * largest * len(mean) ** 0.5
 
 
 def _squared32(a32: Tensor, a_sq: Tensor, b32: Tensor, b_sq: Tensor) -> Tensor:
@@ -104,8 +110,8 @@ def _kth_of_rows(rows: Tensor, values: Tensor, n_rows: int, k: int) -> Tensor:
     return values[order][starts + k]
 
 
-def _kth(x64: Tensor, x32: Tensor, x_sq: Tensor, norms: Tensor, k: int, chunk: int) -> Tensor:
-    bound = _bound(x64.shape[1], norms, norms.max())
+def _kth(x64: Tensor, x32: Tensor, x_sq: Tensor, norms: Tensor, shift: float, k: int, chunk: int) -> Tensor:
+    bound = _bound(x64.shape[1], norms, norms.max(), shift)
     m = min(len(x64), k + 1 + SPARE)
     out = []
     for s in range(0, len(x64), chunk):
@@ -128,8 +134,8 @@ def kth_neighbour_distance(x: Tensor, k: int, chunk: int = CHUNK) -> Tensor:
     the first of the k + 1 smallest), in float64."""
     if k >= len(x):
         raise ValueError(f"the {k}-th nearest neighbour asked of {len(x)} points")
-    ((x64, x32, x_sq, norms),) = _centred(x)
-    return _kth(x64, x32, x_sq, norms, k, chunk)
+    ((x64, x32, x_sq, norms),), shift = _centred(x)
+    return _kth(x64, x32, x_sq, norms, shift, k, chunk)
 
 
 def precision_recall(
@@ -137,17 +143,17 @@ def precision_recall(
 ) -> tuple[float, float]:
     """(precision, recall) of generated features ``fake`` (N, d) against ``real`` (M, d), k-NN balls
     of size ``k``; ``real_radii`` (M,) are ``kth_neighbour_distance(real, k)`` when given."""
-    (f64, f32, f_sq, f_norm), (r64, r32, r_sq, r_norm) = _centred(fake, real)
+    ((f64, f32, f_sq, f_norm), (r64, r32, r_sq, r_norm)), shift = _centred(fake, real)
     if real_radii is None:
-        real_radii = _kth(r64, r32, r_sq, r_norm, k, chunk)
+        real_radii = _kth(r64, r32, r_sq, r_norm, shift, k, chunk)
     if k >= len(fake):
         raise ValueError(f"the {k}-th nearest neighbour asked of {len(fake)} points")
-    fake_radii = _kth(f64, f32, f_sq, f_norm, k, chunk)
+    fake_radii = _kth(f64, f32, f_sq, f_norm, shift, k, chunk)
     real_radii = real_radii.to(r64)
     # one bound for every pair (from the largest norms of both sets), plus float32's rounding of
     # the radii and of the three sums below that carry them (each value is at most 9 M^2)
     big = (f_norm.max() + r_norm.max()).item()
-    slack = _bound(f64.shape[1], f_norm.max(), r_norm.max()).item() + 32 * U32 * big**2
+    slack = _bound(f64.shape[1], f_norm.max(), r_norm.max(), shift).item() + 32 * U32 * big**2
     real_r2, fake_r2 = real_radii.square().float(), fake_radii.square().float()
     inside_real_ball = []  # per generated point
     real_covered = torch.zeros(len(real), dtype=torch.bool, device=r64.device)
