@@ -103,6 +103,8 @@ class Worker:
         precision = self.eval_kw.get("precision", "fp32")
         numerics = evaluation(model, precision, self.device) if evaluation else contextlib.nullcontext()
         out = {}
+        if not model.has_encoder:  # a GAN: its samples and their features
+            return self._sampler_floor(numerics)
         with torch.inference_mode(), numerics:
             t0 = time.perf_counter()
             codes = [model.encode(to_float(x[i : i + bs])) for x in (data.train_x, data.test_x)
@@ -131,6 +133,28 @@ class Worker:
             for i in range(0, len(x), bs):
                 fe(x[i : i + bs])
             out["domain classifier over 20,000 generated images"] = time.perf_counter() - t0
+        return out
+
+    def _sampler_floor(self, numerics) -> dict[str, float]:
+        from bench.metrics.features import EXTRACTORS, _module
+
+        torch, model, bs = self.torch, self.model, 500
+        n = self.EvalConfig().n_samples
+        out = {}
+        with torch.inference_mode(), numerics:
+            g = torch.Generator(device=self.device).manual_seed(0)
+            t0 = time.perf_counter()
+            imgs = [model.sample(bs, generator=g) for _ in range(0, n, bs)]
+            out[f"sample {n:,}"] = time.perf_counter() - t0
+            ex = EXTRACTORS.get("domain")
+            prep = ex.prepare(self.EvalConfig(), self.data, self.device)
+            fe = _module(ex.fidelity_name, str(prep.weights_path), prep.weights_sha256, prep.layers,
+                         str(self.device))  # fmt: skip
+            x = torch.cat(imgs).clamp(0, 1).mul(255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+            t0 = time.perf_counter()
+            for i in range(0, len(x), bs):
+                fe(x[i : i + bs])
+            out[f"domain classifier over {n:,} generated images"] = time.perf_counter() - t0
         return out
 
     def serve(self) -> None:
