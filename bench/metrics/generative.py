@@ -303,7 +303,7 @@ class GenerationEval:
                 for k in ("kid_subsets", "kid_subset_size", "prc_neighborhood", "isc_splits")
                 + KIND_SETTINGS.get(gm.base.kind, ())
             },
-            "version": 1,
+            "version": REFERENCE_VERSIONS.get(gm.base.kind, 1),
         }
 
         def compute():
@@ -319,7 +319,11 @@ class GenerationEval:
 # --------------------------------------------------------------------------- scorers
 # Each: (evaluation, prepared extractor, generated features, n generated, seed) -> (values keyed by
 # base metric name, plus "std"/"kl" companions; provenance).
-# torch-fidelity computes FID, KID, precision/recall and IS; features arrive here in float64.
+# torch-fidelity computes FID, KID, precision/recall and IS; features arrive here in float32 and
+# each scorer takes the arithmetic its docstring or provenance names.
+# A cached reference result is computed again when its scorer's arithmetic changes (2: KID on
+# float32 features, precision/recall decided from float64 coordinate differences).
+REFERENCE_VERSIONS = {"kid": 2, "prc": 2}
 
 
 def _fid(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
