@@ -159,37 +159,49 @@ def test_the_float32_screen_needs_its_rounding_bound(monkeypatch):
     assert wrong >= 3
 
 
-def test_precision_recall_of_the_domain_metrics_equal_torch_fidelity(tmp_path, monkeypatch):
-    """Through the evaluation: the metric computed from the reference's cached radii equals
-    torch-fidelity's value on the same features."""
+def _beside_the_scorer(monkeypatch, kind, metrics, reference, **cfg):
+    """Evaluate a gan-mlp on synthetic data, calling ``reference(gen, out, fake, real)`` beside the
+    ``kind`` scorer on the same generated and real features; (results, what it returned)."""
+    from bench.data import load_dataset
     from bench.metrics import generative
     from bench.metrics.features import real_features
-
-    monkeypatch.setenv("BENCH_HOME", str(tmp_path))
-    seen = {}
-    real_prc = generative._prc
-
-    def spy(gen, prep, fake, n_fake, seed):
-        out = real_prc(gen, prep, fake, n_fake, seed)
-        layer = prep.layer("prc")
-        real = real_features(gen.reference, prep, gen.cfg.batch_size, gen.device)[layer]
-        seen["ref"] = prc_features_to_metric(
-            fake[layer].double(), real.double(), prc_neighborhood=gen.cfg.prc_neighborhood,
-            prc_batch_size=1000, save_cpu_ram=True,
-        )  # fmt: skip
-        return out
-
-    monkeypatch.setitem(generative.SCORERS, "prc", spy)
-    from bench.data import load_dataset
     from bench.models import build_model
 
+    seen = {}
+    scorer = generative.SCORERS[kind]
+
+    def spy(gen, prep, fake, n_fake, seed):
+        out = scorer(gen, prep, fake, n_fake, seed)
+        layer = prep.layer(kind)
+        real = real_features(gen.reference, prep, gen.cfg.batch_size, gen.device)[layer]
+        seen["ref"] = reference(gen, out, fake[layer], real, seed)
+        return out
+
+    monkeypatch.setitem(generative.SCORERS, kind, spy)
     data = load_dataset("synthetic", train_size=512, test_size=256)
     torch.manual_seed(0)
     model = build_model("gan-mlp", {}, data.image_shape)
-    cfg = EvalConfig(metrics=["precision_domain", "recall_domain"], n_samples=200, n_real=256)
-    res = evaluate(model, data, cfg, 0, torch.device("cpu"))
-    assert res["precision_domain"].value == seen["ref"]["precision"]
-    assert res["recall_domain"].value == seen["ref"]["recall"]
+    res = evaluate(model, data, EvalConfig(metrics=metrics, n_samples=200, n_real=256, **cfg), 0, CPU)
+    return res, seen["ref"]
+
+
+CPU = torch.device("cpu")
+
+
+def test_precision_recall_of_the_domain_metrics_equal_torch_fidelity(tmp_path, monkeypatch):
+    """Through the evaluation: the metric computed from the reference's cached radii equals
+    torch-fidelity's value on the same features."""
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path))
+
+    def theirs(gen, out, fake, real, seed):
+        return prc_features_to_metric(
+            fake.double(), real.double(), prc_neighborhood=gen.cfg.prc_neighborhood,
+            prc_batch_size=1000, save_cpu_ram=True,
+        )  # fmt: skip
+
+    res, ref = _beside_the_scorer(monkeypatch, "prc", ["precision_domain", "recall_domain"], theirs)
+    assert res["precision_domain"].value == ref["precision"]
+    assert res["recall_domain"].value == ref["recall"]
 
 
 def test_kid_on_float32_features_equals_the_float64_kernel_sums(monkeypatch):
@@ -197,33 +209,17 @@ def test_kid_on_float32_features_equals_the_float64_kernel_sums(monkeypatch):
     float32 agree with the same sums in float64 far inside KID's own spread over subsets."""
     from torch_fidelity.metric_kid import kid_features_to_metric
 
-    from bench.data import load_dataset
-    from bench.metrics import generative
-    from bench.metrics.features import real_features
-    from bench.models import build_model
-
-    seen = {}
-    real_kid = generative.SCORERS["kid"]
-
-    def spy(gen, prep, fake, n_fake, seed):
-        out = real_kid(gen, prep, fake, n_fake, seed)
-        layer = prep.layer("kid")
-        real = real_features(gen.reference, prep, gen.cfg.batch_size, gen.device)[layer]
-        seen["f64"] = kid_features_to_metric(
-            fake[layer].double(), real.double(), kid_subsets=gen.cfg.kid_subsets,
+    def float64(gen, out, fake, real, seed):
+        assert fake.dtype == torch.float32
+        return kid_features_to_metric(
+            fake.double(), real.double(), kid_subsets=gen.cfg.kid_subsets,
             kid_subset_size=out[1]["kid_subset_size"], rng_seed=seed, verbose=False,
         )  # fmt: skip
-        seen["dtype"] = fake[layer].dtype
-        return out
 
-    monkeypatch.setitem(generative.SCORERS, "kid", spy)
-    data = load_dataset("synthetic", train_size=512, test_size=256)
-    torch.manual_seed(0)
-    model = build_model("gan-mlp", {}, data.image_shape)
-    cfg = EvalConfig(metrics=["kid_domain"], n_samples=200, n_real=256, kid_subset_size=100)
-    res = evaluate(model, data, cfg, 0, torch.device("cpu"))["kid_domain"]
-    assert seen["dtype"] == torch.float32 and res.provenance["features"] == "float32"
-    mean, std = seen["f64"]["kernel_inception_distance_mean"], seen["f64"]["kernel_inception_distance_std"]
+    res, ref = _beside_the_scorer(monkeypatch, "kid", ["kid_domain"], float64, kid_subset_size=100)
+    res = res["kid_domain"]
+    assert res.provenance["features"] == "float32"
+    mean, std = ref["kernel_inception_distance_mean"], ref["kernel_inception_distance_std"]
     assert res.value != 0 and abs(res.value - mean) <= 1e-5 * abs(res.value)
     assert abs(res.value - mean) < 1e-3 * std
 
