@@ -216,7 +216,7 @@ class RayExecutor(Executor):
                     if stopping:
                         continue
                     cause = e.cause if e.cause is not None else e
-                    log.error("%s: the Ray task's error:\n%s", job.spec.run_name, e)
+                    log.error("%s: the Ray task's error:\n%s", job.spec.run_name, redact_uri(str(e)))
                     tries = self.max_retries + 1 if isinstance(cause, store_errors()) else 1
                     raise WorkerLost(
                         f"{job.spec.run_name}: its Ray task failed "
