@@ -65,6 +65,38 @@ def test_linear_probe_matches_scikit_learn():
     torch.testing.assert_close(probe.weight, coef, atol=2e-3, rtol=2e-3)
 
 
+def _std_gradient(probe, x, y, c=1.0):
+    """The objective's gradient on the standardised codes at the probe's weights, in float64."""
+    z = (x.double() - probe.mean) / probe.scale
+    n = len(z)
+    resid = ((z @ probe.weight + probe.bias).softmax(1) - torch.nn.functional.one_hot(y, 10).double()) / n
+    return torch.cat([(z.T @ resid + probe.weight / (c * n)).flatten(), resid.sum(0)])
+
+
+@pytest.mark.parametrize("whiten_max_dim", [1024, 2])
+def test_linear_probe_on_correlated_codes_reaches_scikit_learns_optimum(monkeypatch, whiten_max_dim):
+    """Codes mixed so that their covariance is ill-conditioned (as trained codes are): the fit
+    stops where scikit-learn's rule says (the largest gradient entry on the standardised codes, in
+    float64, below 1e-4), at scikit-learn's optimum; also without the whitening (wide codes)."""
+    from bench.metrics import probe as probe_module
+
+    monkeypatch.setattr(probe_module, "WHITEN_MAX_DIM", whiten_max_dim)
+    g = torch.Generator().manual_seed(5)
+    mix = torch.linalg.qr(torch.randn(12, 12, generator=g))[0] * torch.logspace(-2, 1, 12)  # cond 1,000
+    xtr, ytr = clusters(3000, 12, 6, spread=3.0)
+    xte, yte = clusters(1000, 12, 7, spread=3.0)
+    xtr, xte = xtr @ mix + 3, xte @ mix + 3
+    probe = fit_logistic(xtr, ytr, 10)
+    assert probe.converged
+    assert _std_gradient(probe, xtr, ytr).abs().max() <= 1e-4
+    sk = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, tol=1e-8, max_iter=5000))
+    theirs = torch.from_numpy(sk.fit(xtr.double().numpy(), ytr.numpy()).predict(xte.double().numpy()))
+    acc_ours = (probe.predict(xte) == yte).double().mean().item()
+    acc_sk = (theirs == yte).double().mean().item()
+    assert 0.3 < acc_sk < 0.95
+    assert abs(acc_ours - acc_sk) <= 0.003
+
+
 def test_linear_probe_leaves_a_constant_code_unscaled():
     xtr, ytr = clusters(500, 4, 4)
     xtr = torch.cat([xtr, torch.full((500, 1), 7.0)], 1)
