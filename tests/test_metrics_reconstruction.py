@@ -71,3 +71,17 @@ def test_metrics_that_do_not_apply_are_absent_not_zero(data):
     assert run(gan, data, ["recon_mse", "compression_ratio"]) == {}
     assert not METRICS.get("recon_mse").applies_to("gan")
     assert not math.isnan(run(Shift(0.1), data, ["recon_mse"])["recon_mse"].value)
+
+
+def test_the_test_split_is_encoded_once_for_reconstructions_and_probes(data, monkeypatch):
+    """A model reconstructing as decode(encode(x)) gets its test reconstructions from the codes the
+    probes use: the same values as ``reconstruct``, one encoding of the test split."""
+    model = build_model("vae-mlp", {}, data.image_shape).eval()
+    x = data.test_x.float().div(255)
+    with torch.inference_mode():
+        expected = ((model.reconstruct(x).clamp(0, 1).double() - x.double()) ** 2).mean().item()
+    encoded, encode = [], model.encode
+    monkeypatch.setattr(model, "encode", lambda b: encoded.append(len(b)) or encode(b))
+    res = run(model, data, ["recon_mse", "knn_acc"])
+    assert res["recon_mse"].value == pytest.approx(expected, rel=1e-9)
+    assert sum(encoded) == len(data.train_x) + len(data.test_x)

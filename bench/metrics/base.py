@@ -20,11 +20,11 @@ from bench import numerics
 from bench.data import ImageData, to_float
 from bench.metrics.codes import train_codes
 from bench.metrics.coding import Coded, code_test_set
+from bench.models.base import GenerativeModel
 from bench.registry import Registry
 
 if TYPE_CHECKING:
     from bench.config import EvalConfig, Suite
-    from bench.models import GenerativeModel
 
 ALL_FAMILIES = ("ae", "vae", "gan")
 ENCODER_FAMILIES = ("ae", "vae")  # the families with an encoder: codes and reconstructions
@@ -139,7 +139,6 @@ class EvalContext:
         self.cfg = cfg
         self.seed = seed
         self.device = device
-        self._codes: dict[str, torch.Tensor] = {}
         self.memo: dict[str, Any] = {}  # what metric modules share within this evaluation
 
     @property
@@ -167,11 +166,24 @@ class EvalContext:
         )
 
     @functools.cached_property
+    def _test_codes(self) -> torch.Tensor:
+        """The encoder's output for the whole test split, as it returns it (once per evaluation)."""
+        with torch.inference_mode():
+            return self._batched(self.model.encode, self.data.test_x)
+
+    @functools.cached_property
     def reconstructions(self) -> torch.Tensor:
-        """Test reconstructions; decoded from the bitstreams wherever the model has a rate."""
+        """Test reconstructions; decoded from the bitstreams wherever the model has a rate. A model
+        that reconstructs as ``decode(encode(x))`` decodes the test codes the probes use (the same
+        batches, so the same values as ``reconstruct``): the test split is encoded once."""
         if self.coded is not None:
             return self.coded.decoded
+        n, bs = len(self.test_uint8), self.cfg.batch_size
+        shared = n == len(self.data.test_x) or "_test_codes" in self.__dict__
         with torch.inference_mode():
+            if shared and getattr(type(self.model), "reconstruct", None) is GenerativeModel.reconstruct:
+                z = self._test_codes[:n]
+                return torch.cat([self.model.decode(z[i : i + bs]) for i in range(0, n, bs)]).clamp_(0, 1)
             return self._batched(self.model.reconstruct, self.test_uint8).clamp_(0, 1)
 
     def codes(self, split: str) -> torch.Tensor:
@@ -179,11 +191,7 @@ class EvalContext:
         split's once per trained state, shared with the post-training latent fits)."""
         if split == "train":
             return train_codes(self.model, self.data, self.cfg.batch_size)
-        if split not in self._codes:
-            x = self.data.test_x
-            with torch.inference_mode():
-                self._codes[split] = self._batched(lambda b: self.model.encode(b).flatten(1), x)
-        return self._codes[split]
+        return self._test_codes.flatten(1)
 
     @property
     def recon_provenance(self) -> dict[str, Any]:
