@@ -32,18 +32,22 @@ def kmeans(x: Tensor, k: int, generator: torch.Generator, max_iter: int = 100) -
     n = len(x)
     first = torch.randint(n, (1,), generator=generator, device=generator.device).to(x.device)
     centres = x[first]
-    d2 = torch.cdist(x, centres).square().squeeze(1)
+    d2 = (x - centres).square_().sum(1)
     for _ in range(1, k):  # each next centre drawn with probability proportional to d^2
         pick = torch.multinomial(d2.clamp_min(0) / d2.sum(), 1, generator=generator).to(x.device)
         centres = torch.cat([centres, x[pick]])
-        d2 = torch.minimum(d2, torch.cdist(x, x[pick]).square().squeeze(1))
-    labels = torch.cdist(x, centres).argmin(1)
+        d2 = torch.minimum(d2, (x - x[pick]).square_().sum(1))
+
+    def nearest(centres: Tensor) -> Tensor:  # argmin over centres of |c|^2 - 2 x.c
+        return torch.addmm(centres.square().sum(1), x, centres.T, alpha=-2).argmin(1)
+
+    labels = nearest(centres)
     for _ in range(max_iter):
-        onehot = torch.nn.functional.one_hot(labels, k).to(x.dtype)  # (n, K)
-        counts = onehot.sum(0)
+        counts = torch.bincount(labels, minlength=k).to(x.dtype)[:, None]
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
         # an emptied cluster keeps its centre
-        centres = torch.where(counts[:, None] > 0, onehot.T @ x / counts.clamp_min(1)[:, None], centres)
-        new = torch.cdist(x, centres).argmin(1)
+        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+        new = nearest(centres)
         if torch.equal(new, labels):
             break
         labels = new
@@ -57,19 +61,35 @@ def kmeans(x: Tensor, k: int, generator: torch.Generator, max_iter: int = 100) -
 _NEGLIGIBLE = 1e-10
 
 
-def _m_step(x64: Tensor, resp: Tensor, reg: float) -> tuple[Tensor, Tensor, Tensor]:
+def _m_step(
+    x64: Tensor, resp: Tensor, reg: float, work: dict[str, Tensor] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Weights, means and the covariances' Cholesky factors from responsibilities (n, K), all
-    float64: the covariances' small eigenvalues are what the likelihood is most sensitive to."""
+    float64: the covariances' small eigenvalues are what the likelihood is most sensitive to.
+    ``work``: where the codes are gathered, kept from one step to the next (a fresh tensor of
+    tens of MB is paged in anew each time)."""
     n, d = x64.shape
     nk = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # as scikit-learn: no empty component
     means = resp.T @ x64 / nk[:, None]  # (K, d)
-    eye = torch.eye(d, dtype=torch.float64, device=x64.device)
+    # the codes each component holds a share of, component by component: one gather for all
+    held = resp.T > _NEGLIGIBLE  # (K, n)
+    rows = torch.nonzero(held, as_tuple=True)[1]
+    root = resp.T[held].sqrt_()
+    # gathered as int64 words (the same bits): torch's float64 row gather is several times slower
+    work = {} if work is None else work
+    if work.get("rows", torch.empty(0)).numel() < len(rows) * d:
+        work["rows"] = torch.empty(int(len(rows) * 1.25) * d, dtype=torch.int64, device=x64.device)
+    out = work["rows"][: len(rows) * d].view(len(rows), d)
+    xs = torch.index_select(x64.view(torch.int64), 0, rows, out=out).view(torch.float64)
     cov = torch.empty(len(nk), d, d, dtype=torch.float64, device=x64.device)
-    for j in range(len(nk)):
+    start = 0
+    for j, count in enumerate(held.sum(1).tolist()):
         # the centred form: positive semi-definite by construction, no cancellation
-        rows = torch.nonzero(resp[:, j] > _NEGLIGIBLE).squeeze(1)
-        diff = (x64[rows] - means[j]).mul_(resp[rows, j, None].sqrt())
-        cov[j] = diff.T @ diff / nk[j]
+        diff = xs[start : start + count].sub_(means[j]).mul_(root[start : start + count, None])
+        torch.mm(diff.T, diff, out=cov[j])
+        start += count
+    cov /= nk[:, None, None]
+    eye = torch.eye(d, dtype=torch.float64, device=x64.device)
     chol, info = torch.linalg.cholesky_ex(cov + reg * eye)
     if info.any():
         j = int(torch.nonzero(info)[0])
@@ -77,12 +97,13 @@ def _m_step(x64: Tensor, resp: Tensor, reg: float) -> tuple[Tensor, Tensor, Tens
     return nk / n, means, chol
 
 
-def _log_prob(x: Tensor, weights: Tensor, means: Tensor, chol: Tensor, chunk: int = 4096) -> Tensor:
+def _log_prob(x: Tensor, weights: Tensor, means: Tensor, chol: Tensor, chunk: int = 1024) -> Tensor:
     """log w_k + log N(x | mu_k, Sigma_k) for every code and component: (n, K), in x's dtype.
 
     The factors are inverted in float64; the product over the codes is one matrix product for all
     components, || x L^-T - mu L^-T ||^2, in chunks of codes small enough for the products to stay
-    in cache (4,096 64-d codes: 2.6x faster than chunks of 16,384 on a 2-core CPU)."""
+    in cache (1,024 64-d codes: 1.3x faster than chunks of 4,096 and 2.6x than 60,000 on a
+    2-core AMD EPYC)."""
     k, d = means.shape
     eye = torch.eye(d, dtype=chol.dtype, device=chol.device).expand_as(chol)
     inv_t = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(1, 2)  # (K, d, d): L^-T
@@ -111,14 +132,15 @@ def fit_em(x: Tensor, k: int, seed: int, max_iter: int = 100, tol: float = 1e-3,
     centre = x64.mean(0)
     x64 = x64 - centre
     xc = x64.float()
-    weights, means, chol = _m_step(x64, resp, reg)
+    work: dict[str, Tensor] = {}  # what the M-steps gather codes into
+    weights, means, chol = _m_step(x64, resp, reg, work)
     lower, converged, n_iter = -math.inf, False, 0
     while n_iter < max_iter and not converged:
         n_iter += 1
         lp = _log_prob(xc, weights, means, chol).double()  # E-step
         norm = torch.logsumexp(lp, 1)
         prev, lower = lower, norm.mean().item()
-        weights, means, chol = _m_step(x64, (lp - norm[:, None]).exp(), reg)  # M-step
+        weights, means, chol = _m_step(x64, (lp - norm[:, None]).exp(), reg, work)  # M-step
         converged = abs(lower - prev) < tol
     final = torch.logsumexp(_log_prob(x64, weights, means, chol), 1).mean().item()
     return Fit(weights, means + centre, chol, converged, n_iter, final)
