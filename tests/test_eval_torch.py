@@ -27,9 +27,12 @@ def clusters(n: int, d: int, seed: int, spread: float = 2.0) -> tuple[torch.Tens
     return centres[y] + spread * torch.randn(n, d, generator=g), y
 
 
-def test_knn_predicts_what_scikit_learn_predicts():
+@pytest.mark.parametrize("offset", [0.0, 3000.0])
+def test_knn_predicts_what_scikit_learn_predicts(offset):
+    """Also far from the origin, where float32 products of uncentred codes lose the distances."""
     xtr, ytr = clusters(3000, 12, 0)
     xte, yte = clusters(1000, 12, 1)
+    xtr, xte = xtr + offset, xte + offset
     ours = knn_classify(xtr, ytr, xte, 10, 10, chunk=256)
     sk = KNeighborsClassifier(n_neighbors=10, algorithm="brute").fit(xtr.double().numpy(), ytr.numpy())
     theirs = torch.from_numpy(sk.predict(xte.double().numpy()))

@@ -69,7 +69,7 @@ def knn_acc(ctx: EvalContext) -> Result:
     acc = _accuracy(pred, ctx.data.test_y)
     prov = {
         **_probe_provenance(ctx, tr, te),
-        "impl": f"exact {KNN_K}-NN (Euclidean, float32, torch.cdist + topk), majority vote",
+        "impl": f"exact {KNN_K}-NN (Euclidean, float32 products on centred codes, topk), majority vote",
     }
     return Result(acc, prov)
 

@@ -1,8 +1,8 @@
 """Exact nearest neighbours in torch, in row chunks: k-NN classification and k-NN radii.
 
-Every distance is ``torch.cdist`` (Euclidean) over a chunk of rows against a whole set, so the
-memory held at once is ``chunk x N`` and the work runs on the tensors' device. Nothing is
-approximate: the k nearest are found by ``topk`` over all N distances.
+Distances are computed for a chunk of rows against a whole set, so the memory held at once is
+``chunk x N`` and the work runs on the tensors' device. Nothing is approximate: the k nearest
+are found by ``topk`` over all N distances.
 
 - ``knn_classify``: the majority label among the k nearest training points (ties between labels
   go to the smallest label, as scikit-learn's ``KNeighborsClassifier`` breaks them).
@@ -38,13 +38,23 @@ PAIR_VALUES = 1 << 22  # float64 coordinate differences held at once (32 MB)
 def knn_classify(
     train: Tensor, train_y: Tensor, query: Tensor, k: int, num_classes: int, chunk: int = CHUNK
 ) -> Tensor:
-    """Predicted labels (M,) of ``query`` (M, d) by a majority vote of the k nearest ``train`` rows."""
+    """Predicted labels (M,) of ``query`` (M, d) by a majority vote of the k nearest ``train`` rows.
+
+    The neighbours are the k smallest of |t|^2 - 2 q.t (the squared distance less the query's
+    own squared norm, which does not change the order), on points centred on the training mean so
+    that the norms, and with them the rounding, stay small; each chunk's distances go into one
+    buffer kept for the whole call (a fresh chunk x N tensor is paged in anew each time)."""
     if k > len(train):
         raise ValueError(f"k = {k} nearest neighbours asked of {len(train)} training points")
     train_y = train_y.to(train.device)
+    centre = train.mean(0)
+    train, query = train - centre, query - centre
+    sq = train.square().sum(1)  # (N,)
+    buf = torch.empty(min(chunk, len(query)), len(train), dtype=train.dtype, device=train.device)
     out = []
     for q in query.split(chunk):
-        idx = torch.cdist(q, train).topk(k, dim=1, largest=False).indices  # (c, k)
+        d2 = torch.addmm(sq, q, train.T, alpha=-2, out=buf[: len(q)])  # (c, N)
+        idx = d2.topk(k, dim=1, largest=False).indices  # (c, k)
         votes = F.one_hot(train_y[idx], num_classes).sum(1)  # (c, classes)
         out.append(votes.argmax(1))  # the first (smallest) label among tied counts
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=train.device)
