@@ -14,6 +14,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from bench.metrics.base import RECONSTRUCTING_FAMILIES, EvalContext, Result, register_metric
 from bench.models.vae import gaussian_kl
 
+SSIM_VALUES = 1 << 16  # pixel values per SSIM call
+
 
 @register_metric(
     "recon_mse",
@@ -51,8 +53,10 @@ def psnr(ctx: EvalContext) -> Result:
     description="mean SSIM of test reconstructions (Gaussian window 11, sigma 1.5), torchmetrics",
 )
 def ssim(ctx: EvalContext) -> Result:
-    bs = ctx.cfg.batch_size
     rec, ref = ctx.reconstructions, ctx.test_images
+    # per-image values, so any chunk gives the same; chunks of about 2^16 pixel values keep the
+    # convolution's inputs in cache (28x28 images: 2.1x faster than chunks of 500 on 2 CPU cores)
+    bs = max(1, SSIM_VALUES // ref[0].numel())
     per_image = torch.cat(
         [
             structural_similarity_index_measure(
