@@ -259,6 +259,30 @@ def test_kid_on_float32_features_equals_the_float64_kernel_sums(monkeypatch):
     assert abs(res.value - mean) < 1e-3 * std
 
 
+@pytest.mark.parametrize(
+    ("n_fake", "n_real", "subsets", "size", "seed"), [(900, 700, 20, 300, 0), (500, 800, 7, 64, 3)]
+)
+def test_kid_equals_torch_fidelity(monkeypatch, n_fake, n_real, subsets, size, seed):
+    """The same subsets, kernel and estimator as torch-fidelity's, whatever the batching of subsets."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    from bench.metrics import kid as kid_module
+
+    g = torch.Generator().manual_seed(seed)
+    real = torch.relu(torch.randn(n_real, 24, generator=g))
+    fake = torch.relu(1.2 * torch.randn(n_fake, 24, generator=g) + 0.1)
+    ref = kid_features_to_metric(
+        fake.double(), real.double(), kid_subsets=subsets, kid_subset_size=size, rng_seed=seed, verbose=False
+    )
+    for values in (1 << 22, size * size, 1):  # many subsets per product, one, and one at least
+        monkeypatch.setattr(kid_module, "KERNEL_VALUES", values)
+        mean, std = kid_module.kid(fake, real, subsets, size, seed)
+        assert mean == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-6)
+        assert std == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-5)
+    with pytest.raises(ValueError, match=f"KID subsets of {min(n_fake, n_real) + 1} drawn"):
+        kid_module.kid(fake, real, 2, min(n_fake, n_real) + 1, seed)
+
+
 class Flatten(torch.nn.Module):
     """A fake autoencoder whose code is its image (flattened); counts how often it encodes."""
 

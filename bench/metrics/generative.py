@@ -1,5 +1,8 @@
-"""Generation metrics: FID, KID, precision/recall, IS and mode coverage through torch-fidelity;
-FD-infinity, density and coverage (which torch-fidelity lacks) through ``bench.metrics.prdc``.
+"""Generation metrics: FID, KID, precision/recall, IS and mode coverage as torch-fidelity defines
+them (its feature extractors and FID and IS functions; KID and precision/recall computed in torch
+by ``bench.metrics.kid`` and ``bench.metrics.neighbours``, checked against torch-fidelity in the
+tests); FD-infinity, density and coverage (which torch-fidelity lacks) through
+``bench.metrics.prdc``.
 
 Metric names follow one scheme, ``<base><extractor suffix><sampler suffix>``:
 
@@ -45,6 +48,7 @@ from bench.metrics.features import (
     real_radii,
     real_statistics,
 )
+from bench.metrics.kid import kid
 from bench.metrics.neighbours import precision_recall
 from bench.metrics.prdc import density_coverage, fd_infinity, fd_infinity_counts
 from bench.metrics.samplers import SAMPLERS, GMMOptions, Sampler, SampleRequest
@@ -319,11 +323,12 @@ class GenerationEval:
 # --------------------------------------------------------------------------- scorers
 # Each: (evaluation, prepared extractor, generated features, n generated, seed) -> (values keyed by
 # base metric name, plus "std"/"kl" companions; provenance).
-# torch-fidelity computes FID, KID, precision/recall and IS; features arrive here in float32 and
-# each scorer takes the arithmetic its docstring or provenance names.
+# Features arrive here in float32 and each scorer takes the arithmetic its docstring or provenance
+# names.
 # A cached reference result is computed again when its scorer's arithmetic changes (2: KID on
-# float32 features, precision/recall decided from float64 coordinate differences).
-REFERENCE_VERSIONS = {"kid": 2, "prc": 2}
+# float32 features, precision/recall decided from float64 coordinate differences; 3: KID in torch,
+# its kernel rows added up in float64).
+REFERENCE_VERSIONS = {"kid": 3, "prc": 2}
 
 
 def _fid(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
@@ -352,20 +357,18 @@ def _dc(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
 
 
 def _kid(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
-    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-
+    """torch-fidelity's KID (its subsets, kernel and estimator), computed by ``kid.kid`` in torch on
+    the evaluation's device from float32 features, as torch-fidelity's own pipeline hands them."""
     cfg, layer = gen.cfg, prep.layer("kid")
     real = real_features(gen.reference, prep, cfg.batch_size, gen.device)[layer]
     subset = min(cfg.kid_subset_size, n_fake, gen.reference.n)  # smaller only where a split is smaller
-    # float32 features, as torch-fidelity's own pipeline hands them to its kernel sums
-    r = kid_features_to_metric(
-        fake[layer].float(), real.float(),
-        kid_subsets=cfg.kid_subsets, kid_subset_size=subset, rng_seed=seed, verbose=False,
-    )  # fmt: skip
+    dev = gen.device
+    mean, std = kid(fake[layer].to(dev), real.to(dev), cfg.kid_subsets, subset, seed)
     return (
-        {"kid": r[KEY_METRIC_KID_MEAN], "std": r[KEY_METRIC_KID_STD]},
-        {"kid_subsets": cfg.kid_subsets, "kid_subset_size": subset, "kernel": "poly3", "features": "float32"},
-    )
+        {"kid": mean, "std": std},
+        {"kid_subsets": cfg.kid_subsets, "kid_subset_size": subset, "kernel": "poly3", "features": "float32",
+         "sums": "float64 over float32 kernel rows"},
+    )  # fmt: skip
 
 
 def _prc(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
