@@ -69,8 +69,9 @@ def _bound(dim: int, norms: Tensor, other_max: Tensor | float, shift: float) -> 
     of these norms against points of norm at most ``other_max`` (centred, as ``_centred`` returns;
     ``shift`` bounds how far centring in float64 moved any point).
 
-    Each of the dot product and the two squared norms is a sum of ``dim`` products, in any order:
-    its error is at most gamma = (dim + 2) u / (1 - (dim + 2) u) of the sum of the magnitudes;
+    Each of the two squared norms is a sum of ``dim`` products and the product [a, |a|^2] . [-2 b, 1]
+    one of ``dim + 1``, in any order: each one's error is at most gamma = (dim + 2) u / (1 - (dim +
+    2) u) of the sum of its terms' magnitudes, together at most 2 gamma (|a| + |b|)^2;
     rounding the centred coordinates to float32 moves a squared distance by at most
     3u (|a| + |b|)^2, centring by at most 4 shift (|a| + |b|) + 4 shift^2. Together; doubled, so
     that the float64 pass that decides a pair, and float32's rounding of the radii, are inside it."""
@@ -96,9 +97,21 @@ def _centred(*sets: Tensor) -> tuple[list[tuple[Tensor, Tensor, Tensor, Tensor]]
     return out, 4 * U64 * largest * len(mean) ** 0.5
 
 
-def _squared32(a32: Tensor, a_sq: Tensor, b32: Tensor, b_sq: Tensor) -> Tensor:
-    """Squared distances (len(a), len(b)) in float32: |a|^2 + |b|^2 - 2 a.b."""
-    return torch.addmm(a_sq[:, None] + b_sq[None, :], a32, b32.T, alpha=-2)
+class _Squared32:
+    """float32 squared distances |a|^2 + |b|^2 - 2 a.b of chunks of rows of ``a`` against all of
+    ``b`` (less ``b_less`` per column, e.g. a radius squared), as one product per chunk: [a, |a|^2]
+    times [-2 b, 1], added to the row |b|^2 - b_less. The result of each call lies in one buffer,
+    kept for every chunk (a fresh chunk x N tensor is paged in anew each time) and overwritten by
+    the next call."""
+
+    def __init__(self, a32: Tensor, a_sq: Tensor, b32: Tensor, b_sq: Tensor, chunk: int, b_less=None) -> None:
+        self.a = torch.cat([a32, a_sq[:, None]], 1)  # (n, d + 1)
+        self.b = torch.cat([-2 * b32, torch.ones_like(b_sq)[:, None]], 1)  # (m, d + 1); -2 b is exact
+        self.row = (b_sq if b_less is None else b_sq - b_less)[None, :]  # (1, m)
+        self.buf = torch.empty(min(chunk, len(a32)), len(b32), dtype=a32.dtype, device=a32.device)
+
+    def __call__(self, start: int, stop: int) -> Tensor:
+        return torch.addmm(self.row, self.a[start:stop], self.b.T, out=self.buf[: stop - start])
 
 
 def _pairs64(a64: Tensor, b64: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -124,8 +137,9 @@ def _kth(x64: Tensor, x32: Tensor, x_sq: Tensor, norms: Tensor, shift: float, k:
     bound = _bound(x64.shape[1], norms, norms.max(), shift)
     m = min(len(x64), k + 1 + SPARE)
     out = []
+    squared = _Squared32(x32, x_sq, x32, x_sq, chunk)
     for s in range(0, len(x64), chunk):
-        d2 = _squared32(x32[s : s + chunk], x_sq[s : s + chunk], x32, x_sq)
+        d2 = squared(s, min(s + chunk, len(x64)))
         near = d2.topk(m, dim=1, largest=False)
         # the exact k + 1 smallest are among the pairs within twice the bound of float32's
         limit = near.values[:, k] + 2 * bound[s : s + chunk].float()
@@ -167,12 +181,12 @@ def precision_recall(
     real_r2, fake_r2 = real_radii.square().float(), fake_radii.square().float()
     inside_real_ball = []  # per generated point
     real_covered = torch.zeros(len(real), dtype=torch.bool, device=r64.device)
+    # g[i, j] = d(i, j)^2 - r_j^2: generated point i is inside real point j's ball when <= 0
+    squared = _Squared32(f32, f_sq, r32, r_sq, chunk, b_less=real_r2)
+    h_buf = torch.empty_like(squared.buf)
     for s in range(0, len(fake), chunk):
         a64, fr = f64[s : s + chunk], fake_radii[s : s + chunk]
-        # g[i, j] = d(i, j)^2 - r_j^2: generated point i is inside real point j's ball when <= 0
-        g = torch.addmm(
-            f_sq[s : s + chunk, None] + (r_sq - real_r2)[None, :], f32[s : s + chunk], r32.T, alpha=-2
-        )
+        g = squared(s, min(s + chunk, len(fake)))
         low = g.amin(1)
         inside = low < -slack
         rows = ((low <= slack) & ~inside).nonzero().flatten()  # not decided by float32
@@ -182,7 +196,7 @@ def precision_recall(
             inside[rows[i[hit]]] = True
         inside_real_ball.append(inside)
         # h[i, j] + r_j^2 = d(i, j)^2 - rf_i^2: real point j is inside generated point i's ball
-        h = g - fake_r2[s : s + chunk, None]
+        h = torch.sub(g, fake_r2[s : s + chunk, None], out=h_buf[: len(g)])
         low = h.amin(0) + real_r2
         real_covered |= low < -slack
         cols = ((low <= slack) & (low >= -slack)).nonzero().flatten()
