@@ -299,3 +299,18 @@ def test_validate_rejects_fd_inf_without_room_to_fit(write_suite):
         "eval.metrics.0: fd_inf_domain: eval.fd_inf_min_n (5000) must be below eval.n_samples (200); "
         "FD-infinity fits FID at sample counts from the one to the other"
     ]
+
+
+def test_an_image_set_gives_a_batch_as_its_images_one_by_one():
+    """torch's DataLoader takes a batch through ``__getitems__``: the same uint8 3-channel images."""
+    from torch.utils.data import DataLoader
+
+    from bench.metrics.features import ImageSet
+
+    images = torch.randint(0, 256, (10, 1, 5, 4), dtype=torch.uint8)
+    images[3] = 0
+    s = ImageSet(images)
+    one_by_one = torch.stack([s[i] for i in range(10)])
+    assert one_by_one.shape == (10, 3, 5, 4) and torch.equal(one_by_one[:, 1], images[:, 0])
+    assert torch.equal(torch.cat(list(DataLoader(s, batch_size=4))), one_by_one)
+    assert torch.equal(torch.stack(s.__getitems__([7, 2, 3])), one_by_one[[7, 2, 3]])

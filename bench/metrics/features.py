@@ -66,6 +66,11 @@ class ImageSet(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         return to_fidelity_images(self.images[i : i + 1])[0]
 
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        """A batch at once (what torch's DataLoader asks for when a dataset has it): one conversion
+        of the batch instead of one per image."""
+        return list(to_fidelity_images(self.images[torch.as_tensor(indices)]).unbind(0))
+
 
 class NoiseToImages(GenerativeModelBase):
     """A model and a sampler as a torch-fidelity generative model: normal noise (B, z) -> uint8 images.
