@@ -4,8 +4,10 @@ forward passes they cannot avoid.
 One vae-conv is trained briefly on Fashion-MNIST (or its weights loaded from ``--weights``), then
 every metric is timed as one ``evaluate`` call of its own (caches that live in the model between
 calls are cleared first, so each call pays for what it needs), then all metrics in one call (what
-a run pays). The forward-pass floor is timed beside them: encode the train and test splits,
-decode the images the metrics need, and run the domain classifier over the generated ones.
+a run pays). The forward-pass floor is timed beside them: encode the train and test splits (and
+the noisy test images ``denoise_psnr`` reconstructs), decode the images the metrics need, and run
+the domain classifier over the generated ones. ``--rounds N`` measures the whole evaluation and
+its floor N times, the trees taking turns, and reports medians.
 
 Each code tree runs in a worker process of its own (``--tree label=DIR``: its ``bench`` package
 is imported from DIR); the workers take turns metric by metric, so a busy machine slows every
@@ -23,6 +25,7 @@ import argparse
 import inspect
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -105,12 +108,14 @@ class Worker:
         out = {}
         if not model.has_encoder:  # a GAN: its samples and their features
             return self._sampler_floor(numerics)
+        # the test split again for denoise_psnr: its noisy images are encoded too (the same work)
+        splits = (data.train_x, data.test_x) + ((data.test_x,) if "denoise_psnr" in metrics else ())
         with torch.inference_mode(), numerics:
             t0 = time.perf_counter()
-            codes = [model.encode(to_float(x[i : i + bs])) for x in (data.train_x, data.test_x)
-                     for i in range(0, len(x), bs)]  # fmt: skip
-            out["encode train + test (70,000)"] = time.perf_counter() - t0
-            z = torch.cat(codes[-20:])  # test codes: 10,000
+            codes = [model.encode(to_float(x[i : i + bs])) for x in splits for i in range(0, len(x), bs)]
+            out[f"encode train + test{' + noisy test' * (len(splits) == 3)} "
+                f"({sum(map(len, splits)):,})"] = time.perf_counter() - t0  # fmt: skip
+            z = torch.cat(codes[-(len(data.test_x) // bs) :])  # test codes: 10,000
             t0 = time.perf_counter()
             imgs = [model.decode(z[i : i + bs]) for _ in range(4) for i in range(0, len(z), bs)]
             out["decode 40,000 (reconstructions, denoising, prior, GMM)"] = time.perf_counter() - t0
@@ -282,6 +287,8 @@ def main() -> None:
     ap.add_argument("--kernels", metavar="TRAIN,TEST,FEATURES", help="only the library-against-torch "
                     "comparison of the replaced computations, on synthetic inputs")  # fmt: skip
     ap.add_argument("--repeats", type=int, default=3, help="for --kernels")
+    ap.add_argument("--rounds", type=int, default=1, help="times the whole evaluation and the floor are "
+                    "measured, the trees taking turns in each round: medians are reported")  # fmt: skip
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.kernels:
@@ -302,17 +309,28 @@ def main() -> None:
                 res[label]["values"].update(r["values"])
                 print(f"# {m} {label}: {r['seconds']:.1f} s", file=sys.stderr, flush=True)
     whole = args.all_for.split(",") if args.all_for else list(workers)
+    runs: dict[str, list[dict]] = {label: [] for label in whole}
+    floors: dict[str, list[dict]] = {label: [] for label in whole}
+    for _ in range(args.rounds):  # the trees take turns in each round: the whole evaluation, its floor
+        for label in whole:
+            r = ask(workers[label], {"what": "all", "metrics": metrics})
+            runs[label].append(r)
+            print(f"# all {label}: {r['seconds']:.1f} s", file=sys.stderr, flush=True)
+        for label in whole:
+            floors[label].append(ask(workers[label], {"what": "floor", "metrics": metrics})["floor"])
     for label, p in workers.items():
-        if label not in whole:
-            res[label]["all"] = None
-            continue
-        r = ask(p, {"what": "all", "metrics": metrics})
-        res[label]["all"], res[label]["all_values"] = r["seconds"], r["values"]
-        res[label]["all_split"] = r.get("per_metric", {})
-        print(f"# all {label}: {r['seconds']:.1f} s", file=sys.stderr, flush=True)
-    for label, p in workers.items():
-        floor = ask(p, {"what": "floor", "metrics": metrics})["floor"] if label in whole else None
-        res[label]["floor"] = floor
+        res[label]["all"] = res[label]["floor"] = None
+        if label in whole:  # medians over the rounds (each metric's, each pass's on its own)
+            rs = runs[label]
+            res[label]["all"] = statistics.median(r["seconds"] for r in rs)
+            res[label]["all_range"] = (min(r["seconds"] for r in rs), max(r["seconds"] for r in rs))
+            res[label]["all_values"] = rs[-1]["values"]
+            res[label]["all_split"] = {
+                m: statistics.median(r.get("per_metric", {}).get(m, 0.0) for r in rs)
+                for m in rs[-1].get("per_metric", {})
+            }
+            first = floors[label][0]
+            res[label]["floor"] = {k: statistics.median(f[k] for f in floors[label]) for k in first}
         p.stdin.close()
         p.wait()
     labels = list(workers)
@@ -328,6 +346,10 @@ def main() -> None:
         print("| sum of the single calls | " + " | ".join(sums) + " |" * (len(labels) + 1))
     print("| all metrics in one call | " + " | ".join(fmt(res[lb]["all"]) for lb in labels)
           + " |" * (len(labels) + 1))  # fmt: skip
+    if args.rounds > 1:
+        print(f"| (median of {args.rounds} rounds; range) | "
+              + " | ".join("{:.1f}-{:.1f}".format(*res[lb]["all_range"]) if res[lb]["all"] else ""
+                           for lb in labels) + " |" * (len(labels) + 1))  # fmt: skip
     split = [lb for lb in labels if res[lb].get("all_split")]
     if split:  # what each metric cost inside the one call (shared work charged to its first user)
         print("\n| one call, per metric | " + " | ".join(f"{lb} (s)" for lb in split) + " | "
