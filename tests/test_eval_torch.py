@@ -279,8 +279,29 @@ def test_kid_equals_torch_fidelity(monkeypatch, n_fake, n_real, subsets, size, s
         mean, std = kid_module.kid(fake, real, subsets, size, seed)
         assert mean == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-6)
         assert std == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-5)
+    # the real features' part, computed apart (as the evaluation keeps it on disk), changes nothing
+    sums = kid_module.within_sums(real, kid_module.draws(n_fake, n_real, subsets, size, seed)[1])
+    assert kid_module.kid(fake, real, subsets, size, seed, real_sums=sums) == (mean, std)
     with pytest.raises(ValueError, match=f"KID subsets of {min(n_fake, n_real) + 1} drawn"):
         kid_module.kid(fake, real, 2, min(n_fake, n_real) + 1, seed)
+
+
+def test_kid_keeps_the_real_features_part_on_disk(monkeypatch):
+    """The real subsets' kernel sums are computed once per reference set, seed and subsets: a
+    second evaluation reads them and scores the same."""
+    from bench.data import load_dataset
+    from bench.metrics import generative
+    from bench.models import build_model
+
+    data = load_dataset("synthetic", train_size=512, test_size=256)
+    torch.manual_seed(0)
+    model = build_model("gan-mlp", {}, data.image_shape)
+    cfg = EvalConfig(metrics=["kid_domain"], n_samples=200, n_real=256, kid_subset_size=100)
+    first = evaluate(model, data, cfg, 0, CPU)["kid_domain"].value
+    monkeypatch.setattr(generative, "kid_within_sums", lambda *a: pytest.fail("computed again"))
+    assert evaluate(model, data, cfg, 0, CPU)["kid_domain"].value == first
+    with pytest.raises(pytest.fail.Exception, match="computed again"):  # another seed: other subsets
+        evaluate(model, data, cfg, 1, CPU)
 
 
 class Flatten(torch.nn.Module):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch_fidelity
 
-from bench.cache import cached_json
+from bench.cache import cached_json, cached_tensors
 from bench.data import ImageData
 from bench.metrics.base import METRICS, EvalContext, Result, register_metric
 from bench.metrics.domain import classifier_start
@@ -48,7 +48,9 @@ from bench.metrics.features import (
     real_radii,
     real_statistics,
 )
+from bench.metrics.kid import draws as kid_draws
 from bench.metrics.kid import kid
+from bench.metrics.kid import within_sums as kid_within_sums
 from bench.metrics.neighbours import precision_recall
 from bench.metrics.prdc import density_coverage, fd_infinity, fd_infinity_counts
 from bench.metrics.samplers import SAMPLERS, GMMOptions, Sampler, SampleRequest
@@ -359,11 +361,19 @@ def _dc(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
 def _kid(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
     """torch-fidelity's KID (its subsets, kernel and estimator), computed by ``kid.kid`` in torch on
     the evaluation's device from float32 features, as torch-fidelity's own pipeline hands them."""
-    cfg, layer = gen.cfg, prep.layer("kid")
-    real = real_features(gen.reference, prep, cfg.batch_size, gen.device)[layer]
-    subset = min(cfg.kid_subset_size, n_fake, gen.reference.n)  # smaller only where a split is smaller
+    cfg, layer, ref = gen.cfg, prep.layer("kid"), gen.reference
+    real = real_features(ref, prep, cfg.batch_size, gen.device)[layer]
+    subset = min(cfg.kid_subset_size, n_fake, ref.n)  # smaller only where a split is smaller
     dev = gen.device
-    mean, std = kid(fake[layer].to(dev), real.to(dev), cfg.kid_subsets, subset, seed)
+
+    def real_part() -> dict[str, torch.Tensor]:  # the real subsets' kernel sums, kept on disk
+        real_idx = kid_draws(n_fake, ref.n, cfg.kid_subsets, subset, seed)[1]
+        return {"sums": kid_within_sums(real.to(dev), real_idx).cpu()}
+
+    parts = {"what": "kid-real-sums", "layer": layer, "n_fake": n_fake, "subsets": cfg.kid_subsets,
+             "subset_size": subset, "seed": seed, "version": 1, **ref.key(prep)}  # fmt: skip
+    real_sums = cached_tensors("kid", parts, real_part)["sums"]
+    mean, std = kid(fake[layer].to(dev), real.to(dev), cfg.kid_subsets, subset, seed, real_sums)
     return (
         {"kid": mean, "std": std},
         {"kid_subsets": cfg.kid_subsets, "kid_subset_size": subset, "kernel": "poly3", "features": "float32",

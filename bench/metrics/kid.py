@@ -33,22 +33,47 @@ def _kernel_sums(a: Tensor, b: Tensor, same: bool) -> Tensor:
     return rows.double().sum(1)
 
 
-def kid(fake: Tensor, real: Tensor, subsets: int, subset_size: int, seed: int) -> tuple[float, float]:
-    """(mean, std) over subsets of the unbiased MMD^2 between generated ``fake`` (N, d) and
-    ``real`` (M, d) features, torch-fidelity's subsets and polynomial kernel."""
-    n1, n2, m = len(fake), len(real), subset_size
-    if m > min(n1, n2):
-        raise ValueError(f"KID subsets of {m} drawn from {n1} generated and {n2} real features")
+def draws(n_fake: int, n_real: int, subsets: int, size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """torch-fidelity's subsets: indices (subsets, size) into the generated and the real features,
+    drawn in its order (generated, then real, subset after subset) from ``RandomState(seed)``."""
+    if size > min(n_fake, n_real):
+        raise ValueError(f"KID subsets of {size} drawn from {n_fake} generated and {n_real} real features")
     rng = np.random.RandomState(seed)
-    draws = [(rng.choice(n1, m, replace=False), rng.choice(n2, m, replace=False)) for _ in range(subsets)]
-    idx_fake = torch.from_numpy(np.stack([f for f, _ in draws])).to(fake.device)  # (subsets, m)
-    idx_real = torch.from_numpy(np.stack([r for _, r in draws])).to(real.device)
+    fake, real = [], []
+    for _ in range(subsets):
+        fake.append(rng.choice(n_fake, size, replace=False))
+        real.append(rng.choice(n_real, size, replace=False))
+    return torch.from_numpy(np.stack(fake)), torch.from_numpy(np.stack(real))
+
+
+def _groups(idx: Tensor) -> list[slice]:
+    size = idx.shape[1]
+    group = max(1, KERNEL_VALUES // (size * size))
+    return [slice(s, s + group) for s in range(0, len(idx), group)]
+
+
+def within_sums(features: Tensor, idx: Tensor) -> Tensor:
+    """Each subset's kernel sum without the diagonal (subsets,), float64: the real features' part of
+    KID depends on nothing generated, so it can be computed once and kept."""
+    x, idx = features.float(), idx.to(features.device)
+    return torch.cat([_kernel_sums(x[idx[g]], x[idx[g]], same=True) for g in _groups(idx)])
+
+
+def kid(
+    fake: Tensor, real: Tensor, subsets: int, size: int, seed: int, real_sums: Tensor | None = None
+) -> tuple[float, float]:
+    """(mean, std) over subsets of the unbiased MMD^2 between generated ``fake`` (N, d) and
+    ``real`` (M, d) features, torch-fidelity's subsets and polynomial kernel; ``real_sums`` are
+    ``within_sums(real, draws(...)[1])`` when given."""
+    idx_fake, idx_real = draws(len(fake), len(real), subsets, size, seed)
+    if real_sums is None:
+        real_sums = within_sums(real, idx_real)
     fake, real = fake.float(), real.float()
-    group = max(1, KERNEL_VALUES // (m * m))
+    idx_fake, idx_real = idx_fake.to(fake.device), idx_real.to(real.device)
     mmds = []
-    for s in range(0, subsets, group):
-        x, y = fake[idx_fake[s : s + group]], real[idx_real[s : s + group]]  # (g, m, d)
-        within = (_kernel_sums(x, x, same=True) + _kernel_sums(y, y, same=True)) / (m * (m - 1))
-        mmds.append(within - 2 * _kernel_sums(x, y, same=False) / (m * m))
+    for g in _groups(idx_fake):
+        x, y = fake[idx_fake[g]], real[idx_real[g]]  # (g, m, d)
+        within = (_kernel_sums(x, x, same=True) + real_sums[g].to(x.device)) / (size * (size - 1))
+        mmds.append(within - 2 * _kernel_sums(x, y, same=False) / (size * size))
     mmd = torch.cat(mmds).cpu().numpy()
     return float(np.mean(mmd)), float(np.std(mmd))
