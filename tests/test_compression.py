@@ -142,3 +142,28 @@ def test_which_models_beat_jpeg_at_equal_bpp():
     )
     assert jpeg_comparison(pts) == {"beat": ["good"], "not": ["bad"], "below": ["tiny"]}
     assert jpeg_comparison(pts[pts.model != "jpeg"]) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "step"),
+    [("vq-vae", {}, None), ("ae-mlp", {"latent_bits": 4}, None), ("ae-mlp", {}, 0.25)],
+)
+def test_each_split_is_encoded_once_for_the_probes_and_the_bitstreams(name, params, step):
+    """Quantised codes (VQ indices, an AE's grid) and float codes rounded to eval.code_step: one
+    evaluation passes each split through the encoder once, and every value equals the one that
+    metric gets alone, from an encoding of its own."""
+    from bench.metrics import samplers
+
+    data = load_dataset("synthetic", train_size=300, test_size=120)
+    torch.manual_seed(0)
+    model = build_model(name, params, data.image_shape).eval()
+    seen = []
+    model.encoder.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    metrics = ["recon_mse", "compression_ratio", "probe_acc", "knn_acc"]
+    together = evaluate(model, data, EvalConfig(metrics=metrics, code_step=step), 0, torch.device("cpu"))
+    assert set(together) == set(metrics)
+    assert 300 + 120 <= sum(seen) <= 300 + 120 + 1  # (+1: one image tells whether codes are quantised)
+    for m in metrics:
+        samplers._FITS.clear()
+        alone = evaluate(model, data, EvalConfig(metrics=[m], code_step=step), 0, torch.device("cpu"))
+        assert alone[m].value == together[m].value

@@ -18,7 +18,7 @@ import torch
 
 from bench import numerics
 from bench.data import ImageData, to_float
-from bench.metrics.codes import train_codes
+from bench.metrics.codes import encoded, train_codes
 from bench.metrics.coding import Coded, code_test_set
 from bench.models.base import GenerativeModel
 from bench.registry import Registry
@@ -165,11 +165,11 @@ class EvalContext:
             self.model, self.data, self.test_uint8, self.cfg.code_step, self.cfg.batch_size, self.device
         )
 
-    @functools.cached_property
+    @property
     def _test_codes(self) -> torch.Tensor:
-        """The encoder's output for the whole test split, as it returns it (once per evaluation)."""
-        with torch.inference_mode():
-            return self._batched(self.model.encode, self.data.test_x)
+        """The encoder's output for the whole test split, as it returns it (``codes.encoded``: once
+        per trained state, shared with the bitstreams)."""
+        return encoded(self.model, self.data, "test", self.cfg.batch_size).raw
 
     @functools.cached_property
     def reconstructions(self) -> torch.Tensor:
@@ -179,9 +179,9 @@ class EvalContext:
         if self.coded is not None:
             return self.coded.decoded
         n, bs = len(self.test_uint8), self.cfg.batch_size
-        shared = n == len(self.data.test_x) or "_test_codes" in self.__dict__
         with torch.inference_mode():
-            if shared and getattr(type(self.model), "reconstruct", None) is GenerativeModel.reconstruct:
+            own = getattr(type(self.model), "reconstruct", None)
+            if n == len(self.data.test_x) and own is GenerativeModel.reconstruct:
                 z = self._test_codes[:n]
                 return torch.cat([self.model.decode(z[i : i + bs]) for i in range(0, n, bs)]).clamp_(0, 1)
             return self._batched(self.model.reconstruct, self.test_uint8).clamp_(0, 1)

@@ -1,14 +1,17 @@
-"""Codes of the training split and what is fitted to them, memoised per trained state of a model.
+"""Each split through the encoder once, and what is fitted to the codes, memoised per trained state.
 
-The runner's post-training fits (``samplers.fit_latent_sampler``, ``samplers.latent_gmm``) and the
-metrics of an evaluation (``EvalContext.codes``) share one encoding of the training split: it is
-kept beside the model, keyed by a summary of its parameters and the data, and dropped when
-either changes.
+The runner's post-training fits (``samplers.fit_latent_sampler``, ``samplers.latent_gmm``), the
+probes and reconstructions of an evaluation (``EvalContext``) and the rate's probability model
+and bitstreams (``bench.metrics.coding``) share one encoding of each split: it is kept beside
+the model, keyed by a summary of its parameters and the data, and dropped when either changes.
+A model with quantised codes gives its codes and their integer symbols from one forward pass
+(``encode_with_symbols``).
 """
 
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,7 +25,7 @@ _FITS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Any]] = weakref.Weak
 
 
 def _state_of(model: torch.nn.Module, data: ImageData) -> tuple:
-    """What the training codes depend on: the parameters (cheap summary) and the training split."""
+    """What the codes depend on: the parameters (cheap summary) and the data."""
     sums = tuple(round(float(p.detach().double().sum()), 12) for p in model.parameters())
     return sums, data.checksum, len(data.train_x)
 
@@ -37,22 +40,69 @@ def _fits(model: torch.nn.Module, data: ImageData) -> dict[str, Any]:
     return memo
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A split through the encoder: ``raw`` as ``encode`` returns it (N, ...), and the integer
+    symbols ``code_symbols`` gives (N, d') on the CPU with their alphabet, when asked for (None:
+    not asked for yet, or float codes)."""
+
+    raw: Tensor
+    symbols: Tensor | None = None
+    alphabet: int | None = None
+    has_symbols: bool = False  # whether ``code_symbols`` was asked (float codes give None)
+
+    @property
+    def codes(self) -> Tensor:
+        """Deterministic codes (N, d) in float32: what the probes and latent fits read."""
+        return self.raw.flatten(1).float()
+
+
+def encode_with_symbols(model, x: Tensor) -> tuple[Tensor, tuple[Tensor, int] | None]:
+    """``encode(x)`` and ``code_symbols(x)``: from one forward pass where the model provides
+    ``encode_with_symbols``, else from both methods."""
+    both = getattr(model, "encode_with_symbols", None)
+    if both is not None:
+        return both(x)
+    symbols = model.code_symbols(x) if hasattr(model, "code_symbols") else None
+    return model.encode(x), symbols
+
+
+def encoded(model, data: ImageData, split: str, batch_size: int = 500, symbols: bool = False) -> Encoded:
+    """The ``split`` ("train" | "test") of ``data`` through the model's encoder in eval mode, once
+    per trained state and forward-pass precision and layout (``bench.numerics.eval_mode``);
+    ``symbols``: with the codes' integer symbols (computed alongside the codes where they are not
+    yet, in the same pass)."""
+    memo = _fits(model, data)
+    key = f"{split}:{numerics.eval_mode()}"
+    have: Encoded | None = memo.get(key)
+    if have is not None and (have.has_symbols or not symbols):
+        return have
+    x = data.train_x if split == "train" else data.test_x
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    raws, syms, alphabet = [], [], None
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            b = to_float(x[i : i + batch_size]).to(device)
+            if not symbols:
+                raws.append(model.encode(b))
+                continue
+            if have is None:
+                z, got = encode_with_symbols(model, b)
+                raws.append(z)
+            else:  # the codes are here already: the symbols alone
+                got = model.code_symbols(b) if hasattr(model, "code_symbols") else None
+            if got is not None:
+                syms.append(got[0].cpu())
+                alphabet = got[1]
+    model.train(was_training)
+    raw = torch.cat(raws) if have is None else have.raw
+    memo[key] = Encoded(raw, torch.cat(syms) if syms else None, alphabet, has_symbols=symbols)
+    return memo[key]
+
+
 def train_codes(model, data: ImageData, batch_size: int = 500) -> Tensor:
     """Deterministic codes (N, d) of the whole training split, in eval mode, once per trained state
     and forward-pass precision and layout (``bench.numerics.eval_mode``)."""
-    memo = _fits(model, data)
-    key = f"codes:{numerics.eval_mode()}"
-    if key not in memo:
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        x = data.train_x
-        with torch.inference_mode():
-            memo[key] = torch.cat(
-                [
-                    model.encode(to_float(x[i : i + batch_size]).to(device)).flatten(1).float()
-                    for i in range(0, len(x), batch_size)
-                ]
-            )
-        model.train(was_training)
-    return memo[key]
+    return encoded(model, data, "train", batch_size).codes

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from bench import numerics
+from bench.metrics.codes import encoded
 
 Tensor = torch.Tensor
 PSEUDO_COUNT = 0.5  # Krichevsky-Trofimov
@@ -119,9 +120,21 @@ def _symbols(
         return torch.cat(_batches(x, bs, device, one)), alphabet
 
 
+def _split_symbols(model, data, split: str, bs: int, step: float | None) -> tuple[Tensor, int | None]:
+    """A whole split's symbols from its one shared encoding (``bench.metrics.codes``): the model's
+    own, or its float codes rounded to multiples of ``step`` (the same values ``_symbols`` gives)."""
+    enc = encoded(model, data, split, bs, symbols=step is None)
+    if step is None:
+        return enc.symbols, enc.alphabet
+    return torch.round(enc.codes.double() / step).long().cpu(), None
+
+
 def _symbol_coded(model, data, test_x: Tensor, bs: int, device: torch.device, step: float | None) -> Coded:
-    train, alphabet = _symbols(model, data.train_x, bs, device, step)
-    test, _ = _symbols(model, test_x, bs, device, step)
+    train, alphabet = _split_symbols(model, data, "train", bs, step)
+    if len(test_x) == len(data.test_x):  # the whole split: its shared encoding
+        test, _ = _split_symbols(model, data, "test", bs, step)
+    else:  # the first eval.n_test images only
+        test, _ = _symbols(model, test_x, bs, device, step)
     tr, te = train.numpy(), test.numpy()
     if alphabet is not None:
         low, size, header = 0, alphabet, 0

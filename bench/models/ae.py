@@ -156,11 +156,16 @@ class AE(Autoencoder):
 
     def code_symbols(self, x: Tensor) -> tuple[Tensor, int] | None:
         """The grid level of each code value, in [0, 2**latent_bits); None for float codes."""
+        return self.encode_with_symbols(x)[1] if self.params.latent_bits is not None else None
+
+    def encode_with_symbols(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, int] | None]:
+        z = self._bounded(x)
         b = self.params.latent_bits
         if b is None:
-            return None
+            return z, None
         lo, levels = self._code_low, 2**b - 1
-        return torch.round((self._bounded(x) - lo) / (1 - lo) * levels).long().clamp_(0, levels), levels + 1
+        symbols = torch.round((z - lo) / (1 - lo) * levels).long().clamp_(0, levels)
+        return self._to_grid(z), (symbols, levels + 1)
 
     def decode_symbols(self, symbols: Tensor) -> Tensor:
         if self.params.latent_bits is None:

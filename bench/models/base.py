@@ -174,6 +174,11 @@ class GenerativeModel(nn.Module):
         quantiser step is chosen)."""
         return None
 
+    def encode_with_symbols(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, int] | None]:
+        """``encode(x)`` and ``code_symbols(x)`` together; a model whose two share a forward pass
+        overrides it to run it once (an evaluation encodes each split once for both)."""
+        return self.encode(x), self.code_symbols(x)
+
     def decode_symbols(self, symbols: torch.Tensor) -> torch.Tensor:
         """Images from the symbols ``code_symbols`` gave (models with quantised codes)."""
         raise NotImplementedError(f"{type(self).__name__} has no integer code")

@@ -215,6 +215,10 @@ class VQVAE(Autoencoder):
     def code_symbols(self, x: Tensor) -> tuple[Tensor, int]:
         return self.code_indices(x), self.params.num_codes
 
+    def encode_with_symbols(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, int]]:
+        idx, zq = self.quantise(self._vectors(x))
+        return zq.flatten(1), (idx, self.params.num_codes)
+
     def decode_symbols(self, symbols: Tensor) -> Tensor:
         return self.decode(self.codebook[symbols].flatten(1))
 
