@@ -187,8 +187,8 @@ class EvalContext:
             return self._batched(self.model.reconstruct, self.test_uint8).clamp_(0, 1)
 
     def codes(self, split: str) -> torch.Tensor:
-        """Deterministic codes (N, d) of a whole split (computed once per evaluation; the training
-        split's once per trained state, shared with the post-training latent fits)."""
+        """Deterministic codes (N, d) of a whole split (``codes.encoded``: once per trained state,
+        shared with the post-training latent fits and the bitstreams)."""
         if split == "train":
             return train_codes(self.model, self.data, self.cfg.batch_size)
         return self._test_codes.flatten(1)
