@@ -31,6 +31,39 @@ def test_gaussian_fit_matches_the_training_codes_and_runs_once(data, monkeypatch
         train_codes(model, data)
 
 
+def test_codes_are_encoded_again_when_a_buffer_changes(data):
+    """A VQ-VAE's codebook is a buffer, not a parameter: moving it changes the codes."""
+    model = build_model("vq-vae", {}, data.image_shape)
+    before = train_codes(model, data)
+    assert train_codes(model, data) is before  # same state: the memo
+    with torch.no_grad():
+        model.codebook.add_(1.0)
+    after = train_codes(model, data)
+    assert after is not before and not torch.equal(after, before)
+
+
+def test_a_subset_of_the_test_split_is_encoded_as_itself(data):
+    """A subset keeps its dataset's checksum: the split sizes keep its codes apart."""
+    from bench.data import _subset
+    from bench.metrics.codes import encoded
+
+    model = build_model("ae-mlp", {}, data.image_shape).eval()
+    assert len(encoded(model, data, "test").codes) == len(data.test_x)
+    part = _subset(data, None, 100)
+    codes = encoded(model, part, "test").codes
+    with torch.no_grad():
+        torch.testing.assert_close(codes, model.encode(to_float(part.test_x)))
+
+
+def test_fitting_the_prior_keeps_the_codes(data, monkeypatch):
+    """The AE's prior buffers move with its fit; its encoder does not: no second encoding."""
+    model = build_model("ae-mlp", {}, data.image_shape)
+    codes = train_codes(model, data)
+    assert fit_latent_sampler(model, data)
+    monkeypatch.setattr(model, "encode", lambda x: pytest.fail("encoded again"))
+    assert train_codes(model, data) is codes
+
+
 def test_models_with_a_fixed_prior_need_no_fit(data):
     assert not fit_latent_sampler(build_model("vae-mlp", {}, data.image_shape), data)
     assert not fit_latent_sampler(build_model("gan-mlp", {}, data.image_shape), data)

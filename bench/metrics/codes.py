@@ -25,19 +25,32 @@ _FITS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Any]] = weakref.Weak
 
 
 def _state_of(model: torch.nn.Module, data: ImageData) -> tuple:
-    """What the codes depend on: the parameters (cheap summary) and the data."""
-    sums = tuple(round(float(p.detach().double().sum()), 12) for p in model.parameters())
-    return sums, data.checksum, len(data.train_x)
+    """What the codes depend on: the parameters and buffers (a VQ-VAE's codebook, batch-norm
+    statistics) as a cheap summary, the device they are on, and the data (a subset keeps its
+    dataset's checksum: the split sizes tell it apart)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    sums = tuple(round(float(t.detach().double().sum()), 12) for t in tensors)
+    device = str(tensors[0].device) if tensors else "cpu"
+    return sums, device, data.checksum, len(data.train_x), len(data.test_x)
 
 
 def _fits(model: torch.nn.Module, data: ImageData) -> dict[str, Any]:
-    """Per-model memo of codes and fits, dropped when the parameters or the data change."""
+    """Per-model memo of codes and fits, dropped when the parameters, buffers, device or data
+    change."""
     state = _state_of(model, data)
     memo = _FITS.get(model)
     if memo is None or memo["state"] != state:
         memo = {"state": state}
         _FITS[model] = memo
     return memo
+
+
+def _restate(model: torch.nn.Module, data: ImageData) -> None:
+    """Keep the memo through a change that leaves the codes as they are: ``fit_latent_prior``
+    writes the sampler's buffers from the codes, it does not move the encoder."""
+    memo = _FITS.get(model)
+    if memo is not None:
+        memo["state"] = _state_of(model, data)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from torch_fidelity.generative_model_base import GenerativeModelBase
 from bench import numerics
 from bench.data import ImageData, to_float
 from bench.metrics.base import ALL_FAMILIES, ENCODER_FAMILIES
-from bench.metrics.codes import _FITS, _fits, train_codes  # noqa: F401  (shared with EvalContext)
+from bench.metrics.codes import _FITS, _fits, _restate, train_codes  # noqa: F401  (shared with EvalContext)
 from bench.metrics.features import ImageSet, NoiseToImages, RealImages, to_uint8
 from bench.metrics.gmm import fit_em
 from bench.registry import Registry
@@ -61,6 +61,7 @@ def fit_latent_sampler(model, data: ImageData, batch_size: int = 500) -> bool:
     key = f"gaussian:{numerics.eval_mode()}"
     if memo.get("fitted") != key:  # fitted to the codes of this precision
         fit(train_codes(model, data, batch_size))
+        _restate(model, data)  # the sampler's buffers moved, the codes did not
         memo["fitted"] = key
     return True
 

@@ -94,7 +94,12 @@ class GenerativeModel(nn.Module):
     - ``importance_samples(x, k)`` with ``capabilities = frozenset({"likelihood"})`` and a
       ``likelihood`` name (``bernoulli`` | ``gaussian``, how ``decode`` parameterises p(x | z)):
       unlocks nll_bpd and nll_nats (vae), one importance-weighted estimator for every model.
-    - ``fit_latent_prior(codes)`` optional: called with the training codes after training.
+    - ``code_symbols(x)`` -> (integer symbols (B, d'), alphabet size) and
+      ``decode_symbols(symbols)``: unlocks bpp and the compression ratio of quantised codes,
+      measured on real bitstreams; ``encode_with_symbols(x)`` optional: both from one forward pass
+      (an evaluation then encodes each split once for the probes and the bitstreams).
+    - ``fit_latent_prior(codes)`` optional: called with the training codes after training; it fits
+      the model's sampler (its own parameters or buffers) and leaves ``encode`` as it was.
     - ``autocast_modules()``: the networks ``eval.precision: bf16`` runs under autocast (default:
       the ``encoder``, ``decoder`` and ``generator`` submodules the model has). The model's own
       code between them (quantisers, codebook search, prior sampling) stays float32.
