@@ -87,12 +87,26 @@ def note_used(path: Path) -> Path:
     return path
 
 
-def cached_tensors(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
-    """Load the entry for ``parts`` or compute, store and return it (tensors and plain data only)."""
+def _holds(check: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(check(value))
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        return False
+
+
+def cached_tensors(
+    kind: str, parts: dict[str, Any], compute: Callable[[], T], check: Callable[[T], bool] | None = None
+) -> T:
+    """Load the entry for ``parts`` or compute, store and return it (tensors and plain data only).
+    ``check``: whether a loaded entry holds what ``compute`` would return (its keys, shapes and
+    dtypes); one that does not (altered, or written by other code) is computed again."""
     path = note_used(entry_path(kind, parts))
     if path.exists():
         try:
-            return load_tensors(path)
+            value = load_tensors(path)
+            if check is None or _holds(check, value):
+                return value
+            log.warning("cache entry %s does not hold what its key describes; recomputing", path)
         except CacheFileError as e:  # a damaged or planted file is recomputed, never trusted
             log.warning("cache entry %s unreadable (%s); recomputing", path, e)
     value = compute()

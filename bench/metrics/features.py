@@ -292,6 +292,7 @@ def real_features(
         "features",
         {"what": "features", **real.key(prep)},
         lambda: extract(prep, ImageSet(real.images), real.n, batch_size, device, seed=0),
+        lambda v: all(len(v[layer]) == real.n for layer in prep.layers),
     )
 
 
@@ -312,6 +313,7 @@ def real_statistics(
         "statistics",
         {"what": "fid-statistics", "layer": layer, "dtype": "float64", **real.key(prep)},
         lambda: fid_statistics(real_features(real, prep, batch_size, device)[layer]),
+        lambda v: v["mu"].ndim == 1 and v["sigma"].shape == (len(v["mu"]), len(v["mu"])),
     )
 
 
@@ -331,7 +333,7 @@ def real_radii(
         "what": "knn-radii", "layer": layer, "k": k, "dtype": "float64", "distance": "differences",
         **real.key(prep),
     }  # fmt: skip
-    return cached_tensors("radii", parts, compute)["radii"]
+    return cached_tensors("radii", parts, compute, lambda v: v["radii"].shape == (real.n,))["radii"]
 
 
 def frechet_distance(s1: dict[str, torch.Tensor], s2: dict[str, torch.Tensor]) -> float:

@@ -372,7 +372,10 @@ def _kid(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
 
     parts = {"what": "kid-real-sums", "layer": layer, "n_fake": n_fake, "subsets": cfg.kid_subsets,
              "subset_size": subset, "seed": seed, "version": 1, **ref.key(prep)}  # fmt: skip
-    real_sums = cached_tensors("kid", parts, real_part)["sums"]
+    def holds(v) -> bool:  # one float64 sum per subset
+        return v["sums"].shape == (cfg.kid_subsets,) and v["sums"].dtype == torch.float64
+
+    real_sums = cached_tensors("kid", parts, real_part, holds)["sums"]
     mean, std = kid(fake[layer].to(dev), real.to(dev), cfg.kid_subsets, subset, seed, real_sums)
     return (
         {"kid": mean, "std": std},
