@@ -76,6 +76,28 @@ def _std_gradient(probe, x, y, c=1.0):
     return torch.cat([(z.T @ resid + probe.weight / (c * n)).flatten(), resid.sum(0)])
 
 
+def _objective(probe, x, y, c=1.0):
+    """The probe's objective (mean cross-entropy plus penalty) at its weights, in float64."""
+    z = (x.double() - probe.mean) / probe.scale
+    ce = torch.nn.functional.cross_entropy(z @ probe.weight + probe.bias, y)
+    return (ce + probe.weight.square().sum() / (2 * c * len(z))).item()
+
+
+@pytest.mark.parametrize("max_iter", [1, 3, 8])
+def test_a_probe_out_of_iterations_says_so_and_keeps_its_last_iterate(max_iter):
+    """Stopped early, the fit reports it, counts no more iterations than allowed, and returns an
+    iterate L-BFGS accepted: the objective decreases with the iterations allowed."""
+    xtr, ytr = clusters(2000, 12, 8, spread=3.0)
+    xtr = xtr * 5 + 40
+    probe = fit_logistic(xtr, ytr, 10, max_iter=max_iter)
+    assert not probe.converged and 0 < probe.n_iter <= max_iter
+    if max_iter == 1:
+        before = torch.log(torch.tensor(10.0)).item()  # the objective at zero weights
+    else:
+        before = _objective(fit_logistic(xtr, ytr, 10, max_iter=max_iter - 1), xtr, ytr)
+    assert _objective(probe, xtr, ytr) < before
+
+
 @pytest.mark.parametrize("whiten_max_dim", [1024, 2])
 def test_linear_probe_on_correlated_codes_reaches_scikit_learns_optimum(monkeypatch, whiten_max_dim):
     """Codes mixed so that their covariance is ill-conditioned (as trained codes are): the fit
@@ -286,22 +308,33 @@ def test_kid_equals_torch_fidelity(monkeypatch, n_fake, n_real, subsets, size, s
         kid_module.kid(fake, real, 2, min(n_fake, n_real) + 1, seed)
 
 
-def test_kid_keeps_the_real_features_part_on_disk(monkeypatch):
+def test_kid_keeps_the_real_features_part_on_disk(monkeypatch, tmp_path):
     """The real subsets' kernel sums are computed once per reference set, seed and subsets: a
-    second evaluation reads them and scores the same."""
+    second evaluation reads them and scores the same; an entry that does not hold one float64 sum
+    per subset is computed again, not broadcast."""
+    from bench.cache import save_tensors
     from bench.data import load_dataset
     from bench.metrics import generative
     from bench.models import build_model
 
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))  # no entry from another test
+    computed = []
+    within_sums = generative.kid_within_sums
+    monkeypatch.setattr(generative, "kid_within_sums", lambda *a: computed.append(1) or within_sums(*a))
     data = load_dataset("synthetic", train_size=512, test_size=256)
     torch.manual_seed(0)
     model = build_model("gan-mlp", {}, data.image_shape)
     cfg = EvalConfig(metrics=["kid_domain"], n_samples=200, n_real=256, kid_subset_size=100)
     first = evaluate(model, data, cfg, 0, CPU)["kid_domain"].value
-    monkeypatch.setattr(generative, "kid_within_sums", lambda *a: pytest.fail("computed again"))
+    assert len(computed) == 1
     assert evaluate(model, data, cfg, 0, CPU)["kid_domain"].value == first
-    with pytest.raises(pytest.fail.Exception, match="computed again"):  # another seed: other subsets
-        evaluate(model, data, cfg, 1, CPU)
+    assert len(computed) == 1  # read back
+    (entry,) = (tmp_path / "kid").glob("*.pt")
+    save_tensors({"sums": torch.zeros(1, dtype=torch.float64)}, entry)  # one sum for 100 subsets
+    assert evaluate(model, data, cfg, 0, CPU)["kid_domain"].value == first
+    assert len(computed) == 2
+    evaluate(model, data, cfg, 1, CPU)  # another seed: other subsets
+    assert len(computed) == 3
 
 
 class Flatten(torch.nn.Module):

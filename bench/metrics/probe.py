@@ -81,8 +81,14 @@ class _Objective:
 
 def _lbfgs(obj: _Objective, theta0: Tensor, tol: float, max_iter: int) -> tuple[Tensor, int, bool]:
     """L-BFGS (strong-Wolfe line search) on ``obj`` from ``theta0`` until the gradient on the
-    standardised codes is at most ``tol``, or L-BFGS stops: the last point evaluated, the
-    iterations, and whether that point meets the rule."""
+    standardised codes is at most ``tol``, or L-BFGS stops: the first point that meets the rule
+    (else L-BFGS's last iterate, not a trial point its line search rejected), the iterations, and
+    whether the point meets the rule. ``max_iter`` 0: no iterations, the rule checked at
+    ``theta0``."""
+    if max_iter <= 0:
+        with torch.no_grad():
+            point = theta0.detach().to(obj.z.dtype)
+            return theta0.detach().double(), 0, obj.std_grad_max(obj(point)[1]) <= tol
     theta = theta0.detach().clone().to(obj.z.dtype).requires_grad_(True)
     opt = torch.optim.LBFGS(
         [theta],
@@ -106,10 +112,9 @@ def _lbfgs(obj: _Objective, theta0: Tensor, tol: float, max_iter: int) -> tuple[
 
     try:
         opt.step(closure)
-        met = False
     except _Converged:
-        met = True
-    return state["theta"].double(), int(opt.state[theta].get("n_iter", 0)), met
+        return state["theta"].double(), int(opt.state[theta].get("n_iter", 0)), True
+    return theta.detach().double(), int(opt.state[theta].get("n_iter", 0)), False
 
 
 def fit_logistic(
