@@ -6,6 +6,7 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture
 
+from bench.metrics import gmm
 from bench.metrics.gmm import fit_em, mean_log_likelihood
 
 
@@ -72,3 +73,24 @@ def test_low_rank_codes_far_from_the_origin_fit_as_at_the_origin():
     assert there.n_iter == here.n_iter
     assert there.log_likelihood == pytest.approx(here.log_likelihood, rel=1e-6)
     assert torch.allclose(there.means - 1000.0, here.means, atol=1e-4)
+
+
+@pytest.mark.parametrize("gather_values", [1 << 24, 1])
+def test_the_m_step_gives_the_weighted_covariances_whichever_components_are_gathered_together(
+    monkeypatch, gather_values
+):
+    """Every code with a share of every component (five components: more rows than one gather
+    holds, so with a small GATHER_VALUES they are gathered in groups): the covariances are the
+    responsibility-weighted ones, computed directly."""
+    monkeypatch.setattr(gmm, "GATHER_VALUES", gather_values)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 6, generator=g, dtype=torch.float64) * torch.arange(1.0, 7.0, dtype=torch.float64)
+    resp = torch.randn(400, 5, generator=g, dtype=torch.float64).mul(3).softmax(1)
+    weights, means, chol = gmm._m_step(x, resp, reg=1e-6)
+    nk = resp.sum(0)
+    torch.testing.assert_close(weights, nk / 400)
+    torch.testing.assert_close(means, resp.T @ x / nk[:, None])
+    for j in range(5):
+        diff = x - means[j]
+        cov = (resp[:, j, None] * diff).T @ diff / nk[j] + 1e-6 * torch.eye(6, dtype=torch.float64)
+        torch.testing.assert_close(chol[j] @ chol[j].T, cov)

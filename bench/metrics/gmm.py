@@ -59,6 +59,9 @@ def kmeans(x: Tensor, k: int, generator: torch.Generator, max_iter: int = 100) -
 # carries for any code whose share is that small): what makes the M-step cheap, as each code has a
 # non-negligible share of one or two of the components
 _NEGLIGIBLE = 1e-10
+# the M-step gathers the codes of several components at once, at most max(2 n, GATHER_VALUES / d)
+# rows (with 10 components, each code holds a share of one to three: one gather for all of them)
+GATHER_VALUES = 1 << 24
 
 
 def _m_step(
@@ -71,23 +74,33 @@ def _m_step(
     n, d = x64.shape
     nk = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # as scikit-learn: no empty component
     means = resp.T @ x64 / nk[:, None]  # (K, d)
-    # the codes each component holds a share of, component by component: one gather for all
+    # the codes each component holds a share of, gathered for several components at once (all of
+    # them, unless that would hold more than max(2 n, GATHER_VALUES / d) rows: many components)
     held = resp.T > _NEGLIGIBLE  # (K, n)
-    rows = torch.nonzero(held, as_tuple=True)[1]
-    root = resp.T[held].sqrt_()
-    # gathered as int64 words (the same bits): torch's float64 row gather is several times slower
+    counts = held.sum(1).tolist()
+    cap = max(2 * n, GATHER_VALUES // d)
     work = {} if work is None else work
-    if work.get("rows", torch.empty(0)).numel() < len(rows) * d:
-        work["rows"] = torch.empty(int(len(rows) * 1.25) * d, dtype=torch.int64, device=x64.device)
-    out = work["rows"][: len(rows) * d].view(len(rows), d)
-    xs = torch.index_select(x64.view(torch.int64), 0, rows, out=out).view(torch.float64)
     cov = torch.empty(len(nk), d, d, dtype=torch.float64, device=x64.device)
-    start = 0
-    for j, count in enumerate(held.sum(1).tolist()):
-        # the centred form: positive semi-definite by construction, no cancellation
-        diff = xs[start : start + count].sub_(means[j]).mul_(root[start : start + count, None])
-        torch.mm(diff.T, diff, out=cov[j])
-        start += count
+    first = 0
+    while first < len(counts):
+        last, total = first + 1, counts[first]
+        while last < len(counts) and total + counts[last] <= cap:
+            total += counts[last]
+            last += 1
+        rows = torch.nonzero(held[first:last], as_tuple=True)[1]
+        root = resp.T[first:last][held[first:last]].sqrt_()
+        # gathered as int64 words (the same bits): torch's float64 row gather is several times slower
+        if work.get("rows", torch.empty(0)).numel() < len(rows) * d:
+            work["rows"] = torch.empty(int(len(rows) * 1.25) * d, dtype=torch.int64, device=x64.device)
+        out = work["rows"][: len(rows) * d].view(len(rows), d)
+        xs = torch.index_select(x64.view(torch.int64), 0, rows, out=out).view(torch.float64)
+        start = 0
+        for j in range(first, last):
+            # the centred form: positive semi-definite by construction, no cancellation
+            diff = xs[start : start + counts[j]].sub_(means[j]).mul_(root[start : start + counts[j], None])
+            torch.mm(diff.T, diff, out=cov[j])
+            start += counts[j]
+        first = last
     cov /= nk[:, None, None]
     eye = torch.eye(d, dtype=torch.float64, device=x64.device)
     chol, info = torch.linalg.cholesky_ex(cov + reg * eye)
