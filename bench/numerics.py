@@ -158,12 +158,17 @@ def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> 
       Nothing else does: the model's own code between its networks (quantisers, codebook search,
       prior sampling), the metrics' arithmetic, the feature extractors (Inception, the domain
       classifier), the likelihood and the bitstreams (``exact()``) stay float32.
+    - Float32 matrix products run at full float32 precision, whatever the process set
+      (``torch.set_float32_matmul_precision``): TF32 products would move the distances of
+      precision/recall and the k-NN probe beyond the rounding bounds they are computed under.
     """
     params = [p for p in model.parameters() if p.dim() == 4]
     relayout = device.type == "cpu" and bool(params) and all(p.is_contiguous() for p in params)
     patched: list[torch.nn.Module] = []
     tokens = (_PRECISION.set(precision), _LAYOUT.set("channels_last" if relayout else _LAYOUT.get()))
+    matmul = torch.get_float32_matmul_precision()
     try:
+        torch.set_float32_matmul_precision("highest")
         if relayout:
             model.to(memory_format=torch.channels_last)
         if precision == "bf16":
@@ -180,6 +185,7 @@ def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> 
                     patched.append(net)
         yield
     finally:
+        torch.set_float32_matmul_precision(matmul)
         _LAYOUT.reset(tokens[1])
         _PRECISION.reset(tokens[0])
         for net in patched:

@@ -147,3 +147,19 @@ def test_eval_precision_is_recorded_and_only_bf16_changes_the_hash(write_suite):
     assert flatten(default.resolved())["eval.precision"] == "fp32"
     assert flatten(bf16.resolved())["eval.precision"] == "bf16"
     assert default.config_hash == fp32.config_hash != bf16.config_hash
+
+
+def test_the_evaluation_multiplies_in_full_float32_whatever_the_process_set():
+    """TF32 products (``set_float32_matmul_precision("high")``) are set aside inside an evaluation
+    and the process's setting comes back after it."""
+    model = build_model("ae-mlp", {}, (1, 28, 28))
+    seen = []
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        with numerics.evaluation(model, "fp32", CPU):
+            seen.append(torch.get_float32_matmul_precision())
+        assert seen == ["highest"]
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
