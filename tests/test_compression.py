@@ -108,6 +108,8 @@ def test_factorized_prior_bits_are_compressai_strings(data):
         strings = model.compress(x)
         y_hat = model.entropy_bottleneck.decompress(strings, (1, 1)).flatten(1)
         assert torch.equal(y_hat, model.encode(x))  # decoded == encoded
+        # its codes through the shared pass are the rounded ones, as encode gives them
+        assert torch.equal(model.encode_with_symbols(x)[0], model.encode(x))
         res = run(model, data, ["bpp"])
     assert res["bpp"].value == pytest.approx(8 * sum(len(s) for s in strings) / (24 * 784))
     loss = model.train().loss(x)

@@ -159,10 +159,10 @@ class AE(Autoencoder):
         return self.encode_with_symbols(x)[1] if self.params.latent_bits is not None else None
 
     def encode_with_symbols(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, int] | None]:
-        z = self._bounded(x)
         b = self.params.latent_bits
-        if b is None:
-            return z, None
+        if b is None:  # float codes, or a subclass's own quantiser (ae-factorized): its encode
+            return self.encode(x), None
+        z = self._bounded(x)
         lo, levels = self._code_low, 2**b - 1
         symbols = torch.round((z - lo) / (1 - lo) * levels).long().clamp_(0, levels)
         return self._to_grid(z), (symbols, levels + 1)
