@@ -174,8 +174,10 @@ class EvalContext:
     @functools.cached_property
     def reconstructions(self) -> torch.Tensor:
         """Test reconstructions; decoded from the bitstreams wherever the model has a rate. A model
-        that reconstructs as ``decode(encode(x))`` decodes the test codes the probes use (the same
-        batches, so the same values as ``reconstruct``): the test split is encoded once."""
+        that reconstructs as ``decode(encode(x))`` decodes the test codes the probes use, so the
+        test split is encoded once (the values are ``reconstruct``'s where the codes were computed
+        in batches of ``eval.batch_size``; in other batches, up to the rounding of batched
+        products)."""
         if self.coded is not None:
             return self.coded.decoded
         n, bs = len(self.test_uint8), self.cfg.batch_size
