@@ -116,6 +116,19 @@ def test_factorized_prior_bits_are_compressai_strings(data):
     assert set(loss) == {"loss", "rec", "bits", "aux"} and loss["bits"] > 0
 
 
+def test_coding_keeps_the_codes_of_the_trained_state(data, monkeypatch):
+    """compress() rebuilds the entropy coder's CDF tables (integer buffers): the codes are the
+    same, so the memo keeps them."""
+    from bench.metrics.codes import train_codes
+
+    model = build_model("ae-factorized", {**SMALL, "lmbda": 0.1}, data.image_shape).eval()
+    codes = train_codes(model, data)
+    with torch.no_grad():
+        model.compress(data.test_x[:4].float() / 255)
+    monkeypatch.setattr(model, "encode", lambda x: pytest.fail("encoded again"))
+    assert train_codes(model, data) is codes
+
+
 def test_a_codec_runs_through_the_same_path_with_no_training(tmp_path, write_suite, store):
     suite = tiny_suite(
         eval={"metrics": ["recon_mse", "psnr", "ssim", "bpp", "compression_ratio"], "batch_size": 64},

@@ -25,10 +25,11 @@ _FITS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Any]] = weakref.Weak
 
 
 def _state_of(model: torch.nn.Module, data: ImageData) -> tuple:
-    """What the codes depend on: the parameters and buffers (a VQ-VAE's codebook, batch-norm
-    statistics) as a cheap summary, the device they are on, and the data (a subset keeps its
-    dataset's checksum: the split sizes tell it apart)."""
-    tensors = [*model.parameters(), *model.buffers()]
+    """What the codes depend on: the parameters and floating-point buffers (a VQ-VAE's codebook,
+    batch-norm statistics) as a cheap summary, the device they are on, and the data (a subset
+    keeps its dataset's checksum: the split sizes tell it apart). Integer buffers are counters or
+    tables derived from the parameters (an entropy coder's CDFs, rebuilt when it codes)."""
+    tensors = [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]
     sums = tuple(round(float(t.detach().double().sum()), 12) for t in tensors)
     device = str(tensors[0].device) if tensors else "cpu"
     return sums, device, data.checksum, len(data.train_x), len(data.test_x)
