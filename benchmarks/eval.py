@@ -115,7 +115,8 @@ class Worker:
             codes = [model.encode(to_float(x[i : i + bs])) for x in splits for i in range(0, len(x), bs)]
             out[f"encode train + test{' + noisy test' * (len(splits) == 3)} "
                 f"({sum(map(len, splits)):,})"] = time.perf_counter() - t0  # fmt: skip
-            z = torch.cat(codes[-(-len(data.test_x) // bs) :])  # the test split's batches: 10,000 codes
+            test_batches = -(-len(data.test_x) // bs)  # ceil: the last batch may be short
+            z = torch.cat(codes[len(codes) - test_batches :])  # the test split's 10,000 codes
             t0 = time.perf_counter()
             imgs = [model.decode(z[i : i + bs]) for _ in range(4) for i in range(0, len(z), bs)]
             out["decode 40,000 (reconstructions, denoising, prior, GMM)"] = time.perf_counter() - t0
