@@ -150,6 +150,10 @@ def test_python_evaluate_of_real_images_scores_the_reference_row(project):
     (logged,) = Tracker(project["uri"]).runs("evaluate", kind="evaluation")
     assert logged.data.metrics["fid_domain"] == pytest.approx(again["fid_domain"].value)
     assert logged.data.tags["label"] == "real_test_images"
+    # with what it cost, as `bench run` logs it: the whole evaluation and each metric's share
+    seconds = logged.data.metrics
+    assert 0 < seconds["eval_seconds.fid_domain"] <= seconds["eval_seconds"]
+    assert "eval_seconds.latent_fit" not in seconds  # a generator fits no latent sampler
 
 
 def test_an_edited_plugin_is_a_new_run_and_builtin_hashes_do_not_move(project, tmp_path):

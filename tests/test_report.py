@@ -72,9 +72,10 @@ def test_the_cost_section_shows_the_evaluation_time_of_every_metric(report_dir, 
     md = (report_dir / "report.md").read_text()
     section = md.split("### Evaluation time", 1)[1].split("\n#", 1)[0]
     header = next(line for line in section.splitlines() if line.startswith("| model"))
-    # one column per metric the runs logged a time for, in the suite's order; the GAN has n/a
+    # the AE's latent fit, then one column per metric the runs logged a time for, in the suite's
+    # order; the GAN has n/a
     assert [c.strip() for c in header.split("|")[4:-1]] == [
-        "recon_mse s", "psnr s", "ssim s", "bpp s", "compression_ratio s"
+        "latent_fit s", "recon_mse s", "psnr s", "ssim s", "bpp s", "compression_ratio s"
     ]  # fmt: skip
     cost = md.split("### Cost", 1)[1].split("\n#", 1)[0]
     assert "| eval s |" in next(line for line in cost.splitlines() if line.startswith("| model"))
@@ -83,8 +84,13 @@ def test_the_cost_section_shows_the_evaluation_time_of_every_metric(report_dir, 
     ae = runs[(runs.label == "ae-mlp") & (runs.status == "FINISHED")]
     mean = ae["eval_seconds.ssim"].mean()
     row = next(line for line in section.splitlines() if line.startswith("| ae-mlp"))
-    assert fmt_num(mean) in row.split("|")[6]
+    assert fmt_num(mean) in row.split("|")[7]
     assert "that metric's seconds within the evaluation" in md
+    assert "latent_fit s = the post-training fit of a model's latent sampler" in md
+    fit = ae["eval_seconds.latent_fit"]
+    assert (fit > 0).all() and fmt_num(fit.mean()) in row.split("|")[4]
+    gan = next(line for line in section.splitlines() if line.startswith("| gan-mlp"))
+    assert gan.split("|")[4].strip() == "—"  # a GAN fits no latent sampler
 
 
 def test_one_row_per_model_in_suite_order(report_dir):

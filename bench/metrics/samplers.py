@@ -47,6 +47,11 @@ REG_COVAR = 1e-6  # added to each GMM covariance's diagonal (scikit-learn's defa
 # --------------------------------------------------------------------------- post-training fits
 
 
+# the run's metric for the time of ``fit_latent_sampler`` (within ``eval_seconds``, beside each
+# metric's ``eval_seconds.<metric>``): the fit encodes the training split the metrics then share
+LATENT_FIT_SECONDS = "eval_seconds.latent_fit"
+
+
 def fit_latent_sampler(model, data: ImageData, batch_size: int = 500) -> bool:
     """Fit a model's post-training latent sampler (``fit_latent_prior``: the AE's Gaussian "N").
 
