@@ -37,6 +37,31 @@ def test_classifier_is_trained_once_and_keyed_by_content(monkeypatch):
         domain.classifier(other, CPU)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "planted", "other net"])
+def test_an_unusable_cached_classifier_is_trained_again(damage, tmp_path, caplog):
+    from bench.cache import save_tensors
+
+    data = load_dataset("synthetic", train_size=1024, test_size=512)
+    first = domain.classifier(data, CPU)
+    if damage == "truncated":
+        first.path.write_bytes(first.path.read_bytes()[:1000])
+    elif damage == "planted":
+        from test_hardening import plant
+
+        marker = tmp_path / "ran"
+
+        plant(first.path, marker)
+    else:
+        save_tensors({"net": {"channels": 3}, "state_dict": {}, "test_accuracy": 1.0}, first.path)
+    again = domain.classifier(data, CPU)
+    assert "training it again" in caplog.text
+    assert again.path == first.path and again.test_accuracy == pytest.approx(first.test_accuracy)
+    net = domain.FeatureExtractorDomain("bench-domain", ["logits"], str(again.path)).net  # loads
+    assert net.training is False
+    if damage == "planted":
+        assert not marker.exists()
+
+
 def test_training_leaves_the_global_rng_alone():
     data = load_dataset("synthetic", train_size=300, test_size=100)
     torch.manual_seed(123)

@@ -50,6 +50,16 @@ def test_knn_breaks_vote_ties_towards_the_smallest_label():
         knn_classify(train, labels, torch.tensor([[0.1]]), 5, 5)
 
 
+@pytest.mark.parametrize("n_fake, n_real", [(50, 3), (3, 50)])
+def test_precision_recall_refuses_too_few_points_for_k_on_either_side(n_fake, n_real):
+    from bench.metrics.neighbours import precision_recall
+
+    g = torch.Generator().manual_seed(0)
+    fake, real = torch.randn(n_fake, 4, generator=g), torch.randn(n_real, 4, generator=g)
+    with pytest.raises(ValueError, match="the 3-th nearest neighbour asked of 3 points"):
+        precision_recall(fake, real, 3)
+
+
 def test_linear_probe_matches_scikit_learn():
     xtr, ytr = clusters(4000, 16, 2, spread=5.0)
     xte, yte = clusters(1000, 16, 3, spread=5.0)

@@ -52,6 +52,19 @@ def test_codes_on_a_grid_with_more_components_than_clusters_still_fit():
     assert torch.isfinite(fit.chol).all() and math.isfinite(fit.log_likelihood)
 
 
+@pytest.mark.parametrize("distinct", [1, 3])
+def test_fewer_distinct_codes_than_components_fit_as_scikit_learn(distinct):
+    """A collapsed encoder: k-means++ runs out of distinct codes to seed from."""
+    x = torch.randn(distinct, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x.repeat(100 // distinct, 1)
+    fit = fit_em(x, 10, 0)
+    sk = GaussianMixture(10, covariance_type="full", reg_covar=1e-6, random_state=0)
+    with pytest.warns(Warning):  # scikit-learn warns that it found fewer clusters
+        sk.fit(x.numpy())
+    assert fit.converged and math.isfinite(fit.log_likelihood)
+    assert fit.log_likelihood == pytest.approx(sk.score(x.numpy()), rel=1e-6)
+
+
 @pytest.mark.parametrize("scale", [1.0, 2.0, 100.0])
 def test_components_with_fewer_codes_than_dimensions_or_a_wide_scale_fit(scale):
     """256 isotropic 64-d codes in 10 components (about 26 codes each, fewer than the dimensions):

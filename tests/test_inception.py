@@ -70,3 +70,12 @@ def test_fid_through_the_offline_weights_on_a_handful_of_images(weights):
     p = r["fid"].provenance
     assert p["extractor"] == "inception" and p["weights_sha256"] == weights.sha256
     assert p["feature_layer"] == "2048" and p["resize"] == "tf1-bilinear-299" and p["n_fake"] == 5
+
+
+def test_damaged_converted_weights_are_converted_again(weights, caplog):
+    good = weights.path.read_bytes()
+    weights.path.write_bytes(good[: len(good) // 2])  # a conversion cut short
+    again = inception.offline_weights()
+    assert "converting again" in caplog.text
+    assert again.path == weights.path and again.path.stat().st_size == len(good)
+    assert inception._converted_ok(again.path)

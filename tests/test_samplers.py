@@ -42,6 +42,22 @@ def test_codes_are_encoded_again_when_a_buffer_changes(data):
     assert after is not before and not torch.equal(after, before)
 
 
+def test_codes_are_encoded_again_when_weights_move_but_keep_their_sums(data):
+    """Two weights swapped: every tensor's sum is what it was, the codes are not."""
+    model = build_model("ae-mlp", {}, data.image_shape)
+    before = train_codes(model, data)
+    w = next(p for p in model.encoder.parameters() if p.dim() == 2)
+    with torch.no_grad():
+        i = int(torch.argmax(w[:, 0]))
+        j = int(torch.argmin(w[:, 0]))
+        w[i, 0], w[j, 0] = w[j, 0].clone(), w[i, 0].clone()
+    after = train_codes(model, data)
+    with torch.no_grad():
+        truth = model.eval().encode(to_float(data.train_x))
+    assert not torch.equal(after, before)
+    torch.testing.assert_close(after, truth)
+
+
 def test_a_subset_of_the_test_split_is_encoded_as_itself(data):
     """A subset keeps its dataset's checksum: the split sizes keep its codes apart."""
     from bench.data import _subset

@@ -3,13 +3,14 @@
 The runner's post-training fits (``samplers.fit_latent_sampler``, ``samplers.latent_gmm``), the
 probes and reconstructions of an evaluation (``EvalContext``) and the rate's probability model
 and bitstreams (``bench.metrics.coding``) share one encoding of each split: it is kept beside
-the model, keyed by a summary of its parameters and the data, and dropped when either changes.
+the model, keyed by a hash of its parameters and the data, and dropped when either changes.
 A model with quantised codes gives its codes and their integer symbols from one forward pass
 (``encode_with_symbols``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -24,15 +25,26 @@ Tensor = torch.Tensor
 _FITS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
+def _fingerprint(tensors: list[Tensor]) -> str:
+    """SHA-256 of the tensors' values, shapes and dtypes, in their logical order (a channels_last
+    copy of the same weights has the same fingerprint). Every bit counts: two weights swapped, or
+    +e here and -e there, is another state. 30 ms for a 13M-parameter conv model on 2 CPU cores,
+    faster than the float64 sums it replaced."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def _state_of(model: torch.nn.Module, data: ImageData) -> tuple:
     """What the codes depend on: the parameters and floating-point buffers (a VQ-VAE's codebook,
-    batch-norm statistics) as a cheap summary, the device they are on, and the data (a subset
-    keeps its dataset's checksum: the split sizes tell it apart). Integer buffers are counters or
-    tables derived from the parameters (an entropy coder's CDFs, rebuilt when it codes)."""
+    batch-norm statistics), the device they are on, and the data (a subset keeps its dataset's
+    checksum: the split sizes tell it apart). Integer buffers are counters or tables derived from
+    the parameters (an entropy coder's CDFs, rebuilt when it codes)."""
     tensors = [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]
-    sums = tuple(round(float(t.detach().double().sum()), 12) for t in tensors)
     device = str(tensors[0].device) if tensors else "cpu"
-    return sums, device, data.checksum, len(data.train_x), len(data.test_x)
+    return _fingerprint(tensors), device, data.checksum, len(data.train_x), len(data.test_x)
 
 
 def _fits(model: torch.nn.Module, data: ImageData) -> dict[str, Any]:

@@ -181,16 +181,31 @@ def classifier(data: ImageData, device: torch.device, cfg: TrainConfig = TrainCo
     }
     key = content_key(parts)
     path = note_used(cache_dir() / "domain" / f"{data.name}-{key}.pt")
-    if not path.is_file():
+    blob = _readable(path, _net_config(data)) if path.is_file() else None
+    if blob is None:
         log.info("training the domain classifier for %s (once; cached in %s)", data.name, path.parent)
         state, acc = train_classifier(data, cfg, device)
-        save_tensors(
-            {"net": _net_config(data), "state_dict": state, "test_accuracy": acc, "key": parts}, path
-        )
-    blob = load_tensors(path)
+        blob = {"net": _net_config(data), "state_dict": state, "test_accuracy": acc, "key": parts}
+        save_tensors(blob, path)
     return Classifier(
         path, file_sha256(path), key, float(blob["test_accuracy"]), data.num_classes, device.type
     )
+
+
+def _readable(path: Path, net: dict) -> dict | None:
+    """The cached classifier at ``path`` when it is one bench wrote for this net; None (with a
+    warning) for a damaged, truncated or foreign file, which is then trained again: tensors only
+    are ever loaded, so a planted file never runs."""
+    try:
+        blob = load_tensors(path)
+        if blob["net"] != net:
+            raise ValueError(f"a classifier for another net ({blob['net']})")
+        DomainNet(**net).load_state_dict(blob["state_dict"])
+        float(blob["test_accuracy"])
+        return blob
+    except Exception as e:  # CacheFileError, a missing key, shapes that do not fit
+        log.warning("domain classifier %s unusable (%s); training it again", path, str(e)[:300])
+        return None
 
 
 class FeatureExtractorDomain(FeatureExtractorBase):

