@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from bench import numerics
-from bench.config import DatasetConfig, EvalConfig
+from bench.config import DatasetConfig, EvalConfig, Suite
 from bench.data import ImageData, from_config
-from bench.metrics import METRICS, Result
+from bench.metrics import METRICS, Result, data_problems
 from bench.models import GenerativeModel, ModelParams
 from bench.suite import FieldError, SuiteError
 
@@ -101,6 +101,17 @@ def evaluate(
         model = CallableGenerator(model_or_generator, z_dim, data.image_shape, dev)
     else:
         raise TypeError("evaluate() takes a bench GenerativeModel or a callable from noise to images")
+    # what `bench validate` and `bench run` check before any work: the settings, then the sizes
+    as_suite = Suite.model_construct(eval=cfg)  # what the static checks read: the eval settings
+    problems = [
+        FieldError(f"metrics.{i}", p)
+        for i, m in enumerate(names)
+        if METRICS.get(m).applies_to_model(model)
+        for p in METRICS.get(m).check(as_suite)
+    ]
+    problems += [FieldError(f"metrics.{i}", p) for i, p in data_problems(cfg, data, [model])]
+    if problems:
+        raise SuiteError("bench.evaluate", problems)
     from bench.metrics import evaluate as compute
     from bench.metrics.samplers import LATENT_FIT_SECONDS, fit_latent_sampler
 

@@ -22,8 +22,9 @@ def _err(msg: str) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check each suite file; print what it runs and the metrics it reports (exit 2 if any is bad)."""
-    from bench.metrics.generative import generation_names
-    from bench.suite import SuiteError, expand, load_suite
+    from bench.data import DataError, from_config
+    from bench.metrics.generative import GenerationEval, generation_names
+    from bench.suite import SuiteError, data_errors, expand, load_suite
 
     rc = EXIT_OK
     for path in args.suite:
@@ -33,11 +34,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
             _err(str(e))
             rc = EXIT_BAD_INPUT
             continue
+        e = suite.eval
+        n_real = e.n_real
+        if args.data:  # the sizes against the real splits, as `bench run` checks them before training
+            try:
+                data = from_config(suite.dataset)
+            except DataError as err:
+                _err(f"{path}: dataset: {err}")
+                rc = EXIT_BAD_INPUT
+                continue
+            problems = data_errors(suite, data)
+            if problems:
+                _err(str(SuiteError(path, problems)))
+                rc = EXIT_BAD_INPUT
+                continue
+            n_real = GenerationEval(data, e, 0, "cpu").reference.n
         n = len(expand(suite))
         print(f"{path}: ok ({len(suite.models)} models x {len(suite.seeds)} seeds = {n} runs)")
-        e = suite.eval
         gen = generation_names(e.metrics)
-        where = f" (generation: {e.n_samples} samples vs the first {e.n_real} {e.reference_split} images)"
+        where = f" (generation: {e.n_samples} samples vs the first {n_real} {e.reference_split} images)"
         print(f"  metrics: {', '.join(e.metrics)}{where if gen else ''}")
     return rc
 
@@ -52,7 +67,7 @@ def _prepare_run(args: argparse.Namespace):
 
     from bench.data import DataError, from_config
     from bench.store.tracking import Tracker, TrackingError, resolve_uri
-    from bench.suite import SuiteError, check_tracking_uri, load_suite
+    from bench.suite import SuiteError, check_tracking_uri, data_errors, load_suite
 
     # 1. validate everything before any work
     try:
@@ -89,10 +104,14 @@ def _prepare_run(args: argparse.Namespace):
         raise BadInput
     # 2. data and store must be there before a run is created
     try:
-        from_config(suite.dataset)
+        data = from_config(suite.dataset)
     except DataError as e:
         _err(f"{args.suite}: dataset: {e}")
         raise BadInput from None
+    problems = data_errors(suite, data)  # the metrics' sizes against the real splits
+    if problems:
+        _err(str(SuiteError(args.suite, problems)))
+        raise BadInput
     from bench.metrics.generative import preflight
 
     problems = preflight(suite.eval)  # files the requested metrics need (weights), before any run
@@ -174,7 +193,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = [o for o in outcomes if o.status != "FINISHED"]
     for o in failed:
         _err(f"run {o.spec.run_name} {o.status}: {o.reason}")
-    return EXIT_RUN_FAILED if failed else EXIT_OK
+    gaps = [o for o in outcomes if o.status == "FINISHED" and o.failed_metrics]
+    for o in gaps:  # finished, its other metrics logged: what is missing and why
+        for name, why in o.failed_metrics.items():
+            _err(f"run {o.spec.run_name}: metric {name} failed: {why} (traceback: its metric_errors.txt)")
+    return EXIT_RUN_FAILED if failed or gaps else EXIT_OK
 
 
 def _uri_source(args: argparse.Namespace, suite) -> str:
@@ -492,6 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check suite files without training")
     v.add_argument("suite", nargs="+", metavar="SUITE")
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument(
+        "--data",
+        action="store_true",
+        help="also load each suite's dataset (downloading it if needed) and check the metrics' sizes "
+        "against its splits, as bench run does before training",
+    )
     v.set_defaults(fn=cmd_validate)
 
     rep = sub.add_parser("report", help="comparison report of one or more suites, from the tracking store")

@@ -40,6 +40,7 @@ from bench.config import (  # noqa: F401  (re-exported: the schema's names, as t
 from bench.version import __version__
 
 if TYPE_CHECKING:
+    from bench.data import ImageData
     from bench.models.base import ModelEntry
 
 # --------------------------------------------------------------------------- errors
@@ -476,6 +477,27 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
         problem = compile_problem()
         if problem:
             errors.append(FieldError("train.compile", problem))
+    return errors
+
+
+def data_errors(suite: Suite, data: ImageData) -> list[FieldError]:
+    """What the suite asks that its loaded data cannot give (``bench run`` and ``bench validate
+    --data``, before anything is trained): metric settings against the real split sizes."""
+    from bench.metrics.base import data_problems
+    from bench.models.plugins import resolve
+
+    classes = [resolve(m.name, suite.plugin_paths).cls for m in suite.models]
+    errors = []
+    n = len(data.train_x)
+    if n < 2 and any(c.family != "codec" for c in classes):
+        errors.append(
+            FieldError(
+                "dataset.train_size",
+                f"the training split has {n} image{'' if n == 1 else 's'}; training needs at least 2 "
+                "(batch norm and the fitted latent samplers learn from the spread of several)",
+            )
+        )
+    errors += [FieldError(f"eval.metrics.{i}", msg) for i, msg in data_problems(suite.eval, data, classes)]
     return errors
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from bench.config import BudgetConfig, TrainConfig
-from bench.data import ImageData, batch_indices
+from bench.data import ImageData, batch_indices, steps_per_epoch
 from bench.models import GenerativeModel
 from bench.numerics import Numerics
 
@@ -143,7 +143,7 @@ def total_steps(budget: BudgetConfig, n_train: int) -> float:
     if kind == "steps":
         return budget.steps
     if kind == "epochs":
-        return budget.epochs * math.ceil(n_train / b)
+        return budget.epochs * steps_per_epoch(n_train, b)
     if kind == "images":
         return math.ceil(budget.images / b)
     return math.inf

@@ -55,7 +55,7 @@ def test_divergence_fails_the_run_and_the_suite_goes_on(tmp_path, write_suite, s
     assert failed.data.tags["failure_reason"].startswith("non-finite loss")
     assert "recon_mse" not in failed.data.metrics  # a failure is a state, never a number
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "## Runs that did not finish" in md
+    assert "## Runs and metrics that did not finish" in md
     assert "| tiny | vae-mlp | 0 | FAILED | non-finite loss" in md
     table = pd.read_csv(tmp_path / "rep" / "results.csv").set_index("label")
     assert table.loc["vae-mlp", "failed"] == 1 and table.loc["vae-mlp", "seeds"] == 0

@@ -110,7 +110,7 @@ def test_failed_runs_are_shown_as_failed(report_dir):
 
     md = (report_dir / "report.md").read_text()
     assert "| vae-overflow | vae | 0 (+2 failed) | — |" in md
-    assert "## Runs that did not finish" in md
+    assert "## Runs and metrics that did not finish" in md
     assert "| reportsuite | vae-overflow | 0 | FAILED | non-finite loss" in md
     html = (report_dir / "report.html").read_text()
     assert 'id="failed"' in html and "non-finite loss" in html and "2 failed" in html

@@ -12,7 +12,15 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from bench.config import DatasetConfig
-from bench.data.base import DataError, ImageData, batch_indices, binarized, make_image_data, to_float
+from bench.data.base import (
+    DataError,
+    ImageData,
+    batch_indices,
+    binarized,
+    make_image_data,
+    steps_per_epoch,
+    to_float,
+)
 from bench.data.folders import describe_fit, fit_images, load_imagefolder, load_torchvision
 from bench.data.idx import FASHION_MNIST, MNIST, IdxDataset, read_idx, write_idx
 from bench.data.synthetic import make_synthetic
@@ -35,6 +43,7 @@ __all__ = [
     "make_image_data",
     "make_synthetic",
     "read_idx",
+    "steps_per_epoch",
     "to_float",
     "write_idx",
 ]

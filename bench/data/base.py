@@ -39,7 +39,9 @@ class ImageData:
 
     @property
     def has_labels(self) -> bool:
-        return self.num_classes > 0
+        """Whether the images carry class labels a classifier can learn: two classes or more (a
+        folder of one class has nothing to tell apart; its label metrics are n/a)."""
+        return self.num_classes >= 2
 
     @property
     def complete(self) -> ImageData:
@@ -73,13 +75,23 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Training batches per epoch: every image once, the last batch short, except that a last
+    batch of a single image is dropped (batch norm cannot train on one image; it is a different
+    image each epoch)."""
+    if n > 1 and batch_size > 1 and n % batch_size == 1:
+        return n // batch_size
+    return -(-n // batch_size)
+
+
 def batch_indices(n: int, batch_size: int, step: int, seed: int, device: torch.device) -> torch.Tensor:
     """Indices of the training batch for global step ``step``.
 
     Each epoch is a fresh permutation drawn from (seed, epoch); the last batch of an epoch may
-    be short, so an epoch covers every image exactly once.
+    be short, so an epoch covers every image exactly once (``steps_per_epoch``: but for a last
+    batch of one image, which is dropped).
     """
-    per_epoch = -(-n // batch_size)
+    per_epoch = steps_per_epoch(n, batch_size)
     epoch, k = divmod(step, per_epoch)
     perm = _epoch_permutation(n, seed, epoch, torch.device(device))
     return perm[k * batch_size : (k + 1) * batch_size]

@@ -13,6 +13,24 @@ from bench.metrics import likelihood  # noqa: F401
 
 # isort: split
 from bench.metrics import generative  # noqa: F401
-from bench.metrics.base import METRICS, EvalContext, Metric, Result, evaluate, register_metric
+from bench.metrics.base import (
+    METRICS,
+    EvalContext,
+    Metric,
+    Result,
+    data_problems,
+    evaluate,
+    failure_reason,
+    register_metric,
+)
 
-__all__ = ["METRICS", "EvalContext", "Metric", "Result", "evaluate", "register_metric"]
+__all__ = [
+    "METRICS",
+    "EvalContext",
+    "Metric",
+    "Result",
+    "data_problems",
+    "evaluate",
+    "failure_reason",
+    "register_metric",
+]

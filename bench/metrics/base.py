@@ -49,6 +49,8 @@ class Metric:
     families: tuple[str, ...]
     description: str
     check: Callable[[Suite], list[str]] = lambda suite: []
+    # what the loaded data's splits cannot give (sizes, classes): run before any training
+    check_data: Callable[[EvalConfig, ImageData], list[str]] = lambda cfg, data: []
     needs: frozenset[str] = frozenset()  # model capabilities beyond the family (e.g. "likelihood")
     needs_labels: bool = False  # n/a on a dataset without labels (an image folder without classes)
     # the model methods the metric calls: ``bench validate`` checks a plugin model has them
@@ -93,6 +95,7 @@ def register_metric(
     families: tuple[str, ...] = ALL_FAMILIES,
     description: str,
     check: Callable[[Suite], list[str]] | None = None,
+    check_data: Callable[[EvalConfig, ImageData], list[str]] | None = None,
     needs: tuple[str, ...] = (),
     needs_labels: bool = False,
     uses: tuple[str, ...] | None = None,
@@ -101,8 +104,9 @@ def register_metric(
 ) -> Callable[[Callable[[EvalContext], Result | float]], Callable[[EvalContext], Result | float]]:
     """Decorator registering a metric function under ``name``. ``uses``: the model methods it calls
     (default: ``sample`` for a metric of every family, ``encode`` for an encoder-only metric).
-    ``generation`` holds the fields of a generation metric (``base``, ``extractor``, ``sampler``,
-    ``headline``)."""
+    ``check``: static checks of the suite (``bench validate``); ``check_data``: checks against the
+    loaded data's splits (``data_problems``: before any training or evaluation). ``generation``
+    holds the fields of a generation metric (``base``, ``extractor``, ``sampler``, ``headline``)."""
     if uses is None:
         uses = ("sample",) if "gan" in families else ("encode",)
 
@@ -116,6 +120,7 @@ def register_metric(
                 families,
                 description,
                 check or (lambda s: []),
+                check_data or (lambda cfg, data: []),
                 frozenset(needs),
                 needs_labels=needs_labels,
                 uses=frozenset(uses) | frozenset(needs),
@@ -200,6 +205,33 @@ class EvalContext:
         return {"split": "test", "n": len(self.test_uint8), "pixel_range": "[0, 1]"}
 
 
+def applies(metric: Metric, model: GenerativeModel | type[GenerativeModel], data: ImageData) -> bool:
+    """Whether ``metric`` is computed for ``model`` on ``data``: its family and capabilities, and
+    class labels for a metric that needs them (n/a otherwise, never 0)."""
+    return metric.applies_to_model(model) and (data.has_labels or not metric.needs_labels)
+
+
+def data_problems(
+    cfg: EvalConfig, data: ImageData, models: Iterable[GenerativeModel | type[GenerativeModel]] | None = None
+) -> list[tuple[int, str]]:
+    """(index in ``cfg.metrics``, why) for each metric the data's splits cannot give as asked (a
+    k-NN classifier with more neighbours than training images, a reference set of one image): the
+    metrics that apply to any of ``models`` (None: every metric). Run before anything is trained or
+    computed, so a request that would fail at evaluation fails at once, naming the field."""
+    models = None if models is None else list(models)
+    out = []
+    for i, name in enumerate(cfg.metrics):
+        if name not in METRICS:
+            continue
+        metric = METRICS.get(name)
+        if models is not None and not any(applies(metric, m, data) for m in models):
+            continue
+        if metric.needs_labels and not data.has_labels:
+            continue
+        out += [(i, problem) for problem in metric.check_data(cfg, data)]
+    return out
+
+
 def evaluate(
     model: GenerativeModel,
     data: ImageData,
@@ -207,13 +239,16 @@ def evaluate(
     seed: int,
     device: torch.device,
     seconds: dict[str, float] | None = None,
+    failed: dict[str, Exception] | None = None,
 ) -> dict[str, Result]:
     """Compute every requested metric that applies to the model's family.
 
     Metrics that do not apply (wrong family, a capability the model lacks, labels the data lacks)
     are absent from the result (reported as n/a, never as 0). ``seconds``, when given, receives
     each computed metric's wall time, in the order of ``cfg.metrics``: what metrics share (codes,
-    samples, features) is charged to the first that needs it.
+    samples, features) is charged to the first that needs it. ``failed``, when given, receives the
+    error of each metric that raised one, and the others are still computed (a failure loses no
+    finished metric); without it the first error is raised.
     """
     was_training = model.training
     model.eval()
@@ -223,12 +258,18 @@ def evaluate(
         with numerics.evaluation(model, cfg.precision, device):
             for name in cfg.metrics:
                 metric = METRICS.get(name)
-                if not metric.applies_to_model(model) or (metric.needs_labels and not data.has_labels):
+                if not applies(metric, model, data):
                     continue
                 t0 = time.perf_counter()
-                r = metric.fn(ctx)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                try:
+                    r = metric.fn(ctx)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                except Exception as e:
+                    if failed is None:
+                        raise
+                    failed[name] = e
+                    continue
                 if r is None:  # not defined for this model as configured (e.g. float codes, no code_step)
                     continue
                 out[name] = r if isinstance(r, Result) else Result(float(r))
@@ -237,3 +278,8 @@ def evaluate(
     finally:
         model.train(was_training)
     return out
+
+
+def failure_reason(e: BaseException) -> str:
+    """One line for a metric's error, as runs tag it."""
+    return f"{type(e).__name__}: {e}".splitlines()[0][:500]

@@ -150,7 +150,9 @@ def _symbol_coded(model, data, test_x: Tensor, bs: int, device: torch.device, st
                 f"(at most {MAX_ALPHABET}): "
                 "choose a larger step"
             )
-    probs = fit_categorical(tr, low, size)
+    # a code that takes one value is still coded (in next to no bits): the coder's categorical
+    # needs two symbols or more, so the alphabet has a second, never-used one
+    probs = fit_categorical(tr, low, max(size, 2))
     streams = encode_symbols(te - low, probs)
     back = decode_symbols(streams, probs) + low
     if not np.array_equal(back, te):

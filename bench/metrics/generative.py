@@ -474,6 +474,50 @@ def _checker(gm: GenerationMetric):
     return check
 
 
+def _images(n: int) -> str:
+    return f"{n} image" + ("" if n == 1 else "s")
+
+
+def _data_checker(gm: GenerationMetric):
+    """Checks against the loaded data (``base.data_problems``): the sizes the reference set, the
+    reference row's held-out set and the GMM's training codes really have, which the static
+    checks can only take from the settings."""
+
+    def check(cfg: EvalConfig, data: ImageData) -> list[str]:
+        gen = GenerationEval(data, cfg, 0, torch.device("cpu"))
+        ref, held, name, kind = gen.reference, gen.heldout, gm.name, gm.base.kind
+        out = []
+        where_ref = f"the reference set has {_images(ref.n)} (the {ref.split} split)"
+        rec = " and the rec sampler reconstructs" if gm.sampler.name == "rec" else ""
+        scored = f"the reference row scores{rec}"
+        half = ", its first half: the domain classifier trains on the rest" if held.split == "train" else ""
+        where_held = f"the held-out set {scored} has {_images(held.n)} (the {held.split} split{half})"
+        knob = {
+            "prc": " (eval.prc_neighborhood + 1)",
+            "dc": " (eval.dc_neighborhood + 1)",
+            "isc": " (eval.isc_splits)",
+        }.get(kind, "")
+        k_prc, k_dc = cfg.prc_neighborhood + 1, cfg.dc_neighborhood + 1
+        least = {"fid": 2, "fdinf": 2, "kid": 2, "prc": k_prc, "dc": k_dc}
+        if kind in least and ref.n < least[kind]:
+            out.append(f"{name}: {where_ref}; it needs at least {least[kind]}{knob}")
+        need_held = {"fid": 2, "kid": 2, "prc": k_prc, "isc": cfg.isc_splits, "modes": 1}
+        if kind == "fdinf" and cfg.fd_inf_min_n >= held.n:  # the reference row then fits from half of them
+            need_held["fdinf"] = 4
+        if kind in need_held and held.n < need_held[kind]:
+            out.append(f"{name}: {where_held}; it needs at least {need_held[kind]}{knob}")
+        if gm.sampler.name == "gmm":
+            n_fit = min(cfg.gmm_fit_n or len(data.train_x), len(data.train_x))
+            if n_fit < cfg.gmm_components:
+                out.append(
+                    f"{name}: the {cfg.gmm_components}-component GMM (eval.gmm_components) is fitted to "
+                    f"{n_fit} training codes (dataset.train_size, eval.gmm_fit_n); it needs one per component"
+                )
+        return out
+
+    return check
+
+
 def preflight(cfg: EvalConfig) -> list[str]:
     """What this machine lacks for the requested generation metrics (e.g. the offline Inception
     weights): checked by ``bench run`` and ``bench eval`` before any work, like the data files."""
@@ -506,6 +550,7 @@ def _register(name: str, base: str, extractor: str, sampler: str, headline: bool
         uses=SAMPLER_USES[sampler],
         description=f"{b.description}; {ex.name} features; samples: {sm.description}",
         check=_checker(gm),
+        check_data=_data_checker(gm),
         base=base,
         extractor=extractor,
         sampler=sampler,

@@ -30,6 +30,21 @@ def _probe_provenance(ctx: EvalContext, tr: torch.Tensor, te: torch.Tensor) -> d
     }
 
 
+def _training_images(name: str, least: int, why: str):
+    """A ``check_data``: the training split holds at least ``least`` images."""
+
+    def check(cfg, data) -> list[str]:
+        n = len(data.train_x)
+        if n >= least:
+            return []
+        return [
+            f"{name}: {why} needs at least {least} training images; the training split has {n} "
+            "(dataset.train_size)"
+        ]
+
+    return check
+
+
 def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     return (pred.cpu() == y.cpu()).double().mean().item()
 
@@ -40,6 +55,7 @@ def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     families=ENCODER_FAMILIES,
     needs_labels=True,
     description="test accuracy of a logistic regression on frozen codes (fit on train, standardised)",
+    check_data=_training_images("probe_acc", 2, "the probe, standardised on the training codes,"),
 )
 def probe_acc(ctx: EvalContext) -> Result:
     tr, te = ctx.codes("train"), ctx.codes("test")
@@ -62,6 +78,7 @@ def probe_acc(ctx: EvalContext) -> Result:
     families=ENCODER_FAMILIES,
     needs_labels=True,
     description=f"test accuracy of a {KNN_K}-nearest-neighbour classifier (Euclidean) on the training codes",
+    check_data=_training_images("knn_acc", KNN_K, f"the {KNN_K}-nearest-neighbour classifier"),
 )
 def knn_acc(ctx: EvalContext) -> Result:
     tr, te = ctx.codes("train"), ctx.codes("test")

@@ -105,7 +105,9 @@ def compression_ratio(ctx: EvalContext) -> Result | None:
     if ctx.coded is None:
         return None
     raw_bits = len(ctx.test_uint8) * math.prod(ctx.data.image_shape) * 8
-    return Result(raw_bits / ctx.coded.total_bits, {**_rate_provenance(ctx), "raw_bits": raw_bits})
+    total = ctx.coded.total_bits  # 0 for a constant code: every image decodes from no bits at all
+    ratio = raw_bits / total if total else math.inf
+    return Result(ratio, {**_rate_provenance(ctx), "raw_bits": raw_bits})
 
 
 @register_metric(

@@ -184,7 +184,9 @@ class AE(Autoencoder):
         ``prior_mean: zero``; the covariance is about the codes' own mean either way)."""
         codes = codes.double()
         mean = codes.mean(0) if self.params.prior_mean == "fitted" else torch.zeros_like(codes[0])
-        cov = torch.cov(codes.T) + 1e-6 * torch.eye(codes.shape[1], dtype=codes.dtype, device=codes.device)
+        # one code has no spread: the sampler then draws about it (no division by n - 1 = 0)
+        spread = torch.cov(codes.T, correction=1 if len(codes) > 1 else 0).reshape(codes.shape[1], -1)
+        cov = spread + 1e-6 * torch.eye(codes.shape[1], dtype=codes.dtype, device=codes.device)
         self.prior_mean.copy_(mean.float())
         self.prior_chol.copy_(torch.linalg.cholesky(cov).float())
 

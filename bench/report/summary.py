@@ -22,7 +22,7 @@ import pandas as pd
 
 from bench.metrics.samplers import LATENT_FIT_SECONDS
 from bench.report.stats import ci_half_width, welch
-from bench.store.tracking import Tracker
+from bench.store.tracking import Tracker, failed_metrics
 
 log = logging.getLogger("bench")
 
@@ -103,6 +103,7 @@ def _run_rows(suite: str, runs: list[Any]) -> list[dict[str, Any]]:
                 "seed": int(tags.get("seed", -1)),
                 "status": r.info.status,
                 "failure_reason": tags.get("failure_reason", ""),
+                "metric_failures": failed_metrics(tags),  # a finished run's metrics that did not compute
                 "run_id": r.info.run_id,
                 "start_time": r.info.start_time,
                 **{k: _infinite(v) for k, v in r.data.metrics.items()},
@@ -320,7 +321,7 @@ class Summary:
 
     models: pd.DataFrame
     long: pd.DataFrame
-    failed: pd.DataFrame  # runs that did not finish, with their reason
+    failed: pd.DataFrame  # runs that did not finish, and finished runs' failed metrics, with the reason
     metrics: list[str]
     costs: list[str] = field(default_factory=list)
     reference: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per suite with a reference run
@@ -414,10 +415,21 @@ def _order(runs: pd.DataFrame, order: dict[str, list[str]] | None) -> list[tuple
 
 
 def _failed(runs: pd.DataFrame) -> pd.DataFrame:
-    failed = runs[runs.status != "FINISHED"][["suite", "label", "seed", "status", "failure_reason", "run_id"]]
+    """Runs that did not finish, then the metrics a finished run could not compute (status
+    ``metric failed``, one row each), with their reasons."""
+    cols = ["suite", "label", "seed", "status", "failure_reason", "run_id"]
+    failed = runs[runs.status != "FINISHED"][cols]
     never_ended = ~failed.status.isin(["FAILED", "KILLED"]) & (failed.failure_reason.fillna("") == "")
     failed.loc[never_ended, "failure_reason"] = "never ended: still running, or its process died"
-    return failed.reset_index(drop=True)
+    gaps = [
+        {**{c: r[c] for c in cols}, "status": "metric failed", "failure_reason": f"{name}: {why}"}
+        for _, r in runs[runs.status == "FINISHED"].iterrows()
+        if isinstance(r.get("metric_failures"), dict)
+        for name, why in r["metric_failures"].items()
+    ]
+    if not gaps:
+        return failed.reset_index(drop=True)
+    return pd.concat([failed, pd.DataFrame(gaps, columns=cols)], ignore_index=True)
 
 
 def _model_rows(runs: pd.DataFrame, keys: list[tuple[str, str]], base: dict[str, str]) -> pd.DataFrame:

@@ -203,8 +203,9 @@ def table_notes(summary: Summary) -> list[str]:
         "(n=k in a cell when fewer of them have the value; one seed shows the mean alone).",
         "↑ higher is better, ↓ lower is better; **bold**: the best mean of its column"
         + (" within its suite" if summary.multi_suite else "")
-        + "; n/a: the metric does not apply to the model (its family, or a capability it lacks)"
-        + "; —: not measured.",
+        + "; n/a: the metric does not apply to the model (its family, a capability it lacks, or class "
+        "labels the data lacks); —: not measured (a metric that failed is listed with its reason "
+        "under Runs and metrics that did not finish).",
     ]
     if summary.models.suite.value_counts().max() > 1:
         notes.append(

@@ -52,7 +52,7 @@ def _markdown(rep: Report) -> str:
     if not s.failed.empty:
         md += [
             "",
-            "## Runs that did not finish",
+            "## Runs and metrics that did not finish",
             "",
             "| suite | model | seed | status | reason |",
             "|---|---|---|---|---|",

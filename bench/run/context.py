@@ -55,6 +55,7 @@ class RunOutcome:
     resumed_from: int | None = None  # the checkpoint step it continued from
     offline: Path | None = None  # the store was lost: what it logged waits here to be re-logged
     seconds: float = 0.0  # wall time of the run in the process that carried it out
+    failed_metrics: dict[str, str] = field(default_factory=dict)  # metric: why (a FINISHED run's gaps)
 
 
 class StoreLost(Exception):

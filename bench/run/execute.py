@@ -18,14 +18,14 @@ import torch
 
 from bench import numerics
 from bench.data import ImageData
-from bench.metrics import Result, evaluate
+from bench.metrics import Result, evaluate, failure_reason
 from bench.metrics.samplers import LATENT_FIT_SECONDS, fit_latent_sampler
 from bench.models import GenerativeModel, build_model
 from bench.run.checkpoint import RunFolder
 from bench.run.context import Resume, RunOutcome, SuiteEnv, finish_quietly
 from bench.run.grids import reconstruction_grid, sample_grid
 from bench.run.hooks import RunContext
-from bench.store.tracking import RunLogger, redact_uri
+from bench.store.tracking import METRIC_FAILED_TAG, RunLogger, redact_uri
 from bench.suite import RunSpec, flatten
 from bench.train import Diverged, Interrupted, Progress, Trainer
 
@@ -41,6 +41,7 @@ class Execution:
         self.spec, self.env, self.folder, self.resume = spec, env, folder, resume
         self.t_start = time.perf_counter()
         self.clock = {"eval_seconds": 0.0, "checkpoint_seconds": 0.0}
+        self.failed: dict[str, tuple[str, str]] = {}  # metric: (reason, traceback) of the last failure
         self.run_logger: RunLogger | None = None
         self.model_capabilities: frozenset[str] = frozenset()  # known once the model is built
         self.model_likelihood = ""  # the decoder distribution, for models with a likelihood
@@ -127,18 +128,33 @@ class Execution:
         run.text("config.json", json.dumps(self.spec.resolved(), indent=2, default=str))
 
     # 3. evaluation (timed), at every ``eval.every`` and at the end
-    def evaluate(self, model: GenerativeModel) -> dict[str, Result]:
+    def evaluate(self, model: GenerativeModel, step: int) -> dict[str, Result]:
         """Evaluate; the time goes to ``eval_seconds`` and each metric's to ``eval_seconds.<metric>``
-        (summed over the run's evaluations; what metrics share is charged to the first that needs it)."""
-        t0, per_metric = time.perf_counter(), {}
+        (summed over the run's evaluations; what metrics share is charged to the first that needs it).
+        A metric that raises is logged with its traceback and the others are still computed: its
+        error is in ``self.failed`` until an evaluation computes it."""
+        t0, per_metric, failed = time.perf_counter(), {}, {}
         results = evaluate(
-            model, self.env.data, self.spec.suite.eval, self.spec.seed, self.env.device, per_metric
+            model, self.env.data, self.spec.suite.eval, self.spec.seed, self.env.device, per_metric, failed
         )
         self.clock["eval_seconds"] += time.perf_counter() - t0
         for name, seconds in per_metric.items():
             key = f"eval_seconds.{name}"
             self.clock[key] = self.clock.get(key, 0.0) + seconds
+        for name, e in failed.items():
+            trace = "".join(traceback.format_exception(e))
+            log.error("%s: metric %s failed at step %d:\n%s", self.spec.run_name, name, step, trace)
+            self.failed[name] = (failure_reason(e), f"step {step}, metric {name}:\n{trace}")
+        for name in results:
+            self.failed.pop(name, None)
         return results
+
+    def log_failed_metrics(self, run: RunLogger) -> None:
+        """The metrics the final evaluation could not compute: a ``metric_failed.<name>`` tag each
+        (the report shows why), and their tracebacks in ``metric_errors.txt``."""
+        if self.failed:
+            run.tags({METRIC_FAILED_TAG + name: reason for name, (reason, _) in self.failed.items()})
+            run.text("metric_errors.txt", "\n".join(trace for _, trace in self.failed.values()))
 
     # 4. a checkpoint: the store first holds every value up to this step
     def checkpoint(self, run: RunLogger, trainer: Trainer, step: int) -> None:
@@ -158,6 +174,9 @@ class Execution:
 
     def outcome(self, run: RunLogger, status: str, reason: str = "", metrics=None) -> RunOutcome:
         offline = self.folder.path if run.offline else None
+        failed = {name: why for name, (why, _) in self.failed.items()} if status == "FINISHED" else {}
+        if failed and not reason:
+            reason = "; ".join(f"{name} failed: {why}" for name, why in failed.items())
         return RunOutcome(
             self.spec,
             status,
@@ -167,6 +186,7 @@ class Execution:
             resumed_from=self.resume.step if self.resume else None,
             offline=offline,
             seconds=time.perf_counter() - self.t_start,
+            failed_metrics=failed,
         )
 
     # the whole life: 1-4, then the final evaluation, artifacts and cost; failures are states
@@ -184,7 +204,7 @@ class Execution:
             hooks.logged(step, losses)
 
         def on_eval(step: int) -> None:
-            results = self.evaluate(model)
+            results = self.evaluate(model, step)
             run.results(step, results)
             hooks.evaluated(step, results)
 
@@ -232,8 +252,9 @@ class Execution:
         self.clock["eval_seconds"] += seconds
         if fitted:  # its own column beside the metrics': it encodes the training split they share
             self.clock[LATENT_FIT_SECONDS] = self.clock.get(LATENT_FIT_SECONDS, 0.0) + seconds
-        results = self.evaluate(model)
+        results = self.evaluate(model, progress.step)
         run.results(progress.step, results)
+        self.log_failed_metrics(run)
         self.env.hooks.evaluated(progress.step, results)
         log_artifacts(run, model, self.env.data, self.spec, self.env.device)
         run.model(copy.deepcopy(model).cpu().eval(), progress.step)  # runs:/<id>/model, on any machine

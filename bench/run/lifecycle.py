@@ -25,7 +25,7 @@ from bench.run.context import Resume, RunOutcome, SuiteEnv
 from bench.run.execute import STORED_CHECKPOINT, Execution
 from bench.store.journal import pending_journal
 from bench.store.relog import JournalError, relog
-from bench.store.tracking import Tracker, process_alive, redact_uri
+from bench.store.tracking import Tracker, failed_metrics, process_alive, redact_uri
 from bench.suite import RunSpec
 
 log = logging.getLogger("bench")
@@ -73,7 +73,10 @@ def run_or_skip(spec: RunSpec, folder: RunFolder, env: SuiteEnv) -> RunOutcome:
     if finished and not restart:
         folder.clear_checkpoint()
         r = finished[0]
-        return RunOutcome(spec, "FINISHED", r.info.run_id, metrics=dict(r.data.metrics), skipped=True)
+        gaps = failed_metrics(r.data.tags)  # what its final evaluation could not compute
+        return RunOutcome(
+            spec, "FINISHED", r.info.run_id, metrics=dict(r.data.metrics), skipped=True, failed_metrics=gaps
+        )
     resume = None if restart else find_resume(folder, tracker, spec, options.store_checkpoints)
     # we hold the claim, so a RUNNING run of this config on this machine has lost its process
     ended = [

@@ -23,7 +23,7 @@ from bench.metrics import Result, evaluate
 from bench.metrics.samplers import fit_latent_sampler
 from bench.models import GenerativeModel, build_model
 from bench.store.tracking import RunLogger, Tracker
-from bench.suite import apply_overrides, validate_suite
+from bench.suite import apply_overrides, data_errors, validate_suite
 
 
 class RunNotFound(LookupError):
@@ -165,7 +165,15 @@ def plan_eval(
     problems = list(dict.fromkeys(p for s in suites for p in preflight(s.eval)))
     if problems:
         raise BadRequest("\n".join(f"{target}: eval.metrics: {p}" for p in problems))
-    return [Planned(r, s, load_data(s)) for r, s in zip(runs, suites)]
+    planned = [Planned(r, s, load_data(s)) for r, s in zip(runs, suites)]
+    problems = [  # the metrics' sizes against the runs' real splits
+        f"run {p.run.run_id} ({p.run.name}): {e.loc}: {e.msg}"
+        for p in planned
+        for e in data_errors(p.suite, p.data)
+    ]
+    if problems:
+        raise BadRequest("\n".join(dict.fromkeys(problems)))
+    return planned
 
 
 def log_references(tracker: Tracker, planned: list[Planned], device: str | None = None) -> None:

@@ -14,7 +14,7 @@ import torch
 from bench.cache import content_key
 from bench.config import EvalConfig
 from bench.data import ImageData
-from bench.metrics.base import METRICS, Result
+from bench.metrics.base import METRICS, Result, failure_reason
 from bench.metrics.generative import GenerationEval, generation_metric, generation_names
 from bench.metrics.reference import protocol
 from bench.store.tracking import RunLogger, Tracker
@@ -28,9 +28,10 @@ def log_reference(
 ) -> str | None:
     """Make sure the experiment's reference run holds every requested generation metric.
 
-    Returns the reference run's id; None when the suite asks for no generation metric, or when
-    computing the row failed (logged as an error, never raised: the model runs it accompanies are
-    already safe in the store).
+    Returns the reference run's id; None when the suite asks for no generation metric, or when no
+    value of the row could be computed. A metric that fails is logged as an error, never raised
+    (the model runs the row accompanies are safe in the store), and is tried again by the next
+    ``bench run`` or ``bench eval``; the row keeps the values that were computed.
     """
     names = [m for m in generation_names(cfg.metrics) if data.has_labels or not METRICS.get(m).needs_labels]
     if not names:
@@ -46,11 +47,14 @@ def log_reference(
     if existing and all(n in existing[0].data.metrics for n in names):
         return existing[0].info.run_id
     todo = [n for n in names if not existing or n not in existing[0].data.metrics]
-    try:  # compute first: a failure leaves no half-made row in the store
-        results: dict[str, Result] = {n: gen.reference_result(generation_metric(n)) for n in todo}
-    except Exception as e:  # the row accompanies runs that are already safe in the store: never lose them
-        log.error("the reference row of %s was not computed: %s: %s", suite_name, type(e).__name__, e)
-        return None
+    results: dict[str, Result] = {}
+    for n in todo:  # each metric on its own: one that fails costs the row no other value
+        try:
+            results[n] = gen.reference_result(generation_metric(n))
+        except Exception as e:  # the row accompanies runs that are safe in the store: never lose them
+            log.error("the reference row of %s has no %s: %s", suite_name, n, failure_reason(e), exc_info=e)
+    if not results:
+        return existing[0].info.run_id if existing else None
     if existing:
         run = RunLogger(tracker, existing[0].info.run_id)
         run.results(0, results)

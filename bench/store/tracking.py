@@ -30,6 +30,13 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 # on its GenAI views (traces, token usage), which bench never fills
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 MODEL_ARTIFACT = "model"  # runs:/<run_id>/model loads a run's final model (mlflow.pytorch.load_model)
+# a finished run's tag per metric its final evaluation could not compute: the reason, in one line
+METRIC_FAILED_TAG = "metric_failed."
+
+
+def failed_metrics(tags: dict[str, str]) -> dict[str, str]:
+    """{metric: reason} of the ``metric_failed.<metric>`` tags of a run."""
+    return {k.removeprefix(METRIC_FAILED_TAG): v for k, v in tags.items() if k.startswith(METRIC_FAILED_TAG)}
 
 
 class TrackingError(RuntimeError):
