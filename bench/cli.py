@@ -320,12 +320,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _err(f"dataset: {e}")
         return EXIT_BAD_INPUT
     # 2. evaluate and log into the same runs, then each experiment's reference row
+    code = EXIT_OK
     for p in planned:
-        results = evaluate_run(tracker, p.run, p.suite, p.data, resolve_device(args.device or p.suite.device))
+        failed = {}
+        device = resolve_device(args.device or p.suite.device)
+        results = evaluate_run(tracker, p.run, p.suite, p.data, device, failed)
         shown = ", ".join(f"{k} {r.value:.4g}" for k, r in results.items()) or "(no metric applies)"
         print(f"{p.run.name} ({p.run.run_id}): {shown}")
+        for name, f in failed.items():  # the others are logged; this one is tagged with its reason
+            _err(f"run {p.run.name} ({p.run.run_id}): metric {name} failed: {f.reason}\n{f.traceback}")
+            code = EXIT_RUN_FAILED
     log_references(tracker, planned, args.device)
-    return EXIT_OK
+    return code
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -497,8 +497,34 @@ def data_errors(suite: Suite, data: ImageData) -> list[FieldError]:
                 "(batch norm and the fitted latent samplers learn from the spread of several)",
             )
         )
+    if suite.budget.batch_size == 1:
+        errors += _batch_norm_errors(suite, data)
     errors += [FieldError(f"eval.metrics.{i}", msg) for i, msg in data_problems(suite.eval, data, classes)]
     return errors
+
+
+def _batch_norm_errors(suite: Suite, data: ImageData) -> list[FieldError]:
+    """Models with batch norm, which cannot train on batches of one image (``budget.batch_size: 1``):
+    each built without memory (on the meta device) to look."""
+    import torch
+
+    from bench.models.plugins import build_model
+
+    out = []
+    for i, m in enumerate(suite.models):
+        try:
+            with torch.device("meta"):
+                model = build_model(m.name, m.params, data.image_shape, suite.plugin_paths)
+        except Exception:  # a model that cannot be built so is checked by its run
+            continue
+        if any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in model.modules()):
+            out.append(
+                FieldError(
+                    "budget.batch_size",
+                    f"models.{i} ({m.display}) has batch norm, which cannot train on batches of one image",
+                )
+            )
+    return out
 
 
 def _method(name: str) -> str:

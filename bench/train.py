@@ -1,6 +1,7 @@
 """ONE budgeted training loop for every model; a model's step kind picks a small step strategy.
 
-The loop stops exactly at the budget (steps, epochs, images or training seconds) and records
+The loop stops exactly at the budget (steps, epochs, images or training seconds; no batch is a
+single image, which batch norm cannot train on) and records
 what it used. Losses stay on the device between log intervals: one host sync per interval, not
 per step. All loop state (counters, RNG, optimisers) round-trips through ``state_dict`` so an
 interrupted run can continue its budget instead of restarting it.
@@ -230,8 +231,9 @@ class Trainer:
             t0 = time.perf_counter()
             # 1. the batch: an index slice of the resident uint8 tensor
             idx = batch_indices(n, bs, p.step, self.seed, self.device)
-            if kind == "images":
-                idx = idx[: self.budget.images - p.images]  # the last batch stops exactly at the budget
+            if kind == "images":  # the last batch stops exactly at the budget, or one image past it:
+                left = self.budget.images - p.images  # batch norm cannot train on a batch of one
+                idx = idx[: max(left, 2) if len(idx) > 1 else left]
             x = data.train_batch(idx, p.step, self.seed)  # (B, C, H, W) in [0, 1]
             # 2. one optimisation step of the model's kind
             try:

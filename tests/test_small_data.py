@@ -15,14 +15,15 @@ import bench
 from bench.cli import main
 from bench.config import EvalConfig
 from bench.data import batch_indices, make_image_data, make_synthetic, steps_per_epoch
-from bench.metrics import METRICS, data_problems, evaluate
+from bench.metrics import METRICS, MetricFailure, data_problems, evaluate
 from bench.models import build_model
 from bench.suite import SuiteError
 
 TINY = {"name": "synthetic", "train_size": 8, "test_size": 3}
 # each asks more of the tiny splits than they hold; the message names what
 TOO_SMALL = {
-    "knn_acc": "the 10-nearest-neighbour classifier needs at least 10 training images; the training split has 8",
+    "knn_acc": "the 10-nearest-neighbour classifier needs at least 10 training images; the training "
+    "split has 8",
     "fid_domain_gmm": "the 10-component GMM (eval.gmm_components) is fitted to 8 training codes",
     "precision_domain": "the reference set has 3 images (the test split); it needs at least 4",
     "is_domain": "the held-out set the reference row scores has 4 images",
@@ -56,12 +57,38 @@ def test_sizes_the_splits_cannot_give_exit_2_naming_the_field_and_write_nothing(
     assert len(lines) == len(TOO_SMALL), lines  # probe_acc (8 training images) and recon_mse are fine
     for name, text in TOO_SMALL.items():
         loc = f"eval.metrics.{metrics.index(name)}"
-        assert any(line.startswith(f"{path}: {loc}: {name}: ") and text in line for line in lines), (name, lines)
+        assert any(line.startswith(f"{path}: {loc}: {name}: ") and text in line for line in lines), (
+            name,
+            lines,
+        )
     assert not store.parent.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["suite.yaml"]
     # the static check passes (it cannot know the splits); with --data it says the same as run
     assert run_cli(["validate", str(path)], capsys)[0] == 0
     rc, again = run_cli(["validate", "--data", str(path)], capsys)
     assert rc == 2 and again == lines
+
+
+def test_the_domain_classifier_needs_two_training_images(write_suite, capsys):
+    suite = small_suite(["recon_mse", "modes_covered"], n_real=16)
+    suite["dataset"] = {"name": "synthetic", "train_size": 2, "test_size": 16}
+    path = write_suite(suite)
+    rc, lines = run_cli(["validate", "--data", str(path)], capsys)
+    assert rc == 2
+    assert lines == [
+        f"{path}: eval.metrics.1: modes_covered: the domain classifier trains on the second half of the "
+        "training split, 1 image; it needs at least 2"
+    ]
+
+
+def test_batch_norm_models_cannot_train_on_batches_of_one_image(write_suite, capsys):
+    suite = tiny_suite(budget={"steps": 2, "batch_size": 1}, models=[{"name": "ae-mlp"}, {"name": "dcgan"}])
+    path = write_suite(suite)
+    rc, lines = run_cli(["validate", "--data", str(path)], capsys)
+    assert rc == 2
+    assert lines == [
+        f"{path}: budget.batch_size: models.1 (dcgan) has batch norm, which cannot train on batches of "
+        "one image"
+    ]
 
 
 def test_a_training_split_of_one_image_is_refused(tmp_path, write_suite, capsys):
@@ -110,10 +137,11 @@ def test_a_failing_metric_costs_the_evaluation_none_of_the_others(monkeypatch):
     model = build_model("ae-mlp", {}, (1, 28, 28))
     data = make_synthetic(64, 32)
     cfg = EvalConfig(metrics=["recon_mse", "knn_acc", "psnr"])
-    failed: dict[str, Exception] = {}
+    failed: dict[str, MetricFailure] = {}
     out = evaluate(model, data, cfg, 0, torch.device("cpu"), failed=failed)
     assert sorted(out) == ["psnr", "recon_mse"] and math.isfinite(out["psnr"].value)
-    assert list(failed) == ["knn_acc"] and str(failed["knn_acc"]) == "the k-NN broke"
+    assert list(failed) == ["knn_acc"] and failed["knn_acc"].reason == "RuntimeError: the k-NN broke"
+    assert "Traceback" in failed["knn_acc"].traceback and "broken" in failed["knn_acc"].traceback
     with pytest.raises(RuntimeError, match="the k-NN broke"):  # without ``failed``: raised, as before
         evaluate(model, data, cfg, 0, torch.device("cpu"))
 
@@ -139,8 +167,7 @@ def test_a_run_whose_metric_fails_finishes_with_the_others_and_says_why(
     client = mlflow.tracking.MlflowClient(store)
     exp = client.get_experiment_by_name("tiny")
     runs = {
-        r.data.tags["label"]: r
-        for r in client.search_runs([exp.experiment_id], "tags.`bench.kind` = 'run'")
+        r.data.tags["label"]: r for r in client.search_runs([exp.experiment_id], "tags.`bench.kind` = 'run'")
     }
     ae = runs["ae-mlp"]
     assert ae.info.status == "FINISHED" and runs["gan-mlp"].info.status == "FINISHED"
@@ -154,6 +181,16 @@ def test_a_run_whose_metric_fails_finishes_with_the_others_and_says_why(
     # run again: the finished run is skipped, and its missing metric is still reported
     rc, lines = run_cli(["run", str(path), "--tracking-uri", store, "--out", str(out)], capsys)
     assert rc == 1 and lines[-1].startswith("run ae-mlp/seed0: metric knn_acc failed")
+    # bench eval while it still fails: exit 1, the reason again; once mended, it fills the gap
+    rc, lines = run_cli(["eval", "tiny", "--metrics", "knn_acc", "--tracking-uri", store], capsys)
+    assert rc == 1 and any("metric knn_acc failed: RuntimeError: the k-NN broke" in x for x in lines)
+    monkeypatch.undo()
+    assert run_cli(["eval", "tiny", "--metrics", "knn_acc", "--tracking-uri", store], capsys)[0] == 0
+    ae = client.get_run(ae.info.run_id)
+    assert "knn_acc" in ae.data.metrics and "metric_failed.knn_acc" not in ae.data.tags
+    rc, lines = run_cli(["run", str(path), "--tracking-uri", store, "--out", str(out)], capsys)
+    assert rc == 0, lines
+    assert "metric failed" not in (out / "report.md").read_text()
 
 
 def test_the_reference_row_keeps_the_values_that_computed(tmp_path, monkeypatch, store):
@@ -192,7 +229,9 @@ def test_an_epoch_never_ends_with_a_batch_of_one_image(n, bs, steps):
     assert len(set(epoch.tolist())) == len(epoch) >= n - 1  # each image once; at most one left out
 
 
-def test_a_batch_norm_model_trains_on_a_split_that_leaves_one_image_over(tmp_path, write_suite, store, capsys):
+def test_a_batch_norm_model_trains_on_a_split_that_leaves_one_image_over(
+    tmp_path, write_suite, store, capsys
+):
     suite = tiny_suite(
         dataset={"name": "synthetic", "train_size": 65, "test_size": 8},
         budget={"epochs": 2, "batch_size": 64},
@@ -201,8 +240,21 @@ def test_a_batch_norm_model_trains_on_a_split_that_leaves_one_image_over(tmp_pat
     rc = main(["run", str(write_suite(suite)), "--tracking-uri", store, "--out", str(tmp_path / "r")])
     assert rc == 0, capsys.readouterr().err
     client = mlflow.tracking.MlflowClient(store)
-    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`bench.kind` = 'run'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], "tags.`bench.kind` = 'run'"
+    )
     assert run.data.metrics["budget_steps"] == 2  # one full batch per epoch
+
+
+def test_an_images_budget_never_ends_on_a_batch_of_one_image(tmp_path, write_suite, store, capsys):
+    suite = tiny_suite(budget={"images": 65, "batch_size": 64}, models=[{"name": "ae-conv"}])
+    rc = main(["run", str(write_suite(suite)), "--tracking-uri", store, "--out", str(tmp_path / "r")])
+    assert rc == 0, capsys.readouterr().err
+    client = mlflow.tracking.MlflowClient(store)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], "tags.`bench.kind` = 'run'"
+    )
+    assert run.data.metrics["budget_images"] == 66 and run.data.metrics["budget_steps"] == 2  # 64 + 2
 
 
 def test_an_autoencoder_fitted_to_one_code_samples_about_it():

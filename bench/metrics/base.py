@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,14 @@ class Result:
     value: float
     provenance: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricFailure:
+    """A metric that raised an error during an evaluation: one line of reason, and the traceback."""
+
+    reason: str
+    traceback: str
 
 
 @dataclass(frozen=True)
@@ -239,7 +248,7 @@ def evaluate(
     seed: int,
     device: torch.device,
     seconds: dict[str, float] | None = None,
-    failed: dict[str, Exception] | None = None,
+    failed: dict[str, MetricFailure] | None = None,
 ) -> dict[str, Result]:
     """Compute every requested metric that applies to the model's family.
 
@@ -247,8 +256,8 @@ def evaluate(
     are absent from the result (reported as n/a, never as 0). ``seconds``, when given, receives
     each computed metric's wall time, in the order of ``cfg.metrics``: what metrics share (codes,
     samples, features) is charged to the first that needs it. ``failed``, when given, receives the
-    error of each metric that raised one, and the others are still computed (a failure loses no
-    finished metric); without it the first error is raised.
+    reason and traceback of each metric that raised an error, and the others are still computed
+    (a failure loses no finished metric); without it the first error is raised.
     """
     was_training = model.training
     model.eval()
@@ -268,7 +277,9 @@ def evaluate(
                 except Exception as e:
                     if failed is None:
                         raise
-                    failed[name] = e
+                    # text only: the traceback's frames would keep the metric's tensors alive
+                    failed[name] = MetricFailure(failure_reason(e), "".join(traceback.format_exception(e)))
+                    del e
                     continue
                 if r is None:  # not defined for this model as configured (e.g. float codes, no code_step)
                     continue

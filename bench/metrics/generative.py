@@ -506,6 +506,14 @@ def _data_checker(gm: GenerationMetric):
             need_held["fdinf"] = 4
         if kind in need_held and held.n < need_held[kind]:
             out.append(f"{name}: {where_held}; it needs at least {need_held[kind]}{knob}")
+        if gm.extractor.name == "domain":  # trained on the complete training split's second half
+            n_train = len(gen.full.train_x)
+            n_cls = n_train - classifier_start(n_train)
+            if n_cls < 2:
+                out.append(
+                    f"{name}: the domain classifier trains on the second half of the training split, "
+                    f"{_images(n_cls)}; it needs at least 2"
+                )
         if gm.sampler.name == "gmm":
             n_fit = min(cfg.gmm_fit_n or len(data.train_x), len(data.train_x))
             if n_fit < cfg.gmm_components:

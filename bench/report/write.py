@@ -127,7 +127,7 @@ def write_report(
     paths = [out_dir / n for n in names]
     paths[0].write_text(_markdown(rep), encoding="utf-8")
     csv_safe(results_table(summary)).to_csv(paths[1], index=False)
-    csv_safe(data.runs).to_csv(paths[2], index=False)
+    csv_safe(data.runs.drop(columns="metric_failures", errors="ignore")).to_csv(paths[2], index=False)
     paths[3].write_text(html.render(rep, out_dir), encoding="utf-8")
     csv_safe(summary.long).to_csv(paths[4], index=False)
     paths += [out_dir / f.name for f in rep.figures]

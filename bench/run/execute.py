@@ -18,7 +18,7 @@ import torch
 
 from bench import numerics
 from bench.data import ImageData
-from bench.metrics import Result, evaluate, failure_reason
+from bench.metrics import Result, evaluate
 from bench.metrics.samplers import LATENT_FIT_SECONDS, fit_latent_sampler
 from bench.models import GenerativeModel, build_model
 from bench.run.checkpoint import RunFolder
@@ -141,10 +141,9 @@ class Execution:
         for name, seconds in per_metric.items():
             key = f"eval_seconds.{name}"
             self.clock[key] = self.clock.get(key, 0.0) + seconds
-        for name, e in failed.items():
-            trace = "".join(traceback.format_exception(e))
-            log.error("%s: metric %s failed at step %d:\n%s", self.spec.run_name, name, step, trace)
-            self.failed[name] = (failure_reason(e), f"step {step}, metric {name}:\n{trace}")
+        for name, f in failed.items():
+            log.error("%s: metric %s failed at step %d:\n%s", self.spec.run_name, name, step, f.traceback)
+            self.failed[name] = (f.reason, f"step {step}, metric {name}:\n{f.traceback}")
         for name in results:
             self.failed.pop(name, None)
         return results

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,10 +19,10 @@ import torch
 from bench import numerics
 from bench.config import EvalConfig, Suite
 from bench.data import ImageData, from_config
-from bench.metrics import Result, evaluate
+from bench.metrics import MetricFailure, Result, evaluate
 from bench.metrics.samplers import fit_latent_sampler
 from bench.models import GenerativeModel, build_model
-from bench.store.tracking import RunLogger, Tracker
+from bench.store.tracking import METRIC_FAILED_TAG, RunLogger, Tracker
 from bench.suite import apply_overrides, data_errors, validate_suite
 
 
@@ -43,13 +43,16 @@ class StoredRun:
     config: dict[str, Any]  # the run's config.json: the resolved RunSpec
     step: int  # the final training step (where its final metrics are logged)
     metrics: dict[str, float]
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def _stored(tracker: Tracker, run: Any) -> StoredRun:
     with tempfile.TemporaryDirectory() as d:
         config = json.loads(tracker.download(run.info.run_id, "config.json", d).read_text())
     step = int(run.data.metrics.get("budget_steps", 0))
-    return StoredRun(run.info.run_id, run.info.run_name, config, step, dict(run.data.metrics))
+    return StoredRun(
+        run.info.run_id, run.info.run_name, config, step, dict(run.data.metrics), dict(run.data.tags)
+    )
 
 
 def find_runs(tracker: Tracker, target: str) -> list[StoredRun]:
@@ -111,19 +114,35 @@ def load_model(tracker: Tracker, run: StoredRun, device: torch.device) -> Genera
 
 
 def evaluate_run(
-    tracker: Tracker, run: StoredRun, suite: Suite, data: ImageData, device: torch.device
+    tracker: Tracker,
+    run: StoredRun,
+    suite: Suite,
+    data: ImageData,
+    device: torch.device,
+    failed: dict[str, MetricFailure],
 ) -> dict[str, Result]:
-    """Compute ``suite.eval.metrics`` for a stored run and log them into it at its final step."""
+    """Compute ``suite.eval.metrics`` for a stored run and log them into it at its final step.
+
+    A metric computed clears the run's ``metric_failed.<metric>`` tag; one that raises is tagged
+    so (and added to ``failed``) while the others are still computed and logged."""
     model = load_model(tracker, run, device)
     cfg: EvalConfig = suite.eval
     with numerics.evaluation(model, cfg.precision, device):  # the codes evaluate shares
         fit_latent_sampler(model, data, cfg.batch_size)
-    results = evaluate(model, data, cfg, run.config["seed"], device)
+    errors: dict[str, MetricFailure] = {}
+    results = evaluate(model, data, cfg, run.config["seed"], device, failed=errors)
     stamped = {
         k: Result(r.value, {**r.provenance, "evaluated_by": "bench eval"}, r.extra)
         for k, r in results.items()
     }
-    RunLogger(tracker, run.run_id).results(run.step, stamped)
+    logger = RunLogger(tracker, run.run_id)
+    logger.results(run.step, stamped)
+    stale = [METRIC_FAILED_TAG + k for k in stamped if METRIC_FAILED_TAG + k in run.tags]
+    for key in stale:  # computed now: no longer missing
+        tracker.call(tracker.client.delete_tag, run.run_id, key)
+    if errors:
+        logger.tags({METRIC_FAILED_TAG + k: f.reason for k, f in errors.items()})
+        failed.update(errors)
     return stamped
 
 

@@ -341,8 +341,9 @@ class Tracker:
         store is remembered so that the resumed run neither loses nor repeats a logged value."""
         run = self.call(self.client.get_run, run_id)
         self.call(self.client.update_run, run_id, status="RUNNING")
-        if "failure_reason" in run.data.tags:  # why it stopped last time: no longer true
-            self.call(self.client.delete_tag, run_id, "failure_reason")
+        for key in run.data.tags:  # why it stopped, or what it missed, last time: no longer true
+            if key == "failure_reason" or key.startswith(METRIC_FAILED_TAG):
+                self.call(self.client.delete_tag, run_id, key)
         logged = {}
         for key in run.data.metrics:
             history = self.call(self.client.get_metric_history, run_id, key)
