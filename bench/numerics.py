@@ -81,6 +81,24 @@ class Numerics:
         return call
 
 
+_EAGER: list[dict[str, Callable]] = []  # the functions ``eager`` keeps out of compiled graphs
+
+
+def eager(fn: Callable) -> Callable:
+    """``torch.compiler.disable`` for ``fn``, applied when a loss is first compiled: importing
+    torch's compiler takes about a second of every command's start-up (``bench validate`` and
+    ``bench list`` included), and only a compiled run needs it. Compiled, a call of ``fn`` breaks
+    the graph and runs eagerly; eager, it is a plain call."""
+    slot = {"fn": fn}
+    _EAGER.append(slot)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return slot["fn"](*args, **kwargs)
+
+    return call
+
+
 def _configure_compile() -> None:
     """Process-wide settings for compiled steps.
 
@@ -97,6 +115,9 @@ def _configure_compile() -> None:
     dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
     dynamo.fail_on_recompile_limit_hit = True
     torch._inductor.config.fallback_random = True
+    for slot in _EAGER:  # what must stay eager (``eager``), disabled once
+        if not getattr(slot["fn"], "_torchdynamo_disable", False):
+            slot["fn"] = torch.compiler.disable(slot["fn"])
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -174,3 +174,24 @@ def test_no_function_over_80_lines():
                 if n > 80:
                     long.append(f"{name}.{node.name}: {n} lines")
     assert not long, "\n".join(long)
+
+
+def test_the_quick_commands_import_no_heavy_library():
+    """`bench list` and `bench validate` read registries and settings only: torchvision (through
+    torch-fidelity and torchmetrics) and torch's compiler are imported when a metric computes or a
+    loss compiles, not at start-up (benchmarks/startup.py measures what it saves)."""
+    import subprocess
+    import sys
+
+    heavy = ("torchvision", "torch_fidelity", "torchmetrics", "torch._dynamo", "mlflow")
+    probe = (
+        "import sys, contextlib, io\n"
+        "from bench.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['list']) == 0 and main(['validate', 'suites/smoke.yaml']) == 0\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PACKAGE.parent, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "", out.stdout

@@ -5,7 +5,7 @@ import torch
 from conftest import FASHION_DIR
 
 from bench.data import load_dataset
-from bench.metrics import domain
+from bench.metrics import domain, fidelity
 
 CPU = torch.device("cpu")
 
@@ -16,7 +16,7 @@ CPU = torch.device("cpu")
 def test_fashion_mnist_classifier_reaches_90_percent_on_the_test_split():
     data = load_dataset("fashion-mnist")
     clf = domain.classifier(data, CPU)
-    net = domain.FeatureExtractorDomain("bench-domain", ["logits"], str(clf.path)).net
+    net = fidelity.FeatureExtractorDomain("bench-domain", ["logits"], str(clf.path)).net
     # recomputed here from the cached weights, on all 10,000 test images
     assert domain.accuracy(net, data.test_x, data.test_y) == pytest.approx(clf.test_accuracy)
     assert clf.test_accuracy >= 0.90
@@ -56,7 +56,7 @@ def test_an_unusable_cached_classifier_is_trained_again(damage, tmp_path, caplog
     again = domain.classifier(data, CPU)
     assert "training it again" in caplog.text
     assert again.path == first.path and again.test_accuracy == pytest.approx(first.test_accuracy)
-    net = domain.FeatureExtractorDomain("bench-domain", ["logits"], str(again.path)).net  # loads
+    net = fidelity.FeatureExtractorDomain("bench-domain", ["logits"], str(again.path)).net  # loads
     assert net.training is False
     if damage == "planted":
         assert not marker.exists()
@@ -73,7 +73,7 @@ def test_training_leaves_the_global_rng_alone():
 
 def test_features_and_logits_shapes():
     data = load_dataset("synthetic", train_size=1024, test_size=512)
-    fe = domain.FeatureExtractorDomain(
+    fe = fidelity.FeatureExtractorDomain(
         "bench-domain", ["penultimate", "logits"], str(domain.classifier(data, CPU).path)
     )
     feats, logits = fe(data.test_x[:5].repeat(1, 3, 1, 1))

@@ -49,7 +49,8 @@ def test_a_planted_file_at_the_converted_inception_path_never_runs(tmp_path, mon
 
 def test_a_planted_domain_classifier_never_runs(tmp_path):
     from bench.metrics import features
-    from bench.metrics.domain import TF_NAME, FeatureExtractorDomain
+    from bench.metrics.domain import TF_NAME
+    from bench.metrics.fidelity import FeatureExtractorDomain
 
     marker = tmp_path / "ran"
     path = plant(tmp_path / "cache" / "domain" / "synthetic-x.pt", marker)

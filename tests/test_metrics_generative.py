@@ -16,7 +16,7 @@ from bench.config import BudgetConfig, EvalConfig
 from bench.data import load_dataset, to_float
 from bench.metrics import evaluate
 from bench.metrics import features as features_mod
-from bench.metrics.domain import FeatureExtractorDomain, classifier
+from bench.metrics.domain import classifier
 from bench.metrics.features import (
     EXTRACTORS,
     ImageSet,
@@ -26,6 +26,7 @@ from bench.metrics.features import (
     frechet_distance,
     real_statistics,
 )
+from bench.metrics.fidelity import FeatureExtractorDomain
 from bench.metrics.generative import GenerationEval
 from bench.metrics.samplers import model_samples
 from bench.models import build_model

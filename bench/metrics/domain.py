@@ -30,8 +30,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from bench.cache import cache_dir, content_key, file_sha256, load_tensors, note_used, save_tensors
 from bench.data import ImageData, to_float
@@ -206,53 +204,3 @@ def _readable(path: Path, net: dict) -> dict | None:
     except Exception as e:  # CacheFileError, a missing key, shapes that do not fit
         log.warning("domain classifier %s unusable (%s); training it again", path, str(e)[:300])
         return None
-
-
-class FeatureExtractorDomain(FeatureExtractorBase):
-    """torch-fidelity feature extractor over a cached ``DomainNet``.
-
-    Input: uint8 (B, 3, H, W), as torch-fidelity feeds every extractor (grayscale datasets arrive
-    tiled to 3 channels; the net reads the dataset's own channels back). Features: "penultimate"
-    (128-d, FID/KID/PRC) and "logits" (IS, modes).
-    """
-
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        if feature_extractor_weights_path is None:
-            raise ValueError(
-                "the domain extractor needs feature_extractor_weights_path (a trained classifier)"
-            )
-        blob = load_tensors(feature_extractor_weights_path)
-        self.channels = int(blob["net"]["channels"])
-        self.net = DomainNet(**blob["net"])
-        self.net.load_state_dict(blob["state_dict"])
-        self.requires_grad_(False)
-        self.eval()
-
-    @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected uint8 (B, 3, H, W) images, got {x.dtype} {tuple(x.shape)}")
-        feats, logits = self.net(to_float(x[:, : self.channels]))
-        out = dict(zip(FEATURES, (feats.float(), logits.float())))
-        return tuple(out[f] for f in self.features_list)
-
-    @staticmethod
-    def get_provided_features_list():
-        return FEATURES
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return LAYERS[metric]
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
-
-
-if TF_NAME not in FEATURE_EXTRACTORS_REGISTRY:
-    register_feature_extractor(TF_NAME, FeatureExtractorDomain)

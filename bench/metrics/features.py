@@ -2,9 +2,10 @@
 
 torch-fidelity runs the feature extractors over its two kinds of input: a ``Dataset`` of
 uint8 (3, H, W) images (real images, model samples, reconstructions) and a
-``GenerativeModelBase`` that maps noise to images (a decoder behind a fitted latent sampler).
-``to_fidelity_images`` is the one place where bench's float [0, 1] or uint8 (C, H, W) images
-become that: quantised to uint8, grayscale tiled to 3 channels. The extractors (``EXTRACTORS``)
+``GenerativeModelBase`` that maps noise to images (a decoder behind a fitted latent sampler;
+``bench.metrics.fidelity`` holds bench's torch-fidelity classes).
+``pixels.to_fidelity_images`` is the one place where bench's float [0, 1] or uint8 (C, H, W)
+images become that: quantised to uint8, grayscale tiled to 3 channels. The extractors (``EXTRACTORS``)
 are torch-fidelity feature extractors: ``inception`` (the TF Inception of the FID literature)
 and ``domain`` (a classifier trained on the dataset).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,33 +27,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch_fidelity
 from torch.utils.data import Dataset
-from torch_fidelity.generative_model_base import GenerativeModelBase
 
 from bench.cache import CacheFileError, cached_tensors, load_tensors
 from bench.data import ImageData
-from bench.metrics.domain import LAYERS as DOMAIN_LAYERS  # (importing it registers "bench-domain")
+from bench.metrics.domain import LAYERS as DOMAIN_LAYERS
 from bench.metrics.domain import TF_NAME as DOMAIN_TF_NAME
 from bench.metrics.domain import classifier, classifier_start
+from bench.metrics.pixels import GREY_TILED, NOISE, to_fidelity_images, to_uint8  # noqa: F401
 from bench.registry import Registry
 
 if TYPE_CHECKING:
+    from torch_fidelity.generative_model_base import GenerativeModelBase
+
     from bench.config import EvalConfig
 
-GREY_TILED = "uint8, grayscale tiled to 3 channels"
-NOISE = "normal"  # the torch-fidelity noise source every sampler draws from
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Float images in [0, 1] -> uint8 (rounded), as real images are stored; uint8 passes through."""
-    return x if x.dtype == torch.uint8 else x.clamp(0, 1).mul(255).round().to(torch.uint8)
-
-
-def to_fidelity_images(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) float in [0, 1] or uint8 -> uint8 (B, 3, H, W): what every extractor is fed."""
-    x = to_uint8(x)
-    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+# read from the installed package's metadata: importing torch-fidelity (and torchvision with it)
+# waits until a metric extracts features, so `bench validate` and `bench list` start fast
+TORCH_FIDELITY_VERSION = importlib.metadata.version("torch-fidelity")
 
 
 class ImageSet(Dataset):
@@ -70,38 +63,6 @@ class ImageSet(Dataset):
         """A batch at once (what torch's DataLoader asks for when a dataset has it): one conversion
         of the batch instead of one per image."""
         return list(to_fidelity_images(self.images[torch.as_tensor(indices)]).unbind(0))
-
-
-class NoiseToImages(GenerativeModelBase):
-    """A model and a sampler as a torch-fidelity generative model: normal noise (B, z) -> uint8 images.
-
-    ``latent`` maps the noise to the model's latent code (the sampler), ``decode`` the code to
-    images in [0, 1] (the model). torch-fidelity draws the noise from a seeded numpy stream, so
-    the images do not depend on the batch size.
-    """
-
-    def __init__(self, noise_dim: int, latent: Callable, decode: Callable, modules: list[torch.nn.Module]):
-        super().__init__()
-        self._z = noise_dim
-        self.latent = latent
-        self.decode = decode
-        self.held = torch.nn.ModuleList(modules)  # moved with the wrapper by torch-fidelity
-
-    @property
-    def z_size(self) -> int:
-        return self._z
-
-    @property
-    def z_type(self) -> str:
-        return NOISE
-
-    @property
-    def num_classes(self) -> int:
-        return 0
-
-    @torch.inference_mode()
-    def forward(self, noise: torch.Tensor) -> torch.Tensor:
-        return to_fidelity_images(self.decode(self.latent(noise)))
 
 
 # --------------------------------------------------------------------------- extractors
@@ -211,6 +172,8 @@ def _module(fidelity_name: str, path: str, sha256: str, layers: tuple[str, ...],
     torch-fidelity the state dict it just serialised from those tensors, never the file."""
     from torch_fidelity.utils import create_feature_extractor
 
+    import bench.metrics.fidelity  # noqa: F401  (registers the domain extractor with torch-fidelity)
+
     state = load_tensors(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         if fidelity_name != "bench-domain":  # the domain blob is a dict of net config + state_dict
@@ -280,7 +243,7 @@ class RealImages:
             "layers": list(prep.layers),
             "resize": prep.extractor.resize,
             "pixels": "uint8 RGB" if self.data.image_shape[0] == 3 else GREY_TILED,
-            "torch_fidelity": torch_fidelity.__version__,
+            "torch_fidelity": TORCH_FIDELITY_VERSION,
         }
 
 

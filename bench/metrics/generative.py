@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch_fidelity
 
 from bench.cache import cached_json, cached_tensors
 from bench.data import ImageData
@@ -38,6 +37,7 @@ from bench.metrics.base import METRICS, EvalContext, Result, register_metric
 from bench.metrics.domain import classifier_start
 from bench.metrics.features import (
     EXTRACTORS,
+    TORCH_FIDELITY_VERSION,
     Extractor,
     Prepared,
     RealImages,
@@ -281,7 +281,7 @@ class GenerationEval:
             "reference": self.reference.describe(),
             **prov,
             **extra_prov,
-            "torch_fidelity": torch_fidelity.__version__,
+            "torch_fidelity": TORCH_FIDELITY_VERSION,
         }
         return Result(float(value), provenance, extras)
 

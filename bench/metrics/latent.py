@@ -9,7 +9,6 @@ none of these applies to them (reported as n/a).
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from bench.metrics.base import ENCODER_FAMILIES, EvalContext, Result, register_metric
 from bench.metrics.neighbours import knn_classify
@@ -108,6 +107,8 @@ def noisy_test_images(ctx: EvalContext) -> torch.Tensor:
     "clipped) against the clean images",
 )
 def denoise_psnr(ctx: EvalContext) -> Result:
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # imported when first used
+
     noisy, clean = noisy_test_images(ctx), ctx.test_images
     bs = ctx.cfg.batch_size
     with torch.inference_mode():

@@ -22,19 +22,21 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
-from torch_fidelity.generative_model_base import GenerativeModelBase
 
 from bench import numerics
 from bench.data import ImageData, to_float
 from bench.metrics.base import ALL_FAMILIES, ENCODER_FAMILIES
 from bench.metrics.codes import _FITS, _fits, _restate, train_codes  # noqa: F401  (shared with EvalContext)
-from bench.metrics.features import ImageSet, NoiseToImages, RealImages, to_uint8
+from bench.metrics.features import ImageSet, RealImages, to_uint8
 from bench.metrics.gmm import fit_em
 from bench.registry import Registry
+
+if TYPE_CHECKING:
+    from torch_fidelity.generative_model_base import GenerativeModelBase
 
 Tensor = torch.Tensor
 REG_COVAR = 1e-6  # added to each GMM covariance's diagonal (scikit-learn's default)
@@ -262,6 +264,8 @@ def _make_gmm(req: SampleRequest):
         f" (a random subset of the {n_codes}, seed {req.seed})" if gmm.n_fit < n_codes else ""
     )
     model = req.model
+    from bench.metrics.fidelity import NoiseToImages
+
     noise_to_images = NoiseToImages(
         gmm.means.shape[1] + 1,
         lambda n: gmm.sample_from_normal(n).to(n.device),

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
+from bench import numerics
 from bench.config import HASH_NEUTRAL
 from bench.models.base import GenerativeModel, ModelParams, Widths, register, widths_field
 from bench.models.nets import BACKBONES, compare_gan_init, make_backbone
@@ -128,7 +129,7 @@ class GANParams(ModelParams):
         return self
 
 
-@torch.compiler.disable  # a double backward, which compiled graphs do not support: always eager
+@numerics.eager  # a double backward, which compiled graphs do not support: always eager
 def gradient_penalty(critic: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:
     """E[(||grad_x critic(x)||_2 - 1)^2] at ``points`` (Gulrajani et al. 2017)."""
     points = points.detach().requires_grad_(True)

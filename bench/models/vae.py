@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from bench import numerics
 from bench.models.ae import Autoencoder, CodecParams, decoder_nll, reconstruction_loss
 from bench.models.base import register
 
@@ -224,7 +225,7 @@ class VQVAE(Autoencoder):
 
     # eager even inside a compiled loss: inductor (torch 2.14, CPU) gets ``add_(a @ b, alpha=c)``
     # wrong (the codebook drifted by up to 6.5 after one step against eager)
-    @torch.compiler.disable
+    @numerics.eager
     @torch.no_grad()
     def _ema_update(self, ze: Tensor, idx: Tensor) -> None:
         """The codebook's moving averages, in float32 under bf16 autocast too (like optimiser state)."""
