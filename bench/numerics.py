@@ -88,12 +88,15 @@ def eager(fn: Callable) -> Callable:
     """``torch.compiler.disable`` for ``fn``, applied when a loss is first compiled: importing
     torch's compiler takes about a second of every command's start-up (``bench validate`` and
     ``bench list`` included), and only a compiled run needs it. Compiled, a call of ``fn`` breaks
-    the graph and runs eagerly; eager, it is a plain call."""
+    the graph and runs eagerly; eager, it is a plain call. A compile that bench did not set up
+    (``torch.compile(model.loss)`` by hand) gets the same: traced, the call disables ``fn`` itself."""
     slot = {"fn": fn}
     _EAGER.append(slot)
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
+        if torch.compiler.is_compiling() and not getattr(slot["fn"], "_torchdynamo_disable", False):
+            return torch.compiler.disable(fn)(*args, **kwargs)
         return slot["fn"](*args, **kwargs)
 
     return call

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import tiny_suite
 
+from bench import numerics
 from bench.config import BudgetConfig, TrainConfig
 from bench.data import load_dataset
 from bench.models import build_model
@@ -95,11 +96,23 @@ def test_compiled_run_checkpoints_and_resumes(data):
         ("vq-vae", {"backbone": "mlp", "hidden": [32]}, "loss"),
     ],
 )
-def test_compiled_loss_agrees_with_eager(data, name, params, fn):
+@pytest.mark.parametrize("by", ["bench", "hand"])
+def test_compiled_loss_agrees_with_eager(data, name, params, fn, by, monkeypatch):
+    """``by``: bench's compiled step, or ``torch.compile(model.loss)`` by hand, which bench's
+    compile settings have not prepared (``numerics.eager`` then disables at trace time)."""
     torch.manual_seed(0)
     eager = build_model(name, params, data.image_shape)
     compiled = copy.deepcopy(eager)
-    f = Numerics(TrainConfig(compile=True), torch.device("cpu")).loss_fn(compiled, fn)
+    if by == "bench":
+        f = Numerics(TrainConfig(compile=True), torch.device("cpu")).loss_fn(compiled, fn)
+    else:
+        for slot in numerics._EAGER:  # as in a process where bench never compiled a loss
+            raw = getattr(slot["fn"], "_torchdynamo_orig_callable", slot["fn"])
+            monkeypatch.setitem(slot, "fn", raw)
+        import torch._dynamo as dynamo
+
+        dynamo.reset()
+        f = torch.compile(getattr(compiled, fn))
     x = data.train_x[:16].float() / 255
     args = (x, torch.randn(16, eager.params.z_dim)) if fn == "d_loss" else (x,)
     for _ in range(2):  # twice: the second call sees the buffers the first one updated

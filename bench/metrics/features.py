@@ -42,9 +42,18 @@ if TYPE_CHECKING:
 
     from bench.config import EvalConfig
 
-# read from the installed package's metadata: importing torch-fidelity (and torchvision with it)
-# waits until a metric extracts features, so `bench validate` and `bench list` start fast
-TORCH_FIDELITY_VERSION = importlib.metadata.version("torch-fidelity")
+
+@functools.cache
+def torch_fidelity_version() -> str:
+    """torch-fidelity's version, from the installed package's metadata: importing torch-fidelity
+    (and torchvision with it) waits until a metric extracts features, so `bench validate` and
+    `bench list` start fast."""
+    try:
+        return importlib.metadata.version("torch-fidelity")
+    except importlib.metadata.PackageNotFoundError:  # importable without installed metadata
+        import torch_fidelity
+
+        return torch_fidelity.__version__
 
 
 class ImageSet(Dataset):
@@ -243,7 +252,7 @@ class RealImages:
             "layers": list(prep.layers),
             "resize": prep.extractor.resize,
             "pixels": "uint8 RGB" if self.data.image_shape[0] == 3 else GREY_TILED,
-            "torch_fidelity": TORCH_FIDELITY_VERSION,
+            "torch_fidelity": torch_fidelity_version(),
         }
 
 

@@ -37,7 +37,6 @@ from bench.metrics.base import METRICS, EvalContext, Result, register_metric
 from bench.metrics.domain import classifier_start
 from bench.metrics.features import (
     EXTRACTORS,
-    TORCH_FIDELITY_VERSION,
     Extractor,
     Prepared,
     RealImages,
@@ -47,6 +46,7 @@ from bench.metrics.features import (
     real_features,
     real_radii,
     real_statistics,
+    torch_fidelity_version,
 )
 from bench.metrics.kid import draws as kid_draws
 from bench.metrics.kid import kid
@@ -281,7 +281,7 @@ class GenerationEval:
             "reference": self.reference.describe(),
             **prov,
             **extra_prov,
-            "torch_fidelity": TORCH_FIDELITY_VERSION,
+            "torch_fidelity": torch_fidelity_version(),
         }
         return Result(float(value), provenance, extras)
 
