@@ -68,37 +68,60 @@ def test_sizes_the_splits_cannot_give_exit_2_naming_the_field_and_write_nothing(
     assert rc == 2 and again == lines
 
 
-def test_the_domain_classifier_needs_two_training_images(write_suite, capsys):
+def test_bench_eval_checks_the_sizes_against_the_runs_splits(tmp_path, write_suite, store, capsys):
+    suite = tiny_suite(
+        dataset=TINY,
+        budget={"steps": 2, "batch_size": 4},
+        models=[{"name": "ae-mlp"}],
+        eval={"metrics": ["psnr"]},
+    )
+    assert main(["run", str(write_suite(suite)), "--tracking-uri", store, "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    rc, lines = run_cli(["eval", "tiny", "--metrics", "recon_mse,knn_acc", "--tracking-uri", store], capsys)
+    assert rc == 2
+    assert len(lines) == 1 and lines[0].endswith(
+        "(ae-mlp/seed0): eval.metrics.1: knn_acc: the 10-nearest-neighbour classifier needs at least 10 "
+        "training images; the training split has 8 (dataset.train_size)"
+    )
+    client = mlflow.tracking.MlflowClient(store)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], "tags.`bench.kind` = 'run'"
+    )
+    assert "recon_mse" not in run.data.metrics  # nothing was computed
+
+
+def _domain_on_two_images() -> dict:
     suite = small_suite(["recon_mse", "modes_covered"], n_real=16)
     suite["dataset"] = {"name": "synthetic", "train_size": 2, "test_size": 16}
-    path = write_suite(suite)
+    return suite
+
+
+TRAINING_CANNOT = {  # suites whose splits something cannot train on, and the one line that says so
+    "domain classifier on one image": (
+        _domain_on_two_images,
+        "eval.metrics.1: modes_covered: the domain classifier trains on the second half of the "
+        "training split, 1 image; it needs at least 2",
+    ),
+    "batch norm on batches of one image": (
+        lambda: tiny_suite(
+            budget={"steps": 2, "batch_size": 1}, models=[{"name": "ae-mlp"}, {"name": "dcgan"}]
+        ),
+        "budget.batch_size: models.1 (dcgan) has batch norm, which cannot train on batches of one image",
+    ),
+    "a training split of one image": (
+        lambda: tiny_suite(dataset={"name": "synthetic", "train_size": 1, "test_size": 4}),
+        "dataset.train_size: the training split has 1 image; training needs at least 2 "
+        "(batch norm and the fitted latent samplers learn from the spread of several)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TRAINING_CANNOT)
+def test_what_the_splits_cannot_train_is_refused(case, write_suite, capsys):
+    make, line = TRAINING_CANNOT[case]
+    path = write_suite(make())
     rc, lines = run_cli(["validate", "--data", str(path)], capsys)
-    assert rc == 2
-    assert lines == [
-        f"{path}: eval.metrics.1: modes_covered: the domain classifier trains on the second half of the "
-        "training split, 1 image; it needs at least 2"
-    ]
-
-
-def test_batch_norm_models_cannot_train_on_batches_of_one_image(write_suite, capsys):
-    suite = tiny_suite(budget={"steps": 2, "batch_size": 1}, models=[{"name": "ae-mlp"}, {"name": "dcgan"}])
-    path = write_suite(suite)
-    rc, lines = run_cli(["validate", "--data", str(path)], capsys)
-    assert rc == 2
-    assert lines == [
-        f"{path}: budget.batch_size: models.1 (dcgan) has batch norm, which cannot train on batches of "
-        "one image"
-    ]
-
-
-def test_a_training_split_of_one_image_is_refused(tmp_path, write_suite, capsys):
-    path = write_suite(tiny_suite(dataset={"name": "synthetic", "train_size": 1, "test_size": 4}))
-    rc, lines = run_cli(["validate", "--data", str(path)], capsys)
-    assert rc == 2
-    assert lines == [
-        f"{path}: dataset.train_size: the training split has 1 image; training needs at least 2 "
-        "(batch norm and the fitted latent samplers learn from the spread of several)"
-    ]
+    assert rc == 2 and lines == [f"{path}: {line}"]
 
 
 def test_data_problems_count_only_the_metrics_that_apply_to_the_models():

@@ -279,7 +279,6 @@ def evaluate(
                         raise
                     # text only: the traceback's frames would keep the metric's tensors alive
                     failed[name] = MetricFailure(failure_reason(e), "".join(traceback.format_exception(e)))
-                    del e
                     continue
                 if r is None:  # not defined for this model as configured (e.g. float codes, no code_step)
                     continue
