@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from bench import numerics
-from bench.config import DatasetConfig, EvalConfig, Suite
+from bench.config import BudgetConfig, DatasetConfig, EvalConfig, Suite
 from bench.data import ImageData, from_config
 from bench.metrics import METRICS, Result, data_problems
 from bench.models import GenerativeModel, ModelParams
@@ -52,12 +52,25 @@ class CallableGenerator(GenerativeModel):
     g_loss = sample_z = d_loss
 
 
-def _dataset(dataset: str | Mapping[str, Any] | DatasetConfig | ImageData) -> ImageData:
-    if isinstance(dataset, ImageData):
-        return dataset
-    if isinstance(dataset, str):
-        dataset = {"name": dataset}
-    return from_config(dataset if isinstance(dataset, DatasetConfig) else DatasetConfig(**dataset))
+def _dataset_config(dataset: str | Mapping[str, Any] | DatasetConfig | ImageData) -> DatasetConfig | None:
+    """The ``dataset`` section a request names (None for data loaded by the caller)."""
+    if isinstance(dataset, DatasetConfig | ImageData):
+        return dataset if isinstance(dataset, DatasetConfig) else None
+    return DatasetConfig(**({"name": dataset} if isinstance(dataset, str) else dataset))
+
+
+def _check(request: Suite, names: list[str], model: GenerativeModel, data: ImageData) -> None:
+    """The metrics' static checks on ``request`` (the suite a metric's check reads: no training,
+    so no models and an unset budget), then their sizes against the data's splits."""
+    problems = [
+        FieldError(f"metrics.{i}", p)
+        for i, m in enumerate(names)
+        if METRICS.get(m).applies_to_model(model)
+        for p in METRICS.get(m).check(request)
+    ]
+    problems += [FieldError(f"metrics.{i}", p) for i, p in data_problems(request.eval, data, [model])]
+    if problems:
+        raise SuiteError("bench.evaluate", problems)
 
 
 def evaluate(
@@ -93,7 +106,8 @@ def evaluate(
     ]
     if unknown:
         raise SuiteError("bench.evaluate", unknown)
-    data = _dataset(dataset)
+    dataset_cfg = _dataset_config(dataset)
+    data = dataset if dataset_cfg is None else from_config(dataset_cfg)
     dev = torch.device(device)
     if isinstance(model_or_generator, GenerativeModel):
         model = model_or_generator.to(dev)
@@ -102,16 +116,16 @@ def evaluate(
     else:
         raise TypeError("evaluate() takes a bench GenerativeModel or a callable from noise to images")
     # what `bench validate` and `bench run` check before any work: the settings, then the sizes
-    as_suite = Suite.model_construct(eval=cfg)  # what the static checks read: the eval settings
-    problems = [
-        FieldError(f"metrics.{i}", p)
-        for i, m in enumerate(names)
-        if METRICS.get(m).applies_to_model(model)
-        for p in METRICS.get(m).check(as_suite)
-    ]
-    problems += [FieldError(f"metrics.{i}", p) for i, p in data_problems(cfg, data, [model])]
-    if problems:
-        raise SuiteError("bench.evaluate", problems)
+    request = Suite.model_construct(
+        name=experiment,
+        dataset=dataset_cfg or DatasetConfig.model_construct(name=data.name),
+        budget=BudgetConfig.model_construct(),
+        seeds=[seed],
+        device=str(dev),
+        eval=cfg,
+        models=[],
+    )
+    _check(request, names, model, data)
     from bench.metrics import evaluate as compute
     from bench.metrics.samplers import LATENT_FIT_SECONDS, fit_latent_sampler
 

@@ -4,6 +4,7 @@ one-class labels and batches of one image are computed or reported as n/a, never
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import mlflow
@@ -145,6 +146,32 @@ def test_bench_evaluate_checks_the_request_before_any_work():
         bench.evaluate(model, make_synthetic(64, 64), ["is_domain"], n_samples=20, isc_splits=30)
     with pytest.raises(SuiteError, match="metrics.0: is: the Inception Score needs Inception's class logits"):
         bench.evaluate(model, make_synthetic(64, 64), ["is"], n_samples=20)
+
+
+def test_bench_evaluate_gives_a_plugin_metric_check_the_whole_request():
+    """A plugin metric's static check reads the suite bench validate would give it; bench.evaluate
+    gives one built from the request: the dataset, the seed, the device, no models."""
+    from bench.metrics.base import register_metric
+
+    seen = []
+
+    def check(suite):
+        name = suite.dataset.name
+        seen.append((suite.name, name, suite.seeds, suite.device, suite.models, suite.eval.n_samples))
+        return [] if name == "synthetic" else [f"only for synthetic data, not {name}"]
+
+    register_metric("test_checked", higher_is_better=True, description="test", check=check)(lambda ctx: 1.0)
+    try:
+        model = build_model("ae-mlp", {}, (1, 28, 28))
+        out = bench.evaluate(model, {"name": "synthetic", "train_size": 64, "test_size": 16},
+                             ["test_checked"], n_samples=20, seed=3)  # fmt: skip
+        assert out["test_checked"].value == 1.0
+        assert seen == [("evaluate", "synthetic", [3], "cpu", [], 20)]
+        renamed = dataclasses.replace(make_synthetic(64, 16), name="mine")  # data loaded by the caller
+        with pytest.raises(SuiteError, match="metrics.0: only for synthetic data, not mine"):
+            bench.evaluate(model, renamed, ["test_checked"], n_samples=20)
+    finally:
+        METRICS._entries.pop("test_checked")  # the registry has no public removal
 
 
 # --------------------------------------------------------------------------- a metric that fails
