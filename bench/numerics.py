@@ -171,12 +171,107 @@ def _autocast(forward: Callable, device_type: str) -> Callable:
     return call
 
 
+@functools.cache
+def onednn_linear_available() -> bool:
+    """Whether this torch build has oneDNN's packed linear (every x86 and ARM wheel does), it is
+    switched on (``torch.backends.mkldnn``), and it computes what ``F.linear`` does, checked once
+    on a small case."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)  # never the global generator: training draws from it
+        w, x, b = (torch.randn(*shape, generator=g) for shape in ((24, 40), (5, 40), (24,)))
+        with torch.no_grad():
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+            y = torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
+        return bool(torch.allclose(y, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5))
+    except Exception:  # no oneDNN in this build, or the private ops changed
+        return False
+
+
+LinearFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def packed_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> LinearFn:
+    """``x -> F.linear(x, weight, bias)`` (x @ weight.T + bias), for a fixed float32 ``weight`` on
+    the CPU through oneDNN's GEMM, the weight packed once here. torch hands a float32 product on
+    the CPU to MKL, which on AMD processors runs its AVX2 kernels: oneDNN's AVX-512 kernels were
+    2.0-2.4x faster on vae-conv's largest layers and the GMM's E-step (2-core AMD EPYC;
+    docs/performance.md). Still float32 products, summed in another order: values move at
+    rounding level. Elsewhere (another device or dtype, no oneDNN) it is ``F.linear``. No
+    gradients: for forward passes that record none."""
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not onednn_linear_available():
+        return functools.partial(torch.nn.functional.linear, weight=weight, bias=bias)
+    with torch.no_grad():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+    bias = None if bias is None else bias.detach()
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            return torch.nn.functional.linear(x, weight, bias)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    return linear
+
+
+class _OneDNNLinear:
+    """A float32 ``nn.Linear``'s forward through ``packed_linear``, packed again only when the
+    weight changes. What it cannot take (another dtype or device, autocast, a forward that records
+    gradients) goes to the layer's own forward."""
+
+    def __init__(self, module: torch.nn.Linear) -> None:
+        self.module = module
+        self.packed: LinearFn | None = None
+        self.key: tuple[int, ...] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        w = m.weight
+        if (
+            x.dtype != torch.float32
+            or x.device.type != "cpu"
+            or w.dtype != torch.float32
+            or w.device.type != "cpu"
+            or torch.is_autocast_enabled("cpu")
+            or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+        ):
+            return torch.nn.Linear.forward(m, x)
+        b = m.bias
+        key = (w.data_ptr(), w._version) + (() if b is None else (b.data_ptr(), b._version))
+        if self.packed is None or key != self.key:
+            self.packed, self.key = packed_linear(w, m.bias), key
+        return self.packed(x)
+
+
+def _onednn_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Route the model's float32 ``nn.Linear`` layers through oneDNN (``_OneDNNLinear``); returns
+    the layers patched. Only plain ``nn.Linear`` (no subclass, no parametrisation), not already
+    patched."""
+    from torch.nn.utils import parametrize
+
+    layers = [
+        m
+        for m in model.modules()
+        if type(m) is torch.nn.Linear
+        and m.weight.dtype == torch.float32
+        and m.weight.device.type == "cpu"
+        and not parametrize.is_parametrized(m)
+        and "forward" not in vars(m)
+    ]
+    if not layers or not onednn_linear_available():
+        return []
+    for m in layers:
+        object.__setattr__(m, "forward", _OneDNNLinear(m))
+    return layers
+
+
 @contextlib.contextmanager
 def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> Iterator[None]:
     """How an evaluation runs the model's networks; everything is restored on exit.
 
-    - On a CPU, conv weights are held in channels_last for the evaluation: oneDNN's faster
-      kernels, still float32 (values change at rounding level only; docs/performance.md).
+    - On a CPU, conv weights are held in channels_last for the evaluation, and float32 linear
+      layers run through oneDNN's packed GEMM (``_OneDNNLinear``): oneDNN's faster kernels,
+      still float32 (values change at rounding level only; docs/performance.md).
     - ``precision="bf16"``: the model's networks (``autocast_modules()``: by default its
       ``encoder``, ``decoder`` and ``generator``) run under bf16 autocast and hand float32 back.
       Nothing else does: the model's own code between its networks (quantisers, codebook search,
@@ -188,8 +283,12 @@ def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> 
     """
     params = [p for p in model.parameters() if p.dim() == 4]
     relayout = device.type == "cpu" and bool(params) and all(p.is_contiguous() for p in params)
+    linears = _onednn_linears(model) if device.type == "cpu" else []
     patched: list[torch.nn.Module] = []
-    tokens = (_PRECISION.set(precision), _LAYOUT.set("channels_last" if relayout else _LAYOUT.get()))
+    layout = "+".join(
+        [*(["channels_last"] if relayout else []), *(["onednn_linear"] if linears else [])]
+    )
+    tokens = (_PRECISION.set(precision), _LAYOUT.set(layout or _LAYOUT.get()))
     matmul = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("highest")
@@ -214,5 +313,8 @@ def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> 
         _PRECISION.reset(tokens[0])
         for net in patched:
             object.__delattr__(net, "forward")
+        for m in linears:
+            if isinstance(vars(m).get("forward"), _OneDNNLinear):
+                object.__delattr__(m, "forward")
         if relayout:
             model.to(memory_format=torch.contiguous_format)

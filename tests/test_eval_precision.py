@@ -1,5 +1,5 @@
-"""How an evaluation runs the model's forward passes: ``eval.precision`` and the conv layout
-(``bench.numerics.evaluation``)."""
+"""How an evaluation runs the model's forward passes: ``eval.precision``, the conv layout and the
+linear layers' oneDNN GEMM (``bench.numerics.evaluation``)."""
 
 import pytest
 import torch
@@ -36,9 +36,9 @@ def test_the_evaluation_leaves_the_model_as_it_found_it(vae):
     with numerics.evaluation(vae, "bf16", CPU):
         assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
         assert all("forward" in vars(net) for net in (vae.encoder, vae.decoder))  # wrapped
-        assert numerics.eval_mode() == "bf16/channels_last"
+        assert numerics.eval_mode() == "bf16/channels_last+onednn_linear"
         with numerics.exact():
-            assert numerics.eval_mode() == "fp32/channels_last"
+            assert numerics.eval_mode() == "fp32/channels_last+onednn_linear"
     assert numerics.eval_mode() == "fp32/contiguous"
     assert not any("forward" in vars(m) for m in vae.modules())
     assert all(p.is_contiguous() for p in convs)
@@ -61,6 +61,77 @@ def test_bf16_rounds_the_forward_passes_and_exact_keeps_them_float32(vae, data):
     assert low.dtype == z.dtype == torch.float32  # what the metrics receive
     assert not torch.equal(low, plain) and (low - plain).abs().max() < 0.05
     assert torch.equal(full, relaid)
+
+
+def linears(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def test_linear_layers_run_through_onednn_at_float32_rounding(vae, data):
+    assert numerics.onednn_linear_available()  # every x86 and ARM build of torch has it
+    x = data.test_x[:32].float() / 255
+    z = torch.randn(32, vae.params.latent_dim)
+    with torch.inference_mode():
+        plain = vae.encode(x), vae.decode(z)
+        with numerics.evaluation(vae, "fp32", CPU):
+            assert all(isinstance(vars(m).get("forward"), numerics._OneDNNLinear) for m in linears(vae))
+            fast = vae.encode(x), vae.decode(z)
+            again = vae.encode(x), vae.decode(z)
+    for a, b, c in zip(plain, fast, again):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5) and torch.equal(b, c)  # and repeatable
+    assert not any("forward" in vars(m) for m in vae.modules())
+
+
+def test_a_onednn_linear_takes_what_it_can_and_hands_the_rest_to_the_layer():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(), torch.nn.Linear(24, 3, bias=False))
+    x = torch.randn(7, 40)
+    with numerics.evaluation(net, "fp32", CPU):
+        assert numerics.eval_mode() == "fp32/onednn_linear"  # no conv weights to relay out
+        layer = vars(net[0])["forward"]
+        with torch.inference_mode():
+            first = net(x)
+            F = torch.nn.functional
+            expected = F.linear(F.linear(x, net[0].weight, net[0].bias).relu(), net[2].weight)
+            assert torch.allclose(first, expected, rtol=1e-5, atol=1e-6)
+            packed = layer.packed
+            assert torch.equal(net(x), first) and layer.packed is packed  # packed once
+        # a forward that records gradients goes to the layer's own forward: gradients flow
+        y = net(x.requires_grad_())
+        y.sum().backward()
+        assert x.grad is not None and net[0].weight.grad is not None
+        # weights changed in place are packed again
+        with torch.no_grad():
+            net[0].weight.mul_(2)
+            net[2].weight.zero_()
+            assert torch.equal(net(x), torch.zeros(7, 3))
+            assert layer.packed is not packed
+            # float64 and autocast: the layer's own forward
+            assert net.double()(x.double()).dtype == torch.float64
+            net.float()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert net[0](x).dtype == torch.bfloat16
+    assert not any("forward" in vars(m) for m in net.modules())
+
+
+def test_the_evaluation_draws_nothing_from_the_global_generator(vae, data):
+    """Training draws from torch's global generator: an evaluation between steps (or the first of a
+    process, which checks oneDNN once) must not move it, or a resumed run would train otherwise."""
+    numerics.onednn_linear_available.cache_clear()
+    state = torch.get_rng_state()
+    with torch.inference_mode(), numerics.evaluation(vae, "fp32", CPU):
+        vae.reconstruct(data.test_x[:8].float() / 255)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_nested_evaluation_keeps_the_outer_onednn_layers(vae):
+    with numerics.evaluation(vae, "fp32", CPU):
+        outer = [vars(m)["forward"] for m in linears(vae)]
+        with numerics.evaluation(vae, "bf16", CPU):
+            assert [vars(m)["forward"] for m in linears(vae)] == outer
+            assert numerics.eval_mode() == "bf16/channels_last+onednn_linear"
+        assert [vars(m)["forward"] for m in linears(vae)] == outer
+    assert not any("forward" in vars(m) for m in vae.modules())
 
 
 def test_the_model_is_restored_when_the_evaluation_fails(vae):

@@ -1,0 +1,136 @@
+"""Float32 linear products on the CPU: torch's own (``F.linear``, MKL's GEMM) against oneDNN's
+(``bench.numerics.packed_linear``, what an evaluation's linear layers and the GMM's E-step use).
+
+Measured side by side, the two taking turns round by round, medians printed:
+- the products alone, at the shapes of vae-conv's largest layers (batches of 500) and of the
+  GMM's E-step (chunks of 1,024 64-d codes against 10 components), in GFLOP/s, with each
+  one's largest error against float64;
+- vae-conv's encoder and decoder inside ``numerics.evaluation`` (channels_last either way), with
+  and without their linear layers through oneDNN, in images/s;
+- the GMM fit (``bench.metrics.gmm.fit_em``, 10 full-covariance components) on 60,000 64-d
+  synthetic codes (or ``--codes``), with and without oneDNN's E-step: seconds, EM iterations and
+  the fit's mean log-likelihood.
+
+    python benchmarks/linear.py                # 5 rounds
+    python benchmarks/linear.py --rounds 9 --codes codes.pt   # a tensor, or {"train": tensor}
+
+Prints markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import numerics  # noqa: E402
+from bench.metrics import gmm  # noqa: E402
+from bench.models import build_model  # noqa: E402
+
+SHAPES = {  # (rows, in, out)
+    "vae-conv encoder 6272 -> 1024 (batch 500)": (500, 6272, 1024),
+    "vae-conv decoder 1024 -> 6272 (batch 500)": (500, 1024, 6272),
+    "GMM E-step 64 -> 640 (chunk of 1,024 codes)": (1024, 64, 640),
+}
+
+
+def seconds(fn, *args, repeats: int = 20) -> float:
+    fn(*args)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn(*args)
+    return (time.perf_counter() - t0) / repeats
+
+
+def products(rounds: int) -> None:
+    print("| product | MKL GFLOP/s | oneDNN GFLOP/s | oneDNN / MKL | largest error: MKL | oneDNN |")
+    print("|---|--:|--:|--:|--:|--:|")
+    g = torch.Generator().manual_seed(0)
+    for name, (m, k, n) in SHAPES.items():
+        x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+        fast = numerics.packed_linear(w, b)
+        exact = F.linear(x.double(), w.double(), b.double())
+        times: dict[str, list[float]] = {"mkl": [], "onednn": []}
+        with torch.inference_mode():
+            for _ in range(rounds):
+                times["mkl"].append(seconds(F.linear, x, w, b))
+                times["onednn"].append(seconds(fast, x))
+            err_mkl = (F.linear(x, w, b) - exact).abs().max().item()
+            err_dnn = (fast(x) - exact).abs().max().item()
+        flop = 2 * m * k * n
+        a, o = (flop / statistics.median(times[t]) / 1e9 for t in ("mkl", "onednn"))
+        print(f"| {name} | {a:.0f} | {o:.0f} | {o / a:.2f} | {err_mkl:.1e} | {err_dnn:.1e} |")
+
+
+def networks(rounds: int) -> None:
+    torch.manual_seed(0)
+    model = build_model("vae-conv", {}, (1, 28, 28)).eval()
+    x, z = torch.rand(500, 1, 28, 28), torch.randn(500, model.params.latent_dim)
+    patch = numerics._onednn_linears
+    rates: dict[tuple[str, bool], list[float]] = {}
+    for _ in range(rounds):
+        for onednn in (False, True):
+            numerics._onednn_linears = patch if onednn else (lambda model: [])
+            try:
+                with numerics.evaluation(model, "fp32", torch.device("cpu")), torch.inference_mode():
+                    for net, arg in (("encoder", x), ("decoder", z)):
+                        rate = 500 / seconds(getattr(model, net), arg, repeats=10)
+                        rates.setdefault((net, onednn), []).append(rate)
+            finally:
+                numerics._onednn_linears = patch
+    print("\n| vae-conv, batches of 500 | linear layers on MKL (images/s) | on oneDNN (images/s) | ratio |")
+    print("|---|--:|--:|--:|")
+    for net in ("encoder", "decoder"):
+        a, o = statistics.median(rates[(net, False)]), statistics.median(rates[(net, True)])
+        print(f"| {net} | {a:,.0f} | {o:,.0f} | {o / a:.2f} |")
+
+
+def gmm_fit(rounds: int, codes_file: str | None) -> None:
+    if codes_file:  # e.g. a trained encoder's codes of the training split: a tensor, or {"train": tensor}
+        codes = torch.load(codes_file, weights_only=True)
+        codes = (codes["train"] if isinstance(codes, dict) else codes).float()
+    else:  # heavy-tailed, correlated codes: EM runs about as many steps as on vae-conv's (67)
+        g = torch.Generator().manual_seed(0)
+        codes = torch.randn(60000, 64, generator=g).pow(3) @ (torch.randn(64, 64, generator=g) / 8)
+    packed = numerics.packed_linear
+    out: dict[bool, list] = {False: [], True: []}
+    for _ in range(max(1, rounds // 2)):
+        for onednn in (False, True):
+            numerics.packed_linear = packed if onednn else (lambda w, b=None: lambda x: F.linear(x, w, b))
+            try:
+                t0 = time.perf_counter()
+                fit = gmm.fit_em(codes, 10, 0)
+                out[onednn].append((time.perf_counter() - t0, fit.n_iter, fit.log_likelihood))
+            finally:
+                numerics.packed_linear = packed
+    title = f"GMM fit, {len(codes):,} {codes.shape[1]}-d codes, 10 components"
+    print(f"\n| {title} | E-step on MKL | on oneDNN |")
+    print("|---|--:|--:|")
+    a, o = (statistics.median(t for t, _, _ in out[k]) for k in (False, True))
+    print(f"| seconds (median) | {a:.2f} | {o:.2f} |")
+    print(f"| EM iterations | {out[False][0][1]} | {out[True][0][1]} |")
+    print(f"| mean log-likelihood per code | {out[False][0][2]:.6f} | {out[True][0][2]:.6f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--codes", help="codes to fit the GMM to (a tensor file; default: synthetic)")
+    args = ap.parse_args()
+    if not numerics.onednn_linear_available():
+        raise SystemExit("this torch build has no oneDNN packed linear: nothing to compare")
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    products(args.rounds)
+    networks(args.rounds)
+    gmm_fit(args.rounds, args.codes)
+
+
+if __name__ == "__main__":
+    main()
