@@ -61,7 +61,8 @@ def _dataset_config(dataset: str | Mapping[str, Any] | DatasetConfig | ImageData
 
 def _check(request: Suite, names: list[str], model: GenerativeModel, data: ImageData) -> None:
     """The metrics' static checks on ``request`` (the suite a metric's check reads: no training,
-    so no models and an unset budget), then their sizes against the data's splits."""
+    so no models and an empty budget, none of its kinds set), then their sizes against the data's
+    splits."""
     problems = [
         FieldError(f"metrics.{i}", p)
         for i, m in enumerate(names)

@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import torch
+from torch.autograd import forward_ad
 
 log = logging.getLogger("bench")
 
@@ -196,7 +197,7 @@ def packed_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Lin
     """``x -> F.linear(x, weight, bias)`` (x @ weight.T + bias), for a fixed float32 ``weight`` on
     the CPU through oneDNN's GEMM, the weight packed once here. torch hands a float32 product on
     the CPU to MKL, which on AMD processors runs its AVX2 kernels: oneDNN's AVX-512 kernels were
-    2.0-2.4x faster on vae-conv's largest layers and the GMM's E-step (2-core AMD EPYC;
+    2.0-2.5x faster on vae-conv's largest layers and the GMM's E-step (2-core AMD EPYC;
     docs/performance.md). Still float32 products, summed in another order: values move at
     rounding level. Elsewhere (another device or dtype, no oneDNN) it is ``F.linear``. No
     gradients: for forward passes that record none."""
@@ -214,10 +215,17 @@ def packed_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Lin
     return linear
 
 
+# smaller layers stay on torch's own forward: the call's own cost (about 20 us) outweighs what a
+# faster product saves there (a 784 x 512 layer on a batch of 500: 2.3 -> 1.1 ms; 64 x 16: 16 -> 32 us)
+ONEDNN_MIN_WEIGHTS = 1 << 16
+
+
 class _OneDNNLinear:
-    """A float32 ``nn.Linear``'s forward through ``packed_linear``, packed again only when the
-    weight changes. What it cannot take (another dtype or device, autocast, a forward that records
-    gradients) goes to the layer's own forward."""
+    """A float32 ``nn.Linear``'s forward through ``packed_linear``, packed again when the weight or
+    bias changes through autograd's view of it (an in-place change through ``.data`` is not seen:
+    the evaluation holds the weights fixed). What it cannot take goes to the layer's own forward:
+    another dtype or device, autocast, a forward that records gradients (backward or forward
+    mode), a trace by ``torch.compile``, weights made in inference mode (no version to watch)."""
 
     def __init__(self, module: torch.nn.Linear) -> None:
         self.module = module
@@ -226,27 +234,31 @@ class _OneDNNLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
-        w = m.weight
+        w, b = m.weight, m.bias
+        params = (w,) if b is None else (w, b)
         if (
             x.dtype != torch.float32
             or x.device.type != "cpu"
             or w.dtype != torch.float32
             or w.device.type != "cpu"
             or torch.is_autocast_enabled("cpu")
-            or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+            or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)))
+            or forward_ad.unpack_dual(x).tangent is not None
+            or any(t.is_inference() for t in params)
         ):
             return torch.nn.Linear.forward(m, x)
-        b = m.bias
-        key = (w.data_ptr(), w._version) + (() if b is None else (b.data_ptr(), b._version))
+        key = tuple(v for t in params for v in (t.data_ptr(), t._version))
         if self.packed is None or key != self.key:
-            self.packed, self.key = packed_linear(w, m.bias), key
+            self.packed, self.key = packed_linear(w, b), key
         return self.packed(x)
 
 
 def _onednn_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Route the model's float32 ``nn.Linear`` layers through oneDNN (``_OneDNNLinear``); returns
-    the layers patched. Only plain ``nn.Linear`` (no subclass, no parametrisation), not already
-    patched."""
+    """Route the model's float32 ``nn.Linear`` layers of at least ``ONEDNN_MIN_WEIGHTS`` weights
+    through oneDNN (``_OneDNNLinear``); returns the layers patched. Only plain ``nn.Linear`` (no
+    subclass, no parametrisation) whose forward nothing has replaced already (a nested
+    evaluation, a layer that is itself a network run under autocast)."""
     from torch.nn.utils import parametrize
 
     layers = [
@@ -255,6 +267,7 @@ def _onednn_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
         if type(m) is torch.nn.Linear
         and m.weight.dtype == torch.float32
         and m.weight.device.type == "cpu"
+        and m.weight.numel() >= ONEDNN_MIN_WEIGHTS
         and not parametrize.is_parametrized(m)
         and "forward" not in vars(m)
     ]
@@ -283,12 +296,9 @@ def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> 
     """
     params = [p for p in model.parameters() if p.dim() == 4]
     relayout = device.type == "cpu" and bool(params) and all(p.is_contiguous() for p in params)
-    linears = _onednn_linears(model) if device.type == "cpu" else []
     patched: list[torch.nn.Module] = []
-    layout = "+".join(
-        [*(["channels_last"] if relayout else []), *(["onednn_linear"] if linears else [])]
-    )
-    tokens = (_PRECISION.set(precision), _LAYOUT.set(layout or _LAYOUT.get()))
+    linears: list[torch.nn.Module] = []
+    tokens = (_PRECISION.set(precision), _LAYOUT.set(_LAYOUT.get()))
     matmul = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("highest")
@@ -306,15 +316,20 @@ def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> 
                 if "forward" not in vars(net):  # not already wrapped (a nested evaluation)
                     object.__setattr__(net, "forward", _autocast(net.forward, device.type))
                     patched.append(net)
+        # after the autocast wrappers: a network that is itself one linear layer keeps its autocast
+        linears = _onednn_linears(model) if device.type == "cpu" else []
+        layout = [*(["channels_last"] if relayout else []), *(["onednn_linear"] if linears else [])]
+        if layout:  # else a nested evaluation's: the outer one's layout
+            _LAYOUT.set("+".join(layout))
         yield
     finally:
         torch.set_float32_matmul_precision(matmul)
         _LAYOUT.reset(tokens[1])
         _PRECISION.reset(tokens[0])
-        for net in patched:
-            object.__delattr__(net, "forward")
         for m in linears:
             if isinstance(vars(m).get("forward"), _OneDNNLinear):
                 object.__delattr__(m, "forward")
+        for net in patched:
+            object.__delattr__(net, "forward")
         if relayout:
             model.to(memory_format=torch.contiguous_format)

@@ -1,7 +1,8 @@
 """Float32 linear products on the CPU: torch's own (``F.linear``, MKL's GEMM) against oneDNN's
 (``bench.numerics.packed_linear``, what an evaluation's linear layers and the GMM's E-step use).
 
-Measured side by side, the two taking turns round by round, medians printed:
+Measured side by side, the two taking turns round by round (each going first every other
+round), medians printed:
 - the products alone, at the shapes of vae-conv's largest layers (batches of 500) and of the
   GMM's E-step (chunks of 1,024 64-d codes against 10 components), in GFLOP/s, with each
   one's largest error against float64;
@@ -59,9 +60,9 @@ def products(rounds: int) -> None:
         exact = F.linear(x.double(), w.double(), b.double())
         times: dict[str, list[float]] = {"mkl": [], "onednn": []}
         with torch.inference_mode():
-            for _ in range(rounds):
-                times["mkl"].append(seconds(F.linear, x, w, b))
-                times["onednn"].append(seconds(fast, x))
+            for r in range(rounds):  # the two take turns, each going first every other round
+                for side in ("mkl", "onednn")[:: 1 if r % 2 == 0 else -1]:
+                    times[side].append(seconds(F.linear, x, w, b) if side == "mkl" else seconds(fast, x))
             err_mkl = (F.linear(x, w, b) - exact).abs().max().item()
             err_dnn = (fast(x) - exact).abs().max().item()
         flop = 2 * m * k * n
@@ -75,8 +76,8 @@ def networks(rounds: int) -> None:
     x, z = torch.rand(500, 1, 28, 28), torch.randn(500, model.params.latent_dim)
     patch = numerics._onednn_linears
     rates: dict[tuple[str, bool], list[float]] = {}
-    for _ in range(rounds):
-        for onednn in (False, True):
+    for r in range(rounds):
+        for onednn in (False, True)[:: 1 if r % 2 == 0 else -1]:
             numerics._onednn_linears = patch if onednn else (lambda model: [])
             try:
                 with numerics.evaluation(model, "fp32", torch.device("cpu")), torch.inference_mode():
@@ -101,8 +102,8 @@ def gmm_fit(rounds: int, codes_file: str | None) -> None:
         codes = torch.randn(60000, 64, generator=g).pow(3) @ (torch.randn(64, 64, generator=g) / 8)
     packed = numerics.packed_linear
     out: dict[bool, list] = {False: [], True: []}
-    for _ in range(max(1, rounds // 2)):
-        for onednn in (False, True):
+    for r in range(max(1, rounds // 2)):
+        for onednn in (False, True)[:: 1 if r % 2 == 0 else -1]:
             numerics.packed_linear = packed if onednn else (lambda w, b=None: lambda x: F.linear(x, w, b))
             try:
                 t0 = time.perf_counter()

@@ -84,27 +84,42 @@ def test_linear_layers_run_through_onednn_at_float32_rounding(vae, data):
 
 def test_a_onednn_linear_takes_what_it_can_and_hands_the_rest_to_the_layer():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(), torch.nn.Linear(24, 3, bias=False))
-    x = torch.randn(7, 40)
+    F = torch.nn.functional
+    linear = torch.nn.Linear
+    net = torch.nn.Sequential(linear(512, 256), torch.nn.ReLU(), linear(256, 300, bias=False), linear(300, 2))
+    x = torch.randn(7, 512)
     with numerics.evaluation(net, "fp32", CPU):
         assert numerics.eval_mode() == "fp32/onednn_linear"  # no conv weights to relay out
+        assert [isinstance(vars(m).get("forward"), numerics._OneDNNLinear) for m in net[::2]] == [True, True]
+        assert "forward" not in vars(net[3])  # 600 weights: its own forward is faster
         layer = vars(net[0])["forward"]
         with torch.inference_mode():
             first = net(x)
-            F = torch.nn.functional
-            expected = F.linear(F.linear(x, net[0].weight, net[0].bias).relu(), net[2].weight)
-            assert torch.allclose(first, expected, rtol=1e-5, atol=1e-6)
+            h = F.linear(F.linear(x, net[0].weight, net[0].bias).relu(), net[2].weight)
+            assert torch.allclose(first, F.linear(h, net[3].weight, net[3].bias), rtol=1e-5, atol=1e-5)
             packed = layer.packed
             assert torch.equal(net(x), first) and layer.packed is packed  # packed once
-        # a forward that records gradients goes to the layer's own forward: gradients flow
-        y = net(x.requires_grad_())
+        # a forward that records gradients goes to the layer's own forward: gradients flow, to a
+        # bias alone too
+        y = net(x.clone().requires_grad_())
         y.sum().backward()
-        assert x.grad is not None and net[0].weight.grad is not None
+        assert net[0].weight.grad is not None
+        net[0].weight.requires_grad_(False)
+        net[0](x).sum().backward()
+        assert net[0].bias.grad is not None
+        net[0].weight.requires_grad_(True)
+        # forward-mode tangents too
+        from torch.autograd import forward_ad
+
+        with torch.no_grad(), forward_ad.dual_level():
+            out = net[0](forward_ad.make_dual(x, torch.ones_like(x)))
+            assert forward_ad.unpack_dual(out).tangent is not None
         # weights changed in place are packed again
         with torch.no_grad():
             net[0].weight.mul_(2)
             net[2].weight.zero_()
-            assert torch.equal(net(x), torch.zeros(7, 3))
+            assert torch.equal(net[2](torch.randn(3, 256)), torch.zeros(3, 300))
+            net(x)
             assert layer.packed is not packed
             # float64 and autocast: the layer's own forward
             assert net.double()(x.double()).dtype == torch.float64
@@ -112,6 +127,44 @@ def test_a_onednn_linear_takes_what_it_can_and_hands_the_rest_to_the_layer():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 assert net[0](x).dtype == torch.bfloat16
     assert not any("forward" in vars(m) for m in net.modules())
+
+
+def test_a_compiled_network_and_inference_mode_weights_are_left_to_torch():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 300))
+    x = torch.randn(7, 512)
+    with torch.inference_mode():
+        expected = net(x)
+    compiled = torch.compile(net)
+    with numerics.evaluation(compiled, "fp32", CPU), torch.inference_mode():
+        assert torch.allclose(compiled(x), expected, rtol=1e-5, atol=1e-5)  # traced: torch's linear
+    with torch.inference_mode():  # a model made (or loaded) in inference mode: no version counter
+        made = torch.nn.Linear(512, 256)
+        made.load_state_dict(net[0].state_dict())
+    with numerics.evaluation(made, "fp32", CPU), torch.inference_mode():
+        assert torch.equal(made(x), torch.nn.functional.linear(x, made.weight, made.bias))
+
+
+def test_a_network_that_is_one_linear_layer_still_runs_bf16():
+    class OneLayer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = torch.nn.Linear(512, 256)
+
+        def autocast_modules(self):
+            return [self.encoder]
+
+    torch.manual_seed(0)
+    model, x = OneLayer(), torch.randn(7, 512)
+    with torch.inference_mode():
+        with numerics.evaluation(model, "fp32", CPU):
+            full = model.encoder(x)
+        with numerics.evaluation(model, "bf16", CPU):
+            assert not isinstance(vars(model.encoder)["forward"], numerics._OneDNNLinear)
+            low = model.encoder(x)
+            assert numerics.eval_mode() == "bf16/contiguous"  # nothing routed through oneDNN
+    assert low.dtype == torch.float32 and not torch.equal(low, full)
+    assert torch.allclose(low, full, rtol=0.05, atol=0.05)
 
 
 def test_the_evaluation_draws_nothing_from_the_global_generator(vae, data):
