@@ -2,6 +2,7 @@
 backbones, and the parameters that make variants."""
 
 import io
+import pickle
 
 import pytest
 import torch
@@ -95,6 +96,18 @@ def test_state_dict_round_trip_gives_identical_outputs(model):
             x = torch.rand(2, *SHAPE)
             assert torch.equal(model.encode(x), clone.encode(x))
             assert torch.equal(model.reconstruct(x), clone.reconstruct(x))
+
+
+def test_a_whole_model_pickles_and_its_copy_trains_alike(model):
+    """The standard library's pickle (what multiprocessing and ``torch.save(model)`` use) takes
+    every model, its loss functions included."""
+    copy = pickle.loads(pickle.dumps(model))
+    x = torch.rand(8, *SHAPE)
+    torch.manual_seed(2)
+    expected = train_steps(model, x, 1)
+    torch.manual_seed(2)
+    got = train_steps(copy, x, 1)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

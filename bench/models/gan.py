@@ -21,26 +21,61 @@ from bench.models.nets import BACKBONES, compare_gan_init, make_backbone
 
 Tensor = torch.Tensor
 
-# name -> (discriminator loss(real_out, fake_out), generator loss(fake_out)); outputs are logits
-GAN_LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
-    # non-saturating (Goodfellow et al. 2014, the variant everyone trains)
-    "ns": (lambda r, f: F.softplus(-r).mean() + F.softplus(f).mean(), lambda f: F.softplus(-f).mean()),
-    # minimax: G minimises log(1 - D(G(z)))
-    "mm": (lambda r, f: F.softplus(-r).mean() + F.softplus(f).mean(), lambda f: -F.softplus(f).mean()),
-    # least squares (Mao et al. 2017), a-b-c = 0-1-1
-    "ls": (
-        lambda r, f: 0.5 * ((r - 1) ** 2).mean() + 0.5 * (f**2).mean(),
-        lambda f: 0.5 * ((f - 1) ** 2).mean(),
-    ),
-    "hinge": (lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(), lambda f: -f.mean()),
-    "wgan": (lambda r, f: f.mean() - r.mean(), lambda f: -f.mean()),
+# the losses as module-level functions (not lambdas), so that a model pickles
+def _d_ns(r: Tensor, f: Tensor) -> Tensor:
+    return F.softplus(-r).mean() + F.softplus(f).mean()
+
+
+def _g_ns(f: Tensor) -> Tensor:
+    return F.softplus(-f).mean()
+
+
+def _g_mm(f: Tensor) -> Tensor:
+    return -F.softplus(f).mean()
+
+
+def _d_ls(r: Tensor, f: Tensor) -> Tensor:
+    return 0.5 * ((r - 1) ** 2).mean() + 0.5 * (f**2).mean()
+
+
+def _g_ls(f: Tensor) -> Tensor:
+    return 0.5 * ((f - 1) ** 2).mean()
+
+
+def _d_hinge(r: Tensor, f: Tensor) -> Tensor:
+    return F.relu(1 - r).mean() + F.relu(1 + f).mean()
+
+
+def _g_critic(f: Tensor) -> Tensor:
+    return -f.mean()
+
+
+def _d_wgan(r: Tensor, f: Tensor) -> Tensor:
+    return f.mean() - r.mean()
+
+
+def _d_ls_sigmoid(r: Tensor, f: Tensor) -> Tensor:
+    return 0.5 * (((torch.sigmoid(r) - 1) ** 2).mean() + (torch.sigmoid(f) ** 2).mean())
+
+
+def _g_ls_sigmoid(f: Tensor) -> Tensor:
+    return 0.5 * ((torch.sigmoid(f) - 1) ** 2).mean()
+
+
+# (discriminator loss(real_out, fake_out), generator loss(fake_out)); outputs are logits
+Losses = tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]
+
+# name -> its losses
+GAN_LOSSES: dict[str, Losses] = {
+    "ns": (_d_ns, _g_ns),  # non-saturating (Goodfellow et al. 2014, the variant everyone trains)
+    "mm": (_d_ns, _g_mm),  # minimax: G minimises log(1 - D(G(z)))
+    "ls": (_d_ls, _g_ls),  # least squares (Mao et al. 2017), a-b-c = 0-1-1
+    "hinge": (_d_hinge, _g_critic),
+    "wgan": (_d_wgan, _g_critic),
 }
 
 # least squares on the discriminator's sigmoid outputs (compare_gan, the code of Lucic et al. 2018)
-LS_SIGMOID: tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]] = (
-    lambda r, f: 0.5 * (((torch.sigmoid(r) - 1) ** 2).mean() + (torch.sigmoid(f) ** 2).mean()),
-    lambda f: 0.5 * ((torch.sigmoid(f) - 1) ** 2).mean(),
-)
+LS_SIGMOID: Losses = (_d_ls_sigmoid, _g_ls_sigmoid)
 
 # options of the infogan backbone only, with the defaults that keep PyTorch's behaviour
 INFOGAN_OPTIONS = {"init": "pytorch", "bn_momentum": 0.1, "bn_eps": 1e-5, "g_activation": "relu"}
