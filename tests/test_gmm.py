@@ -107,3 +107,14 @@ def test_the_m_step_gives_the_weighted_covariances_whichever_components_are_gath
         diff = x - means[j]
         cov = (resp[:, j, None] * diff).T @ diff / nk[j] + 1e-6 * torch.eye(6, dtype=torch.float64)
         torch.testing.assert_close(chol[j] @ chol[j].T, cov)
+
+
+def test_the_responsibilities_and_normaliser_are_softmax_and_logsumexp():
+    """Rows whose components lie from 0 to thousands of nats apart (where exp underflows)."""
+    g = torch.Generator().manual_seed(0)
+    spread = torch.logspace(-1, 3.5, 3000, dtype=torch.float64)[:, None]
+    lp = torch.randn(3000, 10, generator=g, dtype=torch.float64) * spread
+    resp, norm = gmm._normalise(lp.clone())
+    torch.testing.assert_close(norm, torch.logsumexp(lp, 1), rtol=1e-14, atol=0)
+    torch.testing.assert_close(resp, lp.softmax(1), rtol=1e-13, atol=1e-300)
+    torch.testing.assert_close(resp.sum(1), torch.ones(3000, dtype=torch.float64), rtol=1e-14, atol=0)

@@ -1,6 +1,7 @@
 """The suite's ``train:`` options: bf16 autocast and torch.compile in the training step."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -170,3 +171,24 @@ def test_compile_without_a_compiler_is_a_validation_error(write_suite, monkeypat
         load_suite(path)
     assert str(e.value) == f"{path}: train.compile: torch.compile needs a C++ compiler"
     load_suite(write_suite(tiny_suite(train={"precision": "bf16"})))  # bf16 needs nothing
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exp_flushed_is_exp_but_for_results_below_e_times_the_smallest_normal(dtype):
+    from bench.numerics import exp_flushed
+
+    tiny = torch.finfo(dtype).tiny
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([
+        -torch.rand(5000, generator=g, dtype=dtype) * 2000,  # many far below the limit
+        torch.randn(5000, generator=g, dtype=dtype) * 5,
+        torch.tensor([0.0, float("-inf"), float("inf"), float("nan"), math.log(tiny) + 0.5], dtype=dtype),
+    ])  # fmt: skip
+    before = x.clone()
+    got, want = exp_flushed(x), torch.exp(x)
+    assert got.dtype == dtype and got.shape == x.shape
+    kept = want >= math.e * tiny
+    assert torch.equal(got[kept], want[kept])
+    assert (got[~kept & ~want.isnan()] == 0).all() and (~kept & ~want.isnan()).sum() > 1000
+    assert got[-5] == 1 and got[-4] == 0 and got[-3] == math.inf and got[-2].isnan() and got[-1] == 0
+    torch.testing.assert_close(x, before, rtol=0, atol=0, equal_nan=True)  # the argument as it was

@@ -138,6 +138,17 @@ def _log_prob(x: Tensor, weights: Tensor, means: Tensor, chol: Tensor, chunk: in
     return torch.cat(out)
 
 
+def _normalise(lp: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's responsibilities (n, K) and log normaliser (n,) from log w_k + log N(x | k) (n, K)
+    in float64, lp's own memory reused: exp(lp - max) / sum, and max + log(sum)
+    (``numerics.exp_flushed``: most codes lie hundreds of nats from most components, where
+    torch's own exp leaves its fast path)."""
+    top = lp.amax(1, keepdim=True)
+    e = numerics.exp_flushed(lp.sub_(top))
+    total = e.sum(1, keepdim=True)
+    return e.div_(total), (top + total.log_()).squeeze(1)
+
+
 def fit_em(x: Tensor, k: int, seed: int, max_iter: int = 100, tol: float = 1e-3, reg: float = 1e-6) -> Fit:
     """A K-component full-covariance GMM fitted by EM to codes x (n, d), on x's device.
 
@@ -157,16 +168,15 @@ def fit_em(x: Tensor, k: int, seed: int, max_iter: int = 100, tol: float = 1e-3,
     lower, converged, n_iter = -math.inf, False, 0
     while n_iter < max_iter and not converged:
         n_iter += 1
-        lp = _log_prob(xc, weights, means, chol).double()  # E-step
-        norm = torch.logsumexp(lp, 1)
+        resp, norm = _normalise(_log_prob(xc, weights, means, chol).double())  # E-step
         prev, lower = lower, norm.mean().item()
-        weights, means, chol = _m_step(x64, (lp - norm[:, None]).exp(), reg, work)  # M-step
+        weights, means, chol = _m_step(x64, resp, reg, work)  # M-step
         converged = abs(lower - prev) < tol
-    final = torch.logsumexp(_log_prob(x64, weights, means, chol), 1).mean().item()
+    final = _normalise(_log_prob(x64, weights, means, chol))[1].mean().item()
     return Fit(weights, means + centre, chol, converged, n_iter, final)
 
 
 def mean_log_likelihood(x: Tensor, weights: Tensor, means: Tensor, chol: Tensor) -> float:
     """Mean log-likelihood (nats per code) of codes x (n, d) under a GMM: for held-out checks."""
     x = x.detach().double()
-    return torch.logsumexp(_log_prob(x, weights.double(), means.double(), chol.double()), 1).mean().item()
+    return _normalise(_log_prob(x, weights.double(), means.double(), chol.double()))[1].mean().item()
