@@ -199,6 +199,28 @@ def test_precision_recall_and_radii_equal_the_float64_answers_on_every_pair(case
         assert torch.equal(kth_neighbour_distance(fake, k, chunk=64), fake_r)
 
 
+@pytest.mark.parametrize("case", ["gaussians with duplicates", "lattice"])
+def test_chunks_capped_by_their_number_of_distances_give_the_same_answers(monkeypatch, case):
+    """``CHUNK_VALUES`` lowers the rows of a chunk below ``chunk`` (here to a few rows, the last
+    one short): the same neighbours, radii and answers."""
+    from bench.metrics import neighbours
+
+    fake, real = _hard_cases()[case]
+    labels = torch.arange(len(real)) % 7
+
+    def answers():
+        return (
+            precision_recall(fake, real, 3, chunk=128),
+            kth_neighbour_distance(real, 3, chunk=97),
+            knn_classify(real, labels, fake, 5, 7, chunk=256),
+        )
+
+    whole = answers()
+    monkeypatch.setattr(neighbours, "CHUNK_VALUES", 7 * len(real) + 3)  # 7 rows at a time
+    capped = answers()
+    assert capped[0] == whole[0] and torch.equal(capped[1], whole[1]) and torch.equal(capped[2], whole[2])
+
+
 def test_the_float64_pairs_in_small_batches_give_the_same_answers(monkeypatch):
     from bench.metrics import neighbours
 

@@ -28,9 +28,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bench import numerics
+
 Tensor = torch.Tensor
 
-CHUNK = 1000  # rows of a distance matrix held at once
+CHUNK = 1000  # rows of a distance matrix held at once, at most
+# ... and at most this many distances: each chunk's products come from oneDNN's GEMM
+# (``numerics.packed_linear``), which writes a new tensor each time; up to 16 MB the allocator
+# hands the same memory back, larger ones are paged in anew (2-core AMD EPYC, 10,000 queries
+# against 60,000 64-d points, distances and top-k: 0.87 s in chunks of 69 rows, 1.15 s through
+# MKL into one buffer in chunks of 1,000, 1.78 s through oneDNN in chunks of 1,000;
+# benchmarks/linear.py)
+CHUNK_VALUES = 1 << 22
 SPARE = 8  # float32 neighbours kept beyond the k + 1 nearest, to find the exact ones among
 PAIR_VALUES = 1 << 22  # float64 coordinate differences held at once (32 MB)
 
@@ -42,18 +51,18 @@ def knn_classify(
 
     The neighbours are the k smallest of |t|^2 - 2 q.t (the squared distance less the query's
     own squared norm, which does not change the order), on points centred on the training mean so
-    that the norms, and with them the rounding, stay small; each chunk's distances go into one
-    buffer kept for the whole call (a fresh chunk x N tensor is paged in anew each time)."""
+    that the norms, and with them the rounding, stay small; ``chunk`` rows at a time, fewer where
+    that would be more than ``CHUNK_VALUES`` distances."""
     if k > len(train):
         raise ValueError(f"k = {k} nearest neighbours asked of {len(train)} training points")
     train_y = train_y.to(train.device)
     centre = train.mean(0)
     train, query = train - centre, query - centre
-    sq = train.square().sum(1)  # (N,)
-    buf = torch.empty(min(chunk, len(query)), len(train), dtype=train.dtype, device=train.device)
+    # q -> |t|^2 - 2 q.t for every t, the weight packed once (-2 t: exact)
+    distances = numerics.packed_linear(-2 * train, train.square().sum(1))
     out = []
-    for q in query.split(chunk):
-        d2 = torch.addmm(sq, q, train.T, alpha=-2, out=buf[: len(q)])  # (c, N)
+    for q in query.split(max(1, min(chunk, CHUNK_VALUES // max(1, len(train))))):
+        d2 = distances(q)  # (c, N)
         idx = d2.topk(k, dim=1, largest=False).indices  # (c, k)
         votes = F.one_hot(train_y[idx], num_classes).sum(1)  # (c, classes)
         out.append(votes.argmax(1))  # the first (smallest) label among tied counts
@@ -100,18 +109,18 @@ def _centred(*sets: Tensor) -> tuple[list[tuple[Tensor, Tensor, Tensor, Tensor]]
 class _Squared32:
     """float32 squared distances |a|^2 + |b|^2 - 2 a.b of chunks of rows of ``a`` against all of
     ``b`` (less ``b_less`` per column, e.g. a radius squared), as one product per chunk: [a, |a|^2]
-    times [-2 b, 1], added to the row |b|^2 - b_less. The result of each call lies in one buffer,
-    kept for every chunk (a fresh chunk x N tensor is paged in anew each time) and overwritten by
-    the next call."""
+    times [-2 b, 1], plus the row |b|^2 - b_less (``numerics.packed_linear``, the weight packed
+    once). ``rows``: the chunk size, ``chunk`` or fewer where that would be more than
+    ``CHUNK_VALUES`` distances."""
 
     def __init__(self, a32: Tensor, a_sq: Tensor, b32: Tensor, b_sq: Tensor, chunk: int, b_less=None) -> None:
         self.a = torch.cat([a32, a_sq[:, None]], 1)  # (n, d + 1)
-        self.b = torch.cat([-2 * b32, torch.ones_like(b_sq)[:, None]], 1)  # (m, d + 1); -2 b is exact
-        self.row = (b_sq if b_less is None else b_sq - b_less)[None, :]  # (1, m)
-        self.buf = torch.empty(min(chunk, len(a32)), len(b32), dtype=a32.dtype, device=a32.device)
+        b = torch.cat([-2 * b32, torch.ones_like(b_sq)[:, None]], 1)  # (m, d + 1); -2 b is exact
+        self.product = numerics.packed_linear(b, b_sq if b_less is None else b_sq - b_less)
+        self.rows = max(1, min(chunk, CHUNK_VALUES // max(1, len(b32))))
 
     def __call__(self, start: int, stop: int) -> Tensor:
-        return torch.addmm(self.row, self.a[start:stop], self.b.T, out=self.buf[: stop - start])
+        return self.product(self.a[start:stop])
 
 
 def _pairs64(a64: Tensor, b64: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -138,6 +147,7 @@ def _kth(x64: Tensor, x32: Tensor, x_sq: Tensor, norms: Tensor, shift: float, k:
     m = min(len(x64), k + 1 + SPARE)
     out = []
     squared = _Squared32(x32, x_sq, x32, x_sq, chunk)
+    chunk = squared.rows
     for s in range(0, len(x64), chunk):
         d2 = squared(s, min(s + chunk, len(x64)))
         near = d2.topk(m, dim=1, largest=False)
@@ -184,7 +194,7 @@ def precision_recall(
     real_covered = torch.zeros(len(real), dtype=torch.bool, device=r64.device)
     # g[i, j] = d(i, j)^2 - r_j^2: generated point i is inside real point j's ball when <= 0
     squared = _Squared32(f32, f_sq, r32, r_sq, chunk, b_less=real_r2)
-    h_buf = torch.empty_like(squared.buf)
+    chunk = squared.rows
     for s in range(0, len(fake), chunk):
         a64, fr = f64[s : s + chunk], fake_radii[s : s + chunk]
         g = squared(s, min(s + chunk, len(fake)))
@@ -197,7 +207,7 @@ def precision_recall(
             inside[rows[i[hit]]] = True
         inside_real_ball.append(inside)
         # h[i, j] + r_j^2 = d(i, j)^2 - rf_i^2: real point j is inside generated point i's ball
-        h = torch.sub(g, fake_r2[s : s + chunk, None], out=h_buf[: len(g)])
+        h = g.sub_(fake_r2[s : s + chunk, None])  # g is not read again
         low = h.amin(0) + real_r2
         real_covered |= low < -slack
         cols = ((low <= slack) & (low >= -slack)).nonzero().flatten()
