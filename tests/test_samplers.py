@@ -141,3 +141,41 @@ def test_draw_gives_images_of_the_dataset_shape(data):
         assert x.shape == (6, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
     a, b = samplers.draw(model, "prior", 4, data, seed=1), samplers.draw(model, "prior", 4, data, seed=1)
     assert torch.equal(a, b)
+
+
+def test_inside_one_evaluation_the_fingerprint_is_hashed_once_and_again_after_a_change(data, monkeypatch):
+    """``codes.pinned()`` (what ``evaluate`` runs its metrics in) hashes the weights once while they
+    stay as they are, and again when one changes in place; outside it, every look-up hashes, so a
+    change through ``.data`` (which leaves autograd's version counter alone) is seen."""
+    from bench.metrics import codes as codes_mod
+
+    model = build_model("ae-mlp", {}, data.image_shape)
+    hashes = []
+    real = codes_mod._fingerprint
+    monkeypatch.setattr(codes_mod, "_fingerprint", lambda tensors: hashes.append(1) or real(tensors))
+    with codes_mod.pinned():
+        first = train_codes(model, data)
+        assert train_codes(model, data) is first and len(hashes) == 1
+        with torch.no_grad():
+            model.encoder[1].weight.add_(1.0)  # in place: the version counter moves
+        moved = train_codes(model, data)
+        assert len(hashes) == 2 and not torch.equal(moved, first)
+        assert train_codes(model, data) is moved and len(hashes) == 2
+    model.encoder[1].weight.data.sub_(1.0)  # through .data: no version change, seen outside pinned()
+    back = train_codes(model, data)
+    assert len(hashes) == 3
+    torch.testing.assert_close(back, first)
+
+
+def test_an_evaluation_sees_a_change_through_data_made_between_two_calls(data):
+    """Each ``evaluate`` pins afresh: weights moved through ``.data`` between two calls give the
+    second call the new codes."""
+    from bench.config import EvalConfig
+    from bench.metrics import evaluate
+
+    model = build_model("ae-mlp", {}, data.image_shape)
+    cfg = EvalConfig(metrics=["recon_mse"])
+    before = evaluate(model, data, cfg, 0, torch.device("cpu"))["recon_mse"].value
+    next(model.encoder.parameters()).data.add_(0.5)  # the codes move, autograd's counter does not
+    after = evaluate(model, data, cfg, 0, torch.device("cpu"))["recon_mse"].value
+    assert after != before

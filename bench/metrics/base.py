@@ -19,7 +19,7 @@ import torch
 
 from bench import numerics
 from bench.data import ImageData, to_float
-from bench.metrics.codes import encoded, train_codes
+from bench.metrics.codes import encoded, pinned, train_codes
 from bench.metrics.coding import Coded, code_test_set
 from bench.models.base import GenerativeModel
 from bench.registry import Registry
@@ -264,7 +264,7 @@ def evaluate(
     ctx = EvalContext(model, data, cfg, seed, device)
     out: dict[str, Result] = {}
     try:
-        with numerics.evaluation(model, cfg.precision, device):
+        with numerics.evaluation(model, cfg.precision, device), pinned():
             for name in cfg.metrics:
                 metric = METRICS.get(name)
                 if not applies(metric, model, data):
