@@ -10,7 +10,13 @@ round), medians printed:
   and without their linear layers through oneDNN, in images/s;
 - the GMM fit (``bench.metrics.gmm.fit_em``, 10 full-covariance components) on 60,000 64-d
   synthetic codes (or ``--codes``), with and without oneDNN's E-step: seconds, EM iterations and
-  the fit's mean log-likelihood.
+  the fit's mean log-likelihood;
+- k-NN's distances and top-k (10,000 queries against 60,000 64-d points, as ``knn_acc``): MKL
+  into one buffer in chunks of 1,000 rows, oneDNN in chunks of ``CHUNK_VALUES`` distances
+  (``bench.metrics.neighbours``), oneDNN in chunks of 1,000 rows (a fresh 240 MB each);
+- torch's exp against ``numerics.exp_flushed`` on 600,000 values (a GMM's responsibilities of
+  60,000 codes and 10 components), for arguments all in range, mostly far below it, and all
+  below it.
 
     python benchmarks/linear.py                # 5 rounds
     python benchmarks/linear.py --rounds 9 --codes codes.pt   # a tensor, or {"train": tensor}
@@ -120,6 +126,64 @@ def gmm_fit(rounds: int, codes_file: str | None) -> None:
     print(f"| mean log-likelihood per code | {out[False][0][2]:.6f} | {out[True][0][2]:.6f} |")
 
 
+def knn(rounds: int) -> None:
+    from bench.metrics import neighbours
+
+    g = torch.Generator().manual_seed(0)
+    train, query = torch.randn(60000, 64, generator=g), torch.randn(10000, 64, generator=g)
+    sq = train.square().sum(1)
+    buf = torch.empty(1000, len(train))
+
+    def mkl() -> None:
+        for q in query.split(1000):
+            torch.addmm(sq, q, train.T, alpha=-2, out=buf[: len(q)]).topk(10, dim=1, largest=False)
+
+    def onednn(rows: int) -> None:
+        distances = numerics.packed_linear(-2 * train, sq)
+        for q in query.split(rows):
+            distances(q).topk(10, dim=1, largest=False)
+
+    capped = neighbours.CHUNK_VALUES // len(train)
+    ways = {
+        "MKL, chunks of 1,000 rows into one buffer": mkl,
+        f"oneDNN, chunks of {capped} rows ({capped * len(train) * 4 / 2**20:.0f} MB)": lambda: onednn(capped),
+        "oneDNN, chunks of 1,000 rows (229 MB)": lambda: onednn(1000),
+    }
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for r in range(rounds):
+        for name in list(ways)[r % len(ways) :] + list(ways)[: r % len(ways)]:
+            times[name].append(seconds(ways[name], repeats=1))
+    print("\n| k-NN: 10,000 queries against 60,000 64-d points, distances and top-10 | seconds (median) |")
+    print("|---|--:|")
+    for name, t in times.items():
+        print(f"| {name} | {statistics.median(t):.3f} |")
+
+
+def exp_paths(rounds: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    near = -50 * torch.rand(60000, 10, generator=g)
+    far = -1000 - 4000 * torch.rand(60000, 10, generator=g)
+    # as in a GMM fit: most codes lie far from most components
+    mostly_far = torch.where(torch.rand(60000, 10, generator=g) < 0.85, far, near)
+    args = {
+        "in range: uniform in [-50, 0]": near,
+        "85% uniform in [-5000, -1000], the rest in range": mostly_far,
+        "all at -1000": torch.full((60000, 10), -1000.0),
+    }
+    print("\n| exp of 600,000 values | dtype | torch.exp (ms) | exp_flushed (ms) |")
+    print("|---|---|--:|--:|")
+    for name, x in args.items():
+        for dtype in (torch.float32, torch.float64):
+            v = x.to(dtype)
+            times: dict[str, list[float]] = {"exp": [], "flushed": []}
+            for r in range(rounds):
+                for side in ("exp", "flushed")[:: 1 if r % 2 == 0 else -1]:
+                    fn = torch.exp if side == "exp" else numerics.exp_flushed
+                    times[side].append(seconds(fn, v) * 1e3)
+            e, f = (statistics.median(times[k]) for k in ("exp", "flushed"))
+            print(f"| {name} | {str(dtype).removeprefix('torch.')} | {e:.2f} | {f:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -131,6 +195,8 @@ def main() -> None:
     products(args.rounds)
     networks(args.rounds)
     gmm_fit(args.rounds, args.codes)
+    knn(args.rounds)
+    exp_paths(args.rounds)
 
 
 if __name__ == "__main__":
