@@ -118,3 +118,9 @@ def test_the_responsibilities_and_normaliser_are_softmax_and_logsumexp():
     torch.testing.assert_close(norm, torch.logsumexp(lp, 1), rtol=1e-14, atol=0)
     torch.testing.assert_close(resp, lp.softmax(1), rtol=1e-13, atol=1e-300)
     torch.testing.assert_close(resp.sum(1), torch.ones(3000, dtype=torch.float64), rtol=1e-14, atol=0)
+
+
+def test_a_row_without_a_finite_log_density_normalises_as_logsumexp_does():
+    lp = torch.tensor([[-math.inf, -math.inf], [0.0, math.inf], [-1.0, -2.0]], dtype=torch.float64)
+    _, norm = gmm._normalise(lp.clone())
+    assert torch.equal(norm, torch.logsumexp(lp, 1))

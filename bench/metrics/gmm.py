@@ -144,6 +144,7 @@ def _normalise(lp: Tensor) -> tuple[Tensor, Tensor]:
     (``numerics.exp_flushed``: most codes lie hundreds of nats from most components, where
     torch's own exp leaves its fast path)."""
     top = lp.amax(1, keepdim=True)
+    top.masked_fill_(~torch.isfinite(top), 0.0)  # as logsumexp: a row of -inf gives -inf
     e = numerics.exp_flushed(lp.sub_(top))
     total = e.sum(1, keepdim=True)
     return e.div_(total), (top + total.log_()).squeeze(1)
