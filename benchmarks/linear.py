@@ -13,7 +13,10 @@ round), medians printed:
   the fit's mean log-likelihood;
 - k-NN's distances and top-k (10,000 queries against 60,000 64-d points, as ``knn_acc``): MKL
   into one buffer in chunks of 1,000 rows, oneDNN in chunks of ``CHUNK_VALUES`` distances
-  (``bench.metrics.neighbours``), oneDNN in chunks of 1,000 rows (a fresh 240 MB each);
+  (``bench.metrics.neighbours``), oneDNN in chunks of 1,000 rows (a fresh 240 MB each), and
+  oneDNN in chunks of ``CHUNK_VALUES`` with ``neighbours.smallest`` in place of ``topk``;
+- the k smallest of each row alone, ``topk`` against ``neighbours.smallest``, on the chunks
+  ``knn_acc`` and the k-NN radii of precision/recall select from (checked equal);
 - torch's exp against ``numerics.exp_flushed`` on 600,000 values (a GMM's responsibilities of
   60,000 codes and 10 components), for arguments all in range, mostly far below it, and all
   below it.
@@ -138,16 +141,19 @@ def knn(rounds: int) -> None:
         for q in query.split(1000):
             torch.addmm(sq, q, train.T, alpha=-2, out=buf[: len(q)]).topk(10, dim=1, largest=False)
 
-    def onednn(rows: int) -> None:
+    def onednn(rows: int, select=lambda d2: d2.topk(10, dim=1, largest=False)) -> None:
         distances = numerics.packed_linear(-2 * train, sq)
         for q in query.split(rows):
-            distances(q).topk(10, dim=1, largest=False)
+            select(distances(q))
 
     capped = neighbours.CHUNK_VALUES // len(train)
     ways = {
         "MKL, chunks of 1,000 rows into one buffer": mkl,
         f"oneDNN, chunks of {capped} rows ({capped * len(train) * 4 / 2**20:.0f} MB)": lambda: onednn(capped),
         "oneDNN, chunks of 1,000 rows (229 MB)": lambda: onednn(1000),
+        f"oneDNN, chunks of {capped} rows, `neighbours.smallest`": lambda: onednn(
+            capped, lambda d2: neighbours.smallest(d2, 10)
+        ),
     }
     times: dict[str, list[float]] = {k: [] for k in ways}
     for r in range(rounds):
@@ -157,6 +163,34 @@ def knn(rounds: int) -> None:
     print("|---|--:|")
     for name, t in times.items():
         print(f"| {name} | {statistics.median(t):.3f} |")
+
+
+def selection(rounds: int) -> None:
+    from bench.metrics import neighbours
+
+    g = torch.Generator().manual_seed(0)
+    # (rows, columns, k): a chunk of knn_acc; one of the radii of 10,000 features (k + 1 + SPARE
+    # for k = 3, torch-fidelity's neighbourhood)
+    cases = {
+        (neighbours.CHUNK_VALUES // 60000, 60000, 10): None,
+        (neighbours.CHUNK_VALUES // 10000, 10000, 3 + 1 + neighbours.SPARE): None,
+    }
+    print("\n| the k smallest of each row | topk (ms) | neighbours.smallest (ms) | topk / smallest |")
+    print("|---|--:|--:|--:|")
+    for c, n, k in cases:
+        values = torch.randn(c, 64, generator=g) @ torch.randn(64, n, generator=g)
+        exact, fast = values.topk(k, dim=1, largest=False), neighbours.smallest(values, k)
+        assert torch.equal(exact.values, fast[0]) and torch.equal(values.gather(1, fast[1]), fast[0])
+        fns = {
+            "topk": lambda v, k=k: v.topk(k, dim=1, largest=False),
+            "smallest": lambda v, k=k: neighbours.smallest(v, k),
+        }
+        times: dict[str, list[float]] = {"topk": [], "smallest": []}
+        for r in range(rounds):
+            for side in ("topk", "smallest")[:: 1 if r % 2 == 0 else -1]:
+                times[side].append(seconds(fns[side], values) * 1e3)
+        t, f = (statistics.median(times[x]) for x in ("topk", "smallest"))
+        print(f"| {c} rows x {n:,} columns, k = {k} | {t:.2f} | {f:.2f} | {t / f:.1f}x |")
 
 
 def exp_paths(rounds: int) -> None:
@@ -196,6 +230,7 @@ def main() -> None:
     networks(args.rounds)
     gmm_fit(args.rounds, args.codes)
     knn(args.rounds)
+    selection(args.rounds)
     exp_paths(args.rounds)
 
 

@@ -50,6 +50,46 @@ def test_knn_breaks_vote_ties_towards_the_smallest_label():
         knn_classify(train, labels, torch.tensor([[0.1]]), 5, 5)
 
 
+def _check_smallest(values, k):
+    from bench.metrics.neighbours import smallest
+
+    near, cols = smallest(values, k)
+    assert torch.equal(near, values.topk(k, dim=1, largest=False).values)
+    assert torch.equal(values.gather(1, cols), near)  # the columns hold those values...
+    assert all(len(set(row)) == k for row in cols.tolist())  # ...each column once
+
+
+@pytest.mark.parametrize("cols", [50, 641, 3000, 3007])  # topk whole; blocks; blocks and a remainder
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_smallest_gives_topks_values_and_their_columns(cols, k):
+    from bench.metrics import neighbours
+
+    g = torch.Generator().manual_seed(cols + k)
+    _check_smallest(torch.randn(6, cols, generator=g), k)
+    _check_smallest(torch.randint(0, 5, (6, cols), generator=g).float(), k)  # ties everywhere
+    blocks = cols // neighbours.BLOCK
+    crowded = torch.rand(3, cols, generator=g) + 1
+    # the k smallest all in one block (columns 2, 2 + blocks, 2 + 2 blocks, ...), or in the
+    # columns past the last whole block, or the smallest value in one block only
+    m = min(k, neighbours.BLOCK)
+    crowded[0, 2 : 2 + blocks * m : blocks] = -torch.arange(m).float()
+    crowded[1, blocks * neighbours.BLOCK :] = -1
+    crowded[2, 5] = -1
+    _check_smallest(crowded, k)
+
+
+def test_smallest_with_nans_and_infinities_is_topk():
+    from bench.metrics.neighbours import smallest
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(4, 2000, generator=g)
+    values[0, 7], values[1, :1000], values[2, 3] = float("nan"), float("inf"), float("-inf")
+    near, cols = smallest(values, 5)
+    want = values.topk(5, dim=1, largest=False)
+    assert torch.equal(near[1:], want.values[1:]) and torch.equal(values.gather(1, cols)[1:], near[1:])
+    assert torch.allclose(near, want.values, equal_nan=True)  # a NaN row: what topk gives
+
+
 @pytest.mark.parametrize("n_fake, n_real", [(50, 3), (3, 50)])
 def test_precision_recall_refuses_too_few_points_for_k_on_either_side(n_fake, n_real):
     from bench.metrics.neighbours import precision_recall

@@ -85,7 +85,8 @@ def knn_acc(ctx: EvalContext) -> Result:
     acc = _accuracy(pred, ctx.data.test_y)
     prov = {
         **_probe_provenance(ctx, tr, te),
-        "impl": f"exact {KNN_K}-NN (Euclidean, float32 products on centred codes, topk), majority vote",
+        "impl": f"exact {KNN_K}-NN (Euclidean, float32 products on centred codes, the {KNN_K} smallest), "
+        "majority vote",
     }
     return Result(acc, prov)
 
