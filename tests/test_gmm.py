@@ -88,14 +88,14 @@ def test_low_rank_codes_far_from_the_origin_fit_as_at_the_origin():
     assert torch.allclose(there.means - 1000.0, here.means, atol=1e-4)
 
 
-@pytest.mark.parametrize("gather_values", [1 << 24, 1])
-def test_the_m_step_gives_the_weighted_covariances_whichever_components_are_gathered_together(
-    monkeypatch, gather_values
+@pytest.mark.parametrize("gather_rows", [2048, 7])
+def test_the_m_step_gives_the_weighted_covariances_whatever_blocks_the_codes_are_gathered_in(
+    monkeypatch, gather_rows
 ):
-    """Every code with a share of every component (five components: more rows than one gather
-    holds, so with a small GATHER_VALUES they are gathered in groups): the covariances are the
+    """Every code with a share of every component (five components; with GATHER_ROWS 7 each
+    component's 400 codes are summed in blocks of 7, the last one short): the covariances are the
     responsibility-weighted ones, computed directly."""
-    monkeypatch.setattr(gmm, "GATHER_VALUES", gather_values)
+    monkeypatch.setattr(gmm, "GATHER_ROWS", gather_rows)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(400, 6, generator=g, dtype=torch.float64) * torch.arange(1.0, 7.0, dtype=torch.float64)
     resp = torch.randn(400, 5, generator=g, dtype=torch.float64).mul(3).softmax(1)

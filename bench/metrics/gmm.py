@@ -65,9 +65,10 @@ def kmeans(x: Tensor, k: int, generator: torch.Generator, max_iter: int = 100) -
 # carries for any code whose share is that small): what makes the M-step cheap, as each code has a
 # non-negligible share of one or two of the components
 _NEGLIGIBLE = 1e-10
-# the M-step gathers the codes of several components at once, at most max(2 n, GATHER_VALUES / d)
-# rows (with 10 components, each code holds a share of one to three: one gather for all of them)
-GATHER_VALUES = 1 << 24
+# the M-step's covariance sums take the codes a component holds a share of this many at a time,
+# gathered into a buffer kept between steps that stays in cache (1 MB of float64 64-d codes):
+# a gather, a centring, a scaling and a product per block
+GATHER_ROWS = 2048
 
 
 def _m_step(
@@ -75,38 +76,29 @@ def _m_step(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Weights, means and the covariances' Cholesky factors from responsibilities (n, K), all
     float64: the covariances' small eigenvalues are what the likelihood is most sensitive to.
-    ``work``: where the codes are gathered, kept from one step to the next (a fresh tensor of
-    tens of MB is paged in anew each time)."""
+    ``work``: the buffer the codes are gathered into, kept from one step to the next."""
     n, d = x64.shape
-    nk = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # as scikit-learn: no empty component
-    means = resp.T @ x64 / nk[:, None]  # (K, d)
-    # the codes each component holds a share of, gathered for several components at once (all of
-    # them, unless that would hold more than max(2 n, GATHER_VALUES / d) rows: many components)
-    held = resp.T > _NEGLIGIBLE  # (K, n)
-    counts = held.sum(1).tolist()
-    cap = max(2 * n, GATHER_VALUES // d)
+    shares = resp.T.contiguous()  # (K, n)
+    nk = shares.sum(1) + 10 * torch.finfo(resp.dtype).eps  # as scikit-learn: no empty component
+    means = shares @ x64 / nk[:, None]  # (K, d)
+    # the codes each component holds a share of: (component, code) pairs, by component
+    comp, rows = torch.nonzero(shares > _NEGLIGIBLE, as_tuple=True)
+    root = shares[comp, rows].sqrt_()
+    counts = torch.bincount(comp, minlength=len(nk)).tolist()
     work = {} if work is None else work
-    cov = torch.empty(len(nk), d, d, dtype=torch.float64, device=x64.device)
-    first = 0
-    while first < len(counts):
-        last, total = first + 1, counts[first]
-        while last < len(counts) and total + counts[last] <= cap:
-            total += counts[last]
-            last += 1
-        rows = torch.nonzero(held[first:last], as_tuple=True)[1]
-        root = resp.T[first:last][held[first:last]].sqrt_()
-        # gathered as int64 words (the same bits): torch's float64 row gather is several times slower
-        if work.get("rows", torch.empty(0)).numel() < len(rows) * d:
-            work["rows"] = torch.empty(int(len(rows) * 1.25) * d, dtype=torch.int64, device=x64.device)
-        out = work["rows"][: len(rows) * d].view(len(rows), d)
-        xs = torch.index_select(x64.view(torch.int64), 0, rows, out=out).view(torch.float64)
-        start = 0
-        for j in range(first, last):
+    if work.get("rows", torch.empty(0)).shape != (GATHER_ROWS, d):
+        work["rows"] = torch.empty(GATHER_ROWS, d, dtype=torch.int64, device=x64.device)
+    cov = torch.zeros(len(nk), d, d, dtype=torch.float64, device=x64.device)
+    words, first = x64.view(torch.int64), 0
+    for j, count in enumerate(counts):
+        for s in range(first, first + count, GATHER_ROWS):
+            e = min(s + GATHER_ROWS, first + count)
+            # gathered as int64 words (the same bits): torch's float64 row gather is several times slower
+            xs = torch.index_select(words, 0, rows[s:e], out=work["rows"][: e - s]).view(torch.float64)
             # the centred form: positive semi-definite by construction, no cancellation
-            diff = xs[start : start + counts[j]].sub_(means[j]).mul_(root[start : start + counts[j], None])
-            torch.mm(diff.T, diff, out=cov[j])
-            start += counts[j]
-        first = last
+            diff = xs.sub_(means[j]).mul_(root[s:e, None])
+            cov[j].addmm_(diff.T, diff)
+        first += count
     cov /= nk[:, None, None]
     eye = torch.eye(d, dtype=torch.float64, device=x64.device)
     chol, info = torch.linalg.cholesky_ex(cov + reg * eye)
