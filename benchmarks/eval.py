@@ -68,8 +68,11 @@ class Worker:
             torch.save(self.model.state_dict(), weights)
         self.model.eval()
         # untimed warm-up: the domain classifier, the reference features and statistics, and
-        # whatever else a tree caches on disk about the reference set
+        # whatever else a tree caches on disk about the reference set; and torch's first optimizer,
+        # which imports torch._dynamo (1.5-2.4 s, once per process: a suite's training pays it
+        # before any evaluation, so without this only the first round's probe would)
         self.evaluate(["fid_domain", "precision_domain"], n_samples=100)
+        torch.optim.LBFGS([torch.zeros(1, requires_grad=True)])
 
     def clear(self) -> None:
         import bench.metrics.samplers as samplers
