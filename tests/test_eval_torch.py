@@ -67,6 +67,7 @@ def test_smallest_gives_topks_values_and_their_columns(cols, k):
     g = torch.Generator().manual_seed(cols + k)
     _check_smallest(torch.randn(6, cols, generator=g), k)
     _check_smallest(torch.randint(0, 5, (6, cols), generator=g).float(), k)  # ties everywhere
+    _check_smallest(torch.randn(cols, 6, generator=g).T, k)  # not contiguous
     blocks = cols // neighbours.BLOCK
     crowded = torch.rand(3, cols, generator=g) + 1
     # the k smallest all in one block (columns 2, 2 + blocks, 2 + 2 blocks, ...), or in the
