@@ -88,17 +88,23 @@ def test_low_rank_codes_far_from_the_origin_fit_as_at_the_origin():
     assert torch.allclose(there.means - 1000.0, here.means, atol=1e-4)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("gather_rows", [2048, 7])
 def test_the_m_step_gives_the_weighted_covariances_whatever_blocks_the_codes_are_gathered_in(
-    monkeypatch, gather_rows
+    monkeypatch, gather_rows, sparse
 ):
-    """Every code with a share of every component (five components; with GATHER_ROWS 7 each
-    component's 400 codes are summed in blocks of 7, the last one short): the covariances are the
-    responsibility-weighted ones, computed directly."""
+    """Five components, with GATHER_ROWS 7 each component's codes summed in blocks of 7, the last
+    one short. Every code with a share of every component, or (``sparse``) component j > 0 with a
+    negligible share (1e-30) of all codes but every (j + 2)-th, so the components hold 400, 134,
+    100, 80 and 67 codes: the covariances are the responsibility-weighted ones, computed directly."""
     monkeypatch.setattr(gmm, "GATHER_ROWS", gather_rows)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(400, 6, generator=g, dtype=torch.float64) * torch.arange(1.0, 7.0, dtype=torch.float64)
     resp = torch.randn(400, 5, generator=g, dtype=torch.float64).mul(3).softmax(1)
+    if sparse:
+        i, j = torch.arange(400)[:, None], torch.arange(5)[None, :]
+        resp[(j > 0) & (i % (j + 2) != 0)] = 1e-30
+        assert (resp > gmm._NEGLIGIBLE).sum(0).tolist() == [400, 134, 100, 80, 67]
     weights, means, chol = gmm._m_step(x, resp, reg=1e-6)
     nk = resp.sum(0)
     torch.testing.assert_close(weights, nk / 400)
