@@ -236,6 +236,25 @@ def exp_flushed(x: torch.Tensor) -> torch.Tensor:
 ONEDNN_MIN_WEIGHTS = 1 << 16
 
 
+def _params(m: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    return (m.weight,) if m.bias is None else (m.weight, m.bias)
+
+
+def _plain_float32_cpu(x: torch.Tensor, params: tuple[torch.Tensor, ...]) -> bool:
+    """Whether a layer's forward on x is a plain float32 CPU computation that another kernel may
+    take over: input and weights float32 on the CPU, no autocast, no trace by ``torch.compile``,
+    no gradients recorded (backward or forward mode)."""
+    return (
+        x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in params)
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)))
+        and forward_ad.unpack_dual(x).tangent is None
+    )
+
+
 class _OneDNNLinear:
     """A float32 ``nn.Linear``'s forward through ``packed_linear``, packed again when the weight or
     bias changes through autograd's view of it (an in-place change through ``.data`` is not seen:
@@ -250,20 +269,10 @@ class _OneDNNLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
-        w, b = m.weight, m.bias
-        params = (w,) if b is None else (w, b)
-        if (
-            x.dtype != torch.float32
-            or x.device.type != "cpu"
-            or w.dtype != torch.float32
-            or w.device.type != "cpu"
-            or torch.is_autocast_enabled("cpu")
-            or torch.compiler.is_compiling()
-            or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)))
-            or forward_ad.unpack_dual(x).tangent is not None
-            or any(t.is_inference() for t in params)
-        ):
+        params = _params(m)
+        if not _plain_float32_cpu(x, params) or any(t.is_inference() for t in params):
             return torch.nn.Linear.forward(m, x)
+        w, b = m.weight, m.bias
         key = tuple(v for t in params for v in (t.data_ptr(), t._version))
         if self.packed is None or key != self.key:
             self.packed, self.key = packed_linear(w, b), key
@@ -294,13 +303,82 @@ def _onednn_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
+# a transposed convolution with this many output channels or fewer (an image decoder's last
+# layer: 1 or 3 channels) runs through torch's own GEMM kernel at evaluation (``_GemmDeconv``)
+GEMM_DECONV_MAX_CHANNELS = 4
+
+
+@functools.cache
+def gemm_deconv_available() -> bool:
+    """Whether torch's GEMM kernel for transposed convolutions (``slow_conv_transpose2d``: one
+    product per image, then col2im) is there and computes what ``F.conv_transpose2d`` does,
+    checked once on a small case."""
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(*shape, generator=g) for shape in ((2, 8, 5, 5), (8, 3, 4, 4), (3,)))
+        with torch.no_grad():
+            y = torch._C._nn.slow_conv_transpose2d(x, w, (4, 4), b, (2, 2), (1, 1), (1, 1), (1, 1))
+            ref = torch.nn.functional.conv_transpose2d(x, w, b, 2, 1, 1)
+        return y.shape == ref.shape and bool(torch.allclose(y, ref, rtol=1e-5, atol=1e-5))
+    except Exception:  # the kernel was removed or renamed
+        return False
+
+
+class _GemmDeconv:
+    """A float32 ``nn.ConvTranspose2d`` with few output channels through torch's GEMM kernel
+    (``slow_conv_transpose2d``) instead of oneDNN's, which vectorises over output channels and
+    leaves most of each vector empty when there are one to four: vae-conv's last layer (64 -> 1
+    channel, 14x14 -> 28x28, a batch of 500) took 19-34 ms through oneDNN and 6-11 ms through the
+    GEMM (2-core Intel Xeon; docs/performance.md). Still float32, summed in another order. What
+    it cannot take goes to the layer's own forward, as with ``_OneDNNLinear``, and so does a call
+    with ``output_size``."""
+
+    def __init__(self, module: torch.nn.ConvTranspose2d) -> None:
+        self.module = module
+
+    def __call__(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        m = self.module
+        if output_size is not None or x.dim() != 4 or not _plain_float32_cpu(x, _params(m)):
+            return torch.nn.ConvTranspose2d.forward(m, x, output_size)
+        return torch._C._nn.slow_conv_transpose2d(
+            x, m.weight, m.kernel_size, m.bias, m.stride, m.padding, m.output_padding, m.dilation
+        )
+
+
+def _gemm_deconvs(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Route the model's float32 ``nn.ConvTranspose2d`` layers of at most
+    ``GEMM_DECONV_MAX_CHANNELS`` output channels (one group, zero padding) through torch's GEMM
+    kernel (``_GemmDeconv``); returns the layers patched. As ``_onednn_linears``: plain layers
+    whose forward nothing has replaced."""
+    from torch.nn.utils import parametrize
+
+    layers = [
+        m
+        for m in model.modules()
+        if type(m) is torch.nn.ConvTranspose2d
+        and m.out_channels <= GEMM_DECONV_MAX_CHANNELS
+        and m.groups == 1
+        and m.padding_mode == "zeros"
+        and m.weight.dtype == torch.float32
+        and m.weight.device.type == "cpu"
+        and not parametrize.is_parametrized(m)
+        and "forward" not in vars(m)
+    ]
+    if not layers or not gemm_deconv_available():
+        return []
+    for m in layers:
+        object.__setattr__(m, "forward", _GemmDeconv(m))
+    return layers
+
+
 @contextlib.contextmanager
 def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> Iterator[None]:
     """How an evaluation runs the model's networks; everything is restored on exit.
 
-    - On a CPU, conv weights are held in channels_last for the evaluation, and float32 linear
-      layers run through oneDNN's packed GEMM (``_OneDNNLinear``): oneDNN's faster kernels,
-      still float32 (values change at rounding level only; docs/performance.md).
+    - On a CPU, conv weights are held in channels_last for the evaluation, float32 linear
+      layers run through oneDNN's packed GEMM (``_OneDNNLinear``), and transposed convolutions
+      with one to four output channels through torch's GEMM kernel (``_GemmDeconv``): the faster
+      kernels, still float32 (values change at rounding level only; docs/performance.md).
     - ``precision="bf16"``: the model's networks (``autocast_modules()``: by default its
       ``encoder``, ``decoder`` and ``generator``) run under bf16 autocast and hand float32 back.
       Nothing else does: the model's own code between its networks (quantisers, codebook search,
@@ -314,6 +392,7 @@ def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> 
     relayout = device.type == "cpu" and bool(params) and all(p.is_contiguous() for p in params)
     patched: list[torch.nn.Module] = []
     linears: list[torch.nn.Module] = []
+    deconvs: list[torch.nn.Module] = []
     tokens = (_PRECISION.set(precision), _LAYOUT.set(_LAYOUT.get()))
     matmul = torch.get_float32_matmul_precision()
     try:
@@ -334,7 +413,12 @@ def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> 
                     patched.append(net)
         # after the autocast wrappers: a network that is itself one linear layer keeps its autocast
         linears = _onednn_linears(model) if device.type == "cpu" else []
-        layout = [*(["channels_last"] if relayout else []), *(["onednn_linear"] if linears else [])]
+        deconvs = _gemm_deconvs(model) if device.type == "cpu" else []
+        layout = [
+            *(["channels_last"] if relayout else []),
+            *(["onednn_linear"] if linears else []),
+            *(["gemm_deconv"] if deconvs else []),
+        ]
         if layout:  # else a nested evaluation's: the outer one's layout
             _LAYOUT.set("+".join(layout))
         yield
@@ -344,6 +428,9 @@ def evaluation(model: torch.nn.Module, precision: str, device: torch.device) -> 
         _PRECISION.reset(tokens[0])
         for m in linears:
             if isinstance(vars(m).get("forward"), _OneDNNLinear):
+                object.__delattr__(m, "forward")
+        for m in deconvs:
+            if isinstance(vars(m).get("forward"), _GemmDeconv):
                 object.__delattr__(m, "forward")
         for net in patched:
             object.__delattr__(net, "forward")

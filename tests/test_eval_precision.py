@@ -36,9 +36,9 @@ def test_the_evaluation_leaves_the_model_as_it_found_it(vae):
     with numerics.evaluation(vae, "bf16", CPU):
         assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
         assert all("forward" in vars(net) for net in (vae.encoder, vae.decoder))  # wrapped
-        assert numerics.eval_mode() == "bf16/channels_last+onednn_linear"
+        assert numerics.eval_mode() == "bf16/channels_last+onednn_linear+gemm_deconv"
         with numerics.exact():
-            assert numerics.eval_mode() == "fp32/channels_last+onednn_linear"
+            assert numerics.eval_mode() == "fp32/channels_last+onednn_linear+gemm_deconv"
     assert numerics.eval_mode() == "fp32/contiguous"
     assert not any("forward" in vars(m) for m in vae.modules())
     assert all(p.is_contiguous() for p in convs)
@@ -129,6 +129,73 @@ def test_a_onednn_linear_takes_what_it_can_and_hands_the_rest_to_the_layer():
     assert not any("forward" in vars(m) for m in net.modules())
 
 
+def deconvs(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+
+
+def test_few_channel_transposed_convolutions_run_through_the_gemm_kernel(vae):
+    """vae-conv's decoder ends in a 64 -> 1 channel transposed convolution: that one goes through
+    torch's GEMM kernel, the 128 -> 64 one stays on oneDNN, at float32 rounding either way."""
+    assert numerics.gemm_deconv_available()
+    z = torch.randn(32, vae.params.latent_dim)
+    wide, narrow = deconvs(vae.decoder)
+    assert (wide.out_channels, narrow.out_channels) == (64, 1)
+    with torch.inference_mode():
+        plain = vae.decode(z)
+        with numerics.evaluation(vae, "fp32", CPU):
+            assert "forward" not in vars(wide)
+            assert isinstance(vars(narrow).get("forward"), numerics._GemmDeconv)
+            fast, again = vae.decode(z), vae.decode(z)
+    assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-6) and torch.equal(fast, again)
+    assert not any("forward" in vars(m) for m in vae.modules())
+
+
+@pytest.mark.parametrize(
+    "cin, cout, kernel, stride, padding, output_padding, dilation, bias",
+    [(16, 1, 4, 2, 1, 0, 1, True), (16, 3, 4, 1, 1, 0, 1, False), (8, 4, 3, 2, 1, 1, 1, True),
+     (8, 2, (3, 5), (2, 1), (0, 2), (1, 0), 1, True), (8, 3, 3, 2, 2, 0, 2, True)],
+)  # fmt: skip
+def test_the_gemm_kernel_computes_the_layers_transposed_convolution(
+    cin, cout, kernel, stride, padding, output_padding, dilation, bias
+):
+    torch.manual_seed(0)
+    layer = torch.nn.ConvTranspose2d(cin, cout, kernel, stride, padding, output_padding, bias=bias,
+                                     dilation=dilation)  # fmt: skip
+    x = torch.randn(5, cin, 9, 7)
+    with torch.inference_mode():
+        expected = layer(x)
+        with numerics.evaluation(layer, "fp32", CPU):
+            assert isinstance(vars(layer).get("forward"), numerics._GemmDeconv)
+            assert numerics.eval_mode() == "fp32/channels_last+gemm_deconv"
+            got = layer(x)
+            also = layer(x.contiguous(memory_format=torch.channels_last))
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5) and torch.allclose(also, got, atol=1e-6)
+
+
+def test_a_gemm_deconv_hands_what_it_cannot_take_to_the_layer():
+    torch.manual_seed(0)
+    layer = torch.nn.ConvTranspose2d(8, 1, 4, 2, 1)
+    grouped = torch.nn.ConvTranspose2d(8, 4, 4, 2, 1, groups=2)
+    wide = torch.nn.ConvTranspose2d(8, numerics.GEMM_DECONV_MAX_CHANNELS + 1, 4, 2, 1)
+    net = torch.nn.ModuleList([layer, grouped, wide])
+    x = torch.randn(3, 8, 6, 6)
+    with numerics.evaluation(net, "fp32", CPU):
+        assert [isinstance(vars(m).get("forward"), numerics._GemmDeconv) for m in net] == [True, False, False]
+        # gradients recorded: the layer's own forward, and they flow
+        layer(x.clone().requires_grad_()).sum().backward()
+        assert layer.weight.grad is not None
+        with torch.no_grad():
+            # output_size picks the output_padding: the layer's own forward
+            assert layer(x, output_size=[13, 13]).shape == (3, 1, 13, 13)
+            assert layer(x[0]).shape == (1, 12, 12)  # unbatched
+            assert layer.double()(x.double()).dtype == torch.float64
+            layer.float()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert layer(x).dtype == torch.bfloat16
+    assert not any("forward" in vars(m) for m in net.modules())
+
+
 def test_a_compiled_network_and_inference_mode_weights_are_left_to_torch():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 300))
@@ -182,7 +249,7 @@ def test_a_nested_evaluation_keeps_the_outer_onednn_layers(vae):
         outer = [vars(m)["forward"] for m in linears(vae)]
         with numerics.evaluation(vae, "bf16", CPU):
             assert [vars(m)["forward"] for m in linears(vae)] == outer
-            assert numerics.eval_mode() == "bf16/channels_last+onednn_linear"
+            assert numerics.eval_mode() == "bf16/channels_last+onednn_linear+gemm_deconv"
         assert [vars(m)["forward"] for m in linears(vae)] == outer
     assert not any("forward" in vars(m) for m in vae.modules())
 
