@@ -19,10 +19,14 @@ round), medians printed:
   ``knn_acc`` and the k-NN radii of precision/recall select from (checked equal);
 - torch's exp against ``numerics.exp_flushed`` on 600,000 values (a GMM's responsibilities of
   60,000 codes and 10 components), for arguments all in range, mostly far below it, and all
-  below it.
+  below it;
+- transposed convolutions with few output channels (the conv backbones' last layers), oneDNN's
+  kernel against torch's GEMM kernel (``numerics._GemmDeconv``), alone and inside the decoders
+  that end in them (``numerics.evaluation`` either way), with each one's largest difference.
 
     python benchmarks/linear.py                # 5 rounds
     python benchmarks/linear.py --rounds 9 --codes codes.pt   # a tensor, or {"train": tensor}
+    python benchmarks/linear.py --only deconvs
 
 Prints markdown.
 """
@@ -218,20 +222,78 @@ def exp_paths(rounds: int) -> None:
             print(f"| {name} | {str(dtype).removeprefix('torch.')} | {e:.2f} | {f:.2f} |")
 
 
+# (name, in channels, out channels, input side, kernel, stride, padding, batch): the last layers of
+# the conv backbones (nets.py)
+DECONVS = [
+    ("infogan (vae-conv, dcgan on 28x28): 64 -> 1, 14x14 -> 28x28", 64, 1, 14, 4, 2, 1, 500),
+    ("dcgan backbone on 32x32 colour: 64 -> 3, 16x16 -> 32x32", 64, 3, 16, 4, 2, 1, 500),
+    ("ghosh on 28x28 (padded to 32): 256 -> 1, 32x32 -> 33x33", 256, 1, 32, 4, 1, 1, 100),
+]
+
+
+def deconvs(rounds: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    print("\n| transposed convolution (channels_last input) | oneDNN (ms) | GEMM kernel (ms) | ratio "
+          "| largest difference |")
+    print("|---|--:|--:|--:|--:|")
+    for name, cin, cout, side, k, stride, pad, batch in DECONVS:
+        layer = torch.nn.ConvTranspose2d(cin, cout, k, stride, pad).to(memory_format=torch.channels_last)
+        x = torch.randn(batch, cin, side, side, generator=g).contiguous(memory_format=torch.channels_last)
+        gemm = numerics._GemmDeconv(layer)
+        times: dict[str, list[float]] = {"onednn": [], "gemm": []}
+        with torch.inference_mode():
+            for r in range(rounds):
+                for side_ in ("onednn", "gemm")[:: 1 if r % 2 == 0 else -1]:
+                    fn = layer if side_ == "onednn" else gemm
+                    times[side_].append(seconds(fn, x, repeats=10) * 1e3)
+            diff = (layer(x) - gemm(x)).abs().max().item()
+        a, o = (statistics.median(times[t]) for t in ("onednn", "gemm"))
+        print(f"| {name}, batch {batch} | {a:.2f} | {o:.2f} | {a / o:.2f} | {diff:.1e} |")
+    patch = numerics._gemm_deconvs
+    print("\n| decoder (`numerics.evaluation`) | last layer on oneDNN (images/s) "
+          "| on the GEMM kernel (images/s) | ratio |")
+    print("|---|--:|--:|--:|")
+    ghosh = {"backbone": "ghosh", "latent_dim": 16}  # paper-ghosh.yaml's nets
+    for model_name, params, batch in (("vae-conv", {}, 500), ("vae-conv", ghosh, 100)):
+        torch.manual_seed(0)
+        model = build_model(model_name, params, (1, 28, 28)).eval()
+        z = torch.randn(batch, model.params.latent_dim)
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(rounds):
+            for on in (False, True)[:: 1 if r % 2 == 0 else -1]:
+                numerics._gemm_deconvs = patch if on else (lambda model: [])
+                try:
+                    with numerics.evaluation(model, "fp32", torch.device("cpu")), torch.inference_mode():
+                        rates[on].append(batch / seconds(model.decode, z, repeats=5))
+                finally:
+                    numerics._gemm_deconvs = patch
+        a, o = statistics.median(rates[False]), statistics.median(rates[True])
+        label = f"{model_name}{' (ghosh backbone)' if params else ''}, batches of {batch}"
+        print(f"| {label} | {a:,.0f} | {o:,.0f} | {o / a:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--codes", help="codes to fit the GMM to (a tensor file; default: synthetic)")
+    sections = {
+        "products": lambda: products(args.rounds),
+        "networks": lambda: networks(args.rounds),
+        "gmm": lambda: gmm_fit(args.rounds, args.codes),
+        "knn": lambda: knn(args.rounds),
+        "selection": lambda: selection(args.rounds),
+        "exp": lambda: exp_paths(args.rounds),
+        "deconvs": lambda: deconvs(args.rounds),
+    }
+    ap.add_argument("--only", action="append", choices=sections, help="these sections only (repeatable)")
     args = ap.parse_args()
     if not numerics.onednn_linear_available():
         raise SystemExit("this torch build has no oneDNN packed linear: nothing to compare")
+    if "deconvs" in (args.only or sections) and not numerics.gemm_deconv_available():
+        raise SystemExit("this torch build has no GEMM kernel for transposed convolutions")
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    products(args.rounds)
-    networks(args.rounds)
-    gmm_fit(args.rounds, args.codes)
-    knn(args.rounds)
-    selection(args.rounds)
-    exp_paths(args.rounds)
+    for name in args.only or sections:
+        sections[name]()
 
 
 if __name__ == "__main__":
