@@ -328,8 +328,8 @@ class _GemmDeconv:
     """A float32 ``nn.ConvTranspose2d`` with few output channels through torch's GEMM kernel
     (``slow_conv_transpose2d``) instead of oneDNN's, which vectorises over output channels and
     leaves most of each vector empty when there are one to four: vae-conv's last layer (64 -> 1
-    channel, 14x14 -> 28x28, a batch of 500) took 19-34 ms through oneDNN and 6-11 ms through the
-    GEMM (2-core Intel Xeon; docs/performance.md). Still float32, summed in another order. What
+    channel, 14x14 -> 28x28, a batch of 500) took 19.2 ms through oneDNN and 7.3 ms through the
+    GEMM (medians; 2-core Intel Xeon, docs/performance.md). Still float32, summed in another order. What
     it cannot take goes to the layer's own forward, as with ``_OneDNNLinear``, and so does a call
     with ``output_size``."""
 
