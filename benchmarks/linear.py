@@ -249,6 +249,25 @@ def deconvs(rounds: int) -> None:
             diff = (layer(x) - gemm(x)).abs().max().item()
         a, o = (statistics.median(times[t]) for t in ("onednn", "gemm"))
         print(f"| {name}, batch {batch} | {a:.2f} | {o:.2f} | {a / o:.2f} | {diff:.1e} |")
+    # Training is left on oneDNN (a run stays a plain PyTorch loop); this row says what that costs.
+    layer = torch.nn.ConvTranspose2d(64, 1, 4, 2, 1)
+    x = torch.randn(64, 64, 14, 14, generator=g, requires_grad=True)
+
+    def step(kernel: str) -> None:
+        if kernel == "onednn":
+            y = layer(x)
+        else:
+            y = torch._C._nn.slow_conv_transpose2d(x, layer.weight, (4, 4), layer.bias, (2, 2), (1, 1),
+                                                   (0, 0), (1, 1))
+        y.sum().backward()
+
+    steps: dict[str, list[float]] = {"onednn": [], "gemm": []}
+    for r in range(rounds):
+        for side_ in ("onednn", "gemm")[:: 1 if r % 2 == 0 else -1]:
+            steps[side_].append(seconds(step, side_, repeats=10) * 1e3)
+    a, o = (statistics.median(steps[t]) for t in ("onednn", "gemm"))
+    print(f"| training (forward and backward), infogan's last layer, batch 64 | {a:.2f} | {o:.2f} "
+          f"| {a / o:.2f} | |")
     patch = numerics._gemm_deconvs
     print("\n| decoder (`numerics.evaluation`) | last layer on oneDNN (images/s) "
           "| on the GEMM kernel (images/s) | ratio |")
