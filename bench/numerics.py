@@ -329,16 +329,17 @@ class _GemmDeconv:
     (``slow_conv_transpose2d``) instead of oneDNN's, which vectorises over output channels and
     leaves most of each vector empty when there are one to four: vae-conv's last layer (64 -> 1
     channel, 14x14 -> 28x28, a batch of 500) took 19.2 ms through oneDNN and 7.3 ms through the
-    GEMM (medians; 2-core Intel Xeon, docs/performance.md). Still float32, summed in another order. What
-    it cannot take goes to the layer's own forward, as with ``_OneDNNLinear``, and so does a call
-    with ``output_size``."""
+    GEMM (medians; 2-core Ice Lake Xeon, docs/performance.md). Still float32, summed in another
+    order. What it cannot take goes to the layer's own forward, as with ``_OneDNNLinear``, and so
+    do an empty batch and a call with ``output_size``."""
 
     def __init__(self, module: torch.nn.ConvTranspose2d) -> None:
         self.module = module
 
     def __call__(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         m = self.module
-        if output_size is not None or x.dim() != 4 or not _plain_float32_cpu(x, _params(m)):
+        # the kernel takes no empty batch
+        if output_size is not None or x.dim() != 4 or not x.numel() or not _plain_float32_cpu(x, _params(m)):
             return torch.nn.ConvTranspose2d.forward(m, x, output_size)
         return torch._C._nn.slow_conv_transpose2d(
             x, m.weight, m.kernel_size, m.bias, m.stride, m.padding, m.output_padding, m.dilation

@@ -189,6 +189,7 @@ def test_a_gemm_deconv_hands_what_it_cannot_take_to_the_layer():
             # output_size picks the output_padding: the layer's own forward
             assert layer(x, output_size=[13, 13]).shape == (3, 1, 13, 13)
             assert layer(x[0]).shape == (1, 12, 12)  # unbatched
+            assert layer(x[:0]).shape == (0, 1, 12, 12)  # an empty batch: the kernel takes none
             assert layer.double()(x.double()).dtype == torch.float64
             layer.float()
             with torch.autocast("cpu", dtype=torch.bfloat16):
