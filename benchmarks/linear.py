@@ -266,7 +266,8 @@ def deconvs(rounds: int) -> None:
         for side_ in ("onednn", "gemm")[:: 1 if r % 2 == 0 else -1]:
             steps[side_].append(seconds(step, side_, repeats=10) * 1e3)
     a, o = (statistics.median(steps[t]) for t in ("onednn", "gemm"))
-    print(f"| training (forward and backward), infogan's last layer, batch 64 | {a:.2f} | {o:.2f} "
+    print(f"| training (forward and backward, NCHW input, not routed), infogan's last layer, batch 64 "
+          f"| {a:.2f} | {o:.2f} "
           f"| {a / o:.2f} | |")
     patch = numerics._gemm_deconvs
     print("\n| decoder (`numerics.evaluation`) | last layer on oneDNN (images/s) "
