@@ -279,6 +279,18 @@ class _OneDNNLinear:
         return self.packed(x)
 
 
+def _route(
+    layers: list[torch.nn.Module], available: Callable[[], bool], wrap: Callable
+) -> list[torch.nn.Module]:
+    """Give each layer ``wrap(layer)`` as its forward when the kernel is ``available()``; returns
+    the layers routed (none when it is not)."""
+    if not layers or not available():
+        return []
+    for m in layers:
+        object.__setattr__(m, "forward", wrap(m))
+    return layers
+
+
 def _onednn_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Route the model's float32 ``nn.Linear`` layers of at least ``ONEDNN_MIN_WEIGHTS`` weights
     through oneDNN (``_OneDNNLinear``); returns the layers patched. Only plain ``nn.Linear`` (no
@@ -296,11 +308,7 @@ def _onednn_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
         and not parametrize.is_parametrized(m)
         and "forward" not in vars(m)
     ]
-    if not layers or not onednn_linear_available():
-        return []
-    for m in layers:
-        object.__setattr__(m, "forward", _OneDNNLinear(m))
-    return layers
+    return _route(layers, onednn_linear_available, _OneDNNLinear)
 
 
 # a transposed convolution with this many output channels or fewer (an image decoder's last
@@ -365,11 +373,7 @@ def _gemm_deconvs(model: torch.nn.Module) -> list[torch.nn.Module]:
         and not parametrize.is_parametrized(m)
         and "forward" not in vars(m)
     ]
-    if not layers or not gemm_deconv_available():
-        return []
-    for m in layers:
-        object.__setattr__(m, "forward", _GemmDeconv(m))
-    return layers
+    return _route(layers, gemm_deconv_available, _GemmDeconv)
 
 
 @contextlib.contextmanager
