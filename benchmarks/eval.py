@@ -70,9 +70,12 @@ class Worker:
         # untimed warm-up: the domain classifier, the reference features and statistics, and
         # whatever else a tree caches on disk about the reference set; and torch's first optimizer,
         # which imports torch._dynamo (1.5-2.4 s, once per process: a suite's training pays it
-        # before any evaluation, so without this only the first round's probe would)
+        # before any evaluation, so without this only the first round's probe would); and
+        # torchmetrics' image metrics, imported by the first psnr or ssim (about 1.1 s, once per
+        # process)
         self.evaluate(["fid_domain", "precision_domain"], n_samples=100)
         torch.optim.LBFGS([torch.zeros(1, requires_grad=True)])
+        import torchmetrics.functional.image  # noqa: F401
 
     def clear(self) -> None:
         import bench.metrics.samplers as samplers

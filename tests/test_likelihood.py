@@ -63,6 +63,46 @@ def test_continuous_bernoulli_bin_by_numerical_integration():
     assert got.item() == pytest.approx(math.log(mass), rel=1e-8)
 
 
+def _plain_masses(kind: str, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The 256-level bin masses written out as formulas, one tensor op at a time: the reference
+    for the estimator's in-place arithmetic."""
+    out, x = out.double(), x.double()
+    h = 0.5 / 255
+    if kind == "gaussian":
+        sd = math.sqrt(GAUSSIAN_VAR)
+        a = torch.where(x <= 0, -math.inf, (x - h - out) / sd)
+        b = torch.where(x >= 1, math.inf, (x + h - out) / sd)
+        a, b = torch.where(a > 0, -b, a), torch.where(a > 0, -a, b)
+        log_a, log_b = torch.special.log_ndtr(a), torch.special.log_ndtr(b)
+        return log_b + torch.log1p(-torch.exp(log_a - log_b))
+    lo, hi = (x - h).clamp(0, 1), (x + h).clamp(0, 1)
+    lam = out.clamp(1e-6, 1 - 1e-6)
+    t = torch.log(lam) - torch.log1p(-lam)
+    start = torch.where(t < 0, 1 - hi, lo)
+    t = t.abs().clamp_min(1e-12)
+
+    def log_expm1(y: torch.Tensor) -> torch.Tensor:
+        return y + torch.log(-torch.expm1(-y))
+
+    return t * start + log_expm1(t * (hi - lo)) - log_expm1(t)
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
+def test_the_draws_of_each_image_score_as_the_formula_with_the_image_broadcast(kind):
+    g = torch.Generator().manual_seed(0)
+    k, b = 5, 7
+    x = torch.randint(0, 256, (b, 1, 6, 6), generator=g).double() / 255
+    x[0, 0, 0, :3] = torch.tensor([0.0, 1.0, 0.5])  # both outer bins
+    out = torch.rand(k, b, 1, 6, 6, generator=g)  # float32, as a decoder gives it
+    out[0, 0, 0, 0, :4] = torch.tensor([0.0, 1.0, 0.5, 1e-9])  # saturated and symmetric parameters
+    got = log_likelihood(kind, out, x, 256)
+    assert got.shape == (k, b)
+    want = _plain_masses(kind, out, x.expand(k, -1, -1, -1, -1)).flatten(2).sum(-1)
+    assert torch.allclose(got, want, rtol=1e-13, atol=0)
+    for j in range(k):  # the same as each draw scored on its own against its images
+        assert torch.equal(got[j], log_likelihood(kind, out[j], x, 256))
+
+
 def test_the_likelihood_metrics_apply_to_models_with_a_likelihood_only(synthetic):
     metrics = ["recon_mse", "nll_bpd", "nll_nats"]
     got = {

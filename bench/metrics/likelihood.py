@@ -52,41 +52,48 @@ def _bin_edges(x: Tensor, levels: int) -> tuple[Tensor, Tensor]:
 
 
 def _log_gaussian_mass(mean: Tensor, x: Tensor, levels: int) -> Tensor:
-    """log of the N(mean, GAUSSIAN_VAR) mass of each pixel's bin, outer bins open: elementwise."""
+    """log of the N(mean, GAUSSIAN_VAR) mass of each pixel's bin, outer bins open: elementwise,
+    x broadcast against mean (one image under each of several draws)."""
     lo, hi = _bin_edges(x, levels)
     sd = math.sqrt(GAUSSIAN_VAR)
-    a = torch.where(x <= 0, -math.inf, (lo - mean) / sd)
-    b = torch.where(x >= 1, math.inf, (hi - mean) / sd)
+    a = torch.where(x <= 0, -math.inf, (lo - mean).div_(sd))
+    b = torch.where(x >= 1, math.inf, (hi - mean).div_(sd))
     # in the upper tail, the mirrored interval keeps the difference of CDFs away from 1 - 1
     flip = a > 0
-    a, b = torch.where(flip, -b, a), torch.where(flip, -a, b)
+    a, b = torch.where(flip, b.neg(), a), torch.where(flip, a.neg_(), b)
     log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
-    return log_b + torch.log1p(-torch.exp(log_a - log_b))
+    return log_a.sub_(log_b).exp_().neg_().log1p_().add_(log_b)
 
 
 def _log_cb_mass(lam: Tensor, x: Tensor, levels: int) -> Tensor:
-    """log of the continuous-Bernoulli(lam) mass of each pixel's bin within [0, 1]: elementwise.
+    """log of the continuous-Bernoulli(lam) mass of each pixel's bin within [0, 1]: elementwise,
+    x broadcast against lam (one image under each of several draws).
 
     With t = logit(lam), the density is t e^(t x) / (e^t - 1) on [0, 1], so the mass of [l, l + w]
     is e^(t l) expm1(t w) / expm1(t); t < 0 is mirrored (x -> 1 - x, t -> -t) to keep t >= 0.
+    Computed in place, a few passes over the draws (the bins' edges are the image's, computed
+    once): the same operations in the same order as the formula, so the same values.
     """
     lo, hi = _bin_edges(x, levels)
-    lo, hi = lo.clamp(0, 1), hi.clamp(0, 1)
+    lo, hi = lo.clamp_(0, 1), hi.clamp_(0, 1)
+    w, upper = hi - lo, 1 - hi
     lam = lam.clamp(LAMBDA_EPS, 1 - LAMBDA_EPS)
-    t = torch.log(lam) - torch.log1p(-lam)
-    neg = t < 0
-    start = torch.where(neg, 1 - hi, lo)
-    t, w = t.abs().clamp_min(1e-12), hi - lo
+    t = torch.log1p(lam.neg()).neg_().add_(lam.log_())  # log(lam) - log1p(-lam)
+    start = torch.where(t < 0, upper, lo)
+    t.abs_().clamp_min_(1e-12)
 
-    def log_expm1(y: Tensor) -> Tensor:  # log(e^y - 1) for y > 0, without overflow
-        return y + torch.log(-torch.expm1(-y))
+    def log_expm1_(y: Tensor) -> Tensor:  # log(e^y - 1) for y > 0, without overflow
+        return y.neg().expm1_().neg_().log_().add_(y)
 
-    return t * start + log_expm1(t * w) - log_expm1(t)
+    out = start.mul_(t).add_(log_expm1_(t * w))
+    return out.sub_(log_expm1_(t))
 
 
 def log_likelihood(kind: str, out: Tensor, x: Tensor, levels: int) -> Tensor:
     """log P(x | z) of discrete images x (levels in [0, 1], ``levels`` of them) under the decoder
-    output ``out`` (its mean), summed over pixels, in float64: (B, C, H, W) -> (B,)."""
+    output ``out`` (its mean), summed over each image's pixels, in float64: (..., C, H, W) ->
+    (...). x (B, C, H, W) broadcasts against out, so out may hold several draws (k, B, C, H, W)
+    of the same B images."""
     out, x = out.double(), x.double()
     if kind == "gaussian":
         per_pixel = _log_gaussian_mass(out, x, levels)
@@ -97,7 +104,7 @@ def log_likelihood(kind: str, out: Tensor, x: Tensor, levels: int) -> Tensor:
         per_pixel = _log_cb_mass(out, x, levels)
     else:
         raise ValueError(f"unknown decoder likelihood {kind!r} (bernoulli | gaussian)")
-    return per_pixel.flatten(1).sum(1)
+    return per_pixel.flatten(per_pixel.dim() - (x.dim() - 1)).sum(-1)
 
 
 IMAGES_PER_CHUNK = 16  # images whose k draws are decoded together ...
@@ -116,8 +123,8 @@ def iw_log_likelihood(model, x: Tensor, k: int, levels: int, seed: int) -> Tenso
         z, log_ratio = model.importance_samples(x, want, g)  # (k', B, d), (k', B)
         kk = z.shape[0]
         out = model.decode(z.flatten(0, 1))  # (k' B, C, H, W)
-        log_px_z = log_likelihood(model.likelihood, out, x.repeat(kk, *([1] * (x.dim() - 1))), levels)
-        blocks.append(log_px_z.view(kk, -1) + log_ratio.double())
+        log_px_z = log_likelihood(model.likelihood, out.unflatten(0, (kk, -1)), x, levels)  # (k', B)
+        blocks.append(log_px_z + log_ratio.double())
         if kk < want:
             break  # a point posterior gives one draw, which is the whole bound
     log_w = torch.cat(blocks)
