@@ -568,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from bench.run.memory import keep_freed_memory
+
+    keep_freed_memory()  # this process's batches reuse their memory
     if getattr(args, "tracking_uri", None) is not None and not args.tracking_uri.strip():
         _err("--tracking-uri: empty; give a tracking URI, or leave the flag out for the default store")
         return EXIT_BAD_INPUT

@@ -57,6 +57,12 @@ class Worker:
         from bench.data import from_config
         from bench.models import build_model
 
+        try:  # the allocator settings the `bench` command sets, where this tree has them
+            from bench.run.memory import keep_freed_memory
+
+            keep_freed_memory()
+        except ImportError:
+            pass
         self.torch, self.EvalConfig = torch, EvalConfig
         self.device = torch.device(args.device)
         # eval.precision where this tree has it (older trees ran fp32 only)

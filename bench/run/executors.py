@@ -34,6 +34,7 @@ import torch
 from bench.config import Suite
 from bench.run.context import RunOptions, RunOutcome, StopRequest, SuiteEnv
 from bench.run.lifecycle import run_claimed
+from bench.run.memory import keep_freed_memory
 from bench.run.threads import available_cores, set_threads
 from bench.suite import RunSpec
 
@@ -152,6 +153,7 @@ def work(job: Job) -> RunOutcome | None:
     from bench.run.progress import default_hooks
     from bench.store.tracking import RunLogger, Tracker
 
+    keep_freed_memory()  # once per worker process
     if job.threads:
         set_threads(job.threads)
     device = _worker_device(job.device)
