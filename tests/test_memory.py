@@ -41,7 +41,8 @@ PROBE = textwrap.dedent(
 
 
 def probe(mode: str) -> tuple[str, int, int, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    # glibc's defaults: no thresholds from the environment
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
     cmd = [sys.executable, "-c", PROBE, mode]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     applied, mapped, kept, size = out.stdout.split()
