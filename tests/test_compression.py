@@ -79,6 +79,11 @@ def test_float_codes_are_rated_and_reconstructed_through_the_code_step(data):
         by_hand = ((model.decode(z) - x) ** 2).double().mean().item()
     assert coarse["recon_mse"].value == pytest.approx(by_hand, rel=1e-6)
     assert coarse["bpp"].provenance["code_step"] == 0.5 and coarse["bpp"].provenance["header_bits"] == 64
+    # the distortion says it was measured on the decoded bitstreams, at which step; the KL rate does
+    # not go through them
+    recon_prov = coarse["recon_mse"].provenance
+    assert recon_prov["code_step"] == 0.5 and "decoded_from" in recon_prov
+    assert "decoded_from" not in coarse["rate_kl_bits"].provenance
     assert fine["bpp"].value > coarse["bpp"].value  # a finer quantiser costs more bits
     assert coarse["rate_kl_bits"].value > 0
 

@@ -210,8 +210,20 @@ class EvalContext:
         return self._test_codes.flatten(1)
 
     @property
-    def recon_provenance(self) -> dict[str, Any]:
+    def test_provenance(self) -> dict[str, Any]:
+        """Which images a test-split metric scores."""
         return {"split": "test", "n": len(self.test_uint8), "pixel_range": "[0, 1]"}
+
+    @property
+    def recon_provenance(self) -> dict[str, Any]:
+        """``test_provenance``, and for a model with a rate, that the reconstructions were decoded
+        from the test images' bitstreams (``coded``) and what those store."""
+        prov = self.test_provenance
+        if self.coded is not None:
+            kept = ("coder", "symbols", "code_step")
+            stored = {k: v for k, v in self.coded.provenance.items() if k in kept}
+            prov.update({"decoded_from": "the test images' bitstreams (those bpp counts)", **stored})
+        return prov
 
 
 def applies(metric: Metric, model: GenerativeModel | type[GenerativeModel], data: ImageData) -> bool:

@@ -118,7 +118,7 @@ def denoise_psnr(ctx: EvalContext) -> Result:
         )
     per_image = peak_signal_noise_ratio(rec, clean, data_range=1.0, dim=(1, 2, 3), reduction="none")
     prov = {
-        **ctx.recon_provenance,
+        **ctx.test_provenance,
         "noise": f"gaussian sigma {DENOISE_SIGMA}, clipped to [0, 1], seed {DENOISE_NOISE_SEED}",
         "impl": "torchmetrics",
         "per": "image",

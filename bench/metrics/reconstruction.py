@@ -74,7 +74,7 @@ def ssim(ctx: EvalContext) -> Result:
 def _rate_provenance(ctx: EvalContext) -> dict:
     coded = ctx.coded
     return {
-        **ctx.recon_provenance,
+        **ctx.test_provenance,
         **coded.provenance,
         "total_bits": coded.total_bits,
         "header_bits": coded.header_bits,
@@ -126,6 +126,6 @@ def rate_kl_bits(ctx: EvalContext) -> Result:
         kl = torch.cat([gaussian_kl(*ctx.model.posterior(x[i : i + bs])) for i in range(0, len(x), bs)])
     bits = kl.double() / math.log(2)
     (_, h, w) = ctx.data.image_shape
-    prov = {**ctx.recon_provenance, "prior": "N(0, I)", "units": "bits per image", "per": "image"}
+    prov = {**ctx.test_provenance, "prior": "N(0, I)", "units": "bits per image", "per": "image"}
     return Result(bits.mean().item(), prov, extra={"rate_kl_bpp": bits.mean().item() / (h * w)})
 
