@@ -11,7 +11,8 @@ Metric names follow one scheme, ``<base><extractor suffix><sampler suffix>``:
 - extractor (``features.EXTRACTORS``): none for ``inception`` (the literature's numbers),
   ``_domain`` for the dataset's own classifier (cheap, NOT comparable with Inception numbers);
 - sampler (``samplers.SAMPLERS``): none for the model's own sampler, ``_gmm`` for the ex-post
-  10-component GMM (ae, vae), ``_rec`` for test reconstructions (FID only, ae, vae).
+  10-component GMM (ae, vae), ``_rec`` for reconstructions of the held-out real images, from the
+  split the reference set is not drawn from (FID only, ae, vae).
 
 So ``fid_domain`` scores a VAE's prior samples and ``fid_domain_gmm`` its GMM samples, while
 ``fid`` / ``fid_gmm`` / ``fid_rec`` are the Inception FIDs of Ghosh et al.'s N / GMM / REC columns.
