@@ -263,6 +263,11 @@ class PublishedValue(Strict):
     pm: float = Field(0.0, ge=0, description="the published ± (std or interval half-width; 0: none given)")
     source: str = Field(min_length=1, description="where it is published: paper, table, column")
     note: str = ""
+    protocol: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="provenance fields the published value was measured with (e.g. n_fake: 10000): where "
+        "the runs' provenance differs, the report gives no verdict",
+    )
 
     @property
     def band(self) -> tuple[float, float]:

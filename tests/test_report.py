@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from scipy import stats as sps
 
-from bench.report.published import verdict
+from bench.report.published import protocol_check, verdict
 from bench.report.summary import fmt_num
 
 LABELS = ["ae-mlp", "vae-mlp", "gan-mlp", "vae-overflow"]
@@ -152,10 +152,13 @@ def test_published_values_are_stored_with_the_runs_and_placed_by_the_report(repo
     md = (report_dir / "report.md").read_text()
     section = md.split("## Measured beside published values", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| reportsuite")]
-    assert len(rows) == 2
-    ae, vae = rows
-    assert "| ae-mlp | `recon_mse` |" in ae and "| 2 | 1,000 ± 1 | far above |" in ae
-    assert "| vae-mlp | `psnr` |" in vae and "inside the published band" in vae
+    assert len(rows) == 3
+    ae, ae_other, vae = rows
+    assert "| ae-mlp | `recon_mse` |" in ae and "| 2 | split test | 1,000 ± 1 | far above |" in ae
+    assert "| vae-mlp | `psnr` |" in vae and "| 2 | — |" in vae and "inside the published band" in vae
+    # measured on other images than the publication: no verdict, though the band would hold the mean
+    assert "| ae-mlp | `psnr` |" in ae_other and "| split test |" in ae_other
+    assert "not comparable: split test here, train published" in ae_other and "band" not in ae_other
     runs = pd.read_csv(report_dir / "results.csv")
     ae_mse = runs[runs.label == "ae-mlp"].recon_mse_mean.iloc[0]
     assert f"below the published band by {fmt_num(1000.0 - 1.0 - ae_mse)}" in ae
@@ -164,9 +167,23 @@ def test_published_values_are_stored_with_the_runs_and_placed_by_the_report(repo
     tagged = client.search_runs([exp.experiment_id], "tags.label = 'vae-mlp'")
     assert tagged and all(
         json.loads(r.data.tags["bench.published.psnr"])
-        == {"value": 0.0, "pm": 1000.0, "source": "wide band", "note": ""}
+        == {"value": 0.0, "pm": 1000.0, "source": "wide band", "note": "", "protocol": {}}
         for r in tagged
     )
+
+
+def test_a_published_protocol_is_checked_against_the_runs_provenance():
+    measured = {"n_fake": "10000", "n_real": "2000 | 10000", "reference_split": "test"}
+    shown, differs = protocol_check({"n_fake": 10000.0, "reference_split": "test"}, measured)
+    assert shown == "n_fake 10000, reference_split test" and differs == ""
+    # runs that differ among themselves, a field no run records, a string against a number
+    _, differs = protocol_check({"n_real": 10000, "extractor": "inception", "n_fake": "10,000"}, measured)
+    assert differs == (
+        "n_real 2000 | 10000 here, 10000 published; the runs record no extractor; "
+        "n_fake 10000 here, 10,000 published"
+    )
+    assert protocol_check({"binarize": True}, {"binarize": "true"}) == ("binarize true", "")
+    assert protocol_check({}, measured) == ("", "")
 
 
 def test_verdict_places_the_mean_against_the_band():

@@ -2,11 +2,16 @@
 the published value, its ± and its source) against the mean and 95% CI over seeds, with a verdict.
 
 The verdict compares the measured mean with the published band [value - pm, value + pm]: inside
-it, or above/below it by how much; it also says whether the measured CI reaches the band.
+it, or above/below it by how much; it also says whether the measured CI reaches the band. A
+published value that states its ``protocol`` (provenance fields such as ``n_fake``) is placed only
+where the runs' provenance of that metric has the same values; elsewhere the verdict says what
+differs, since a number measured another way (FID at another sample count, say) is not on the
+published scale.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -28,6 +33,45 @@ def verdict(mean: float, ci: float, value: float, pm: float) -> str:
     return text
 
 
+def _same(measured: str, published: Any) -> bool:
+    """Whether a provenance field as stored (text; distinct values across runs joined by " | ")
+    is the published protocol's value (numbers compared as numbers: 10000 and 10000.0 agree)."""
+    if isinstance(published, bool) or not isinstance(published, int | float):
+        return measured == (published if isinstance(published, str) else json.dumps(published))
+    try:
+        return float(measured) == float(published)
+    except ValueError:
+        return False
+
+
+def _measured_provenance(data: StoreData, suite: str, metric: str) -> dict[str, str]:
+    """The runs' provenance of one metric in a suite, each field's distinct values joined."""
+    prov = data.provenance
+    if prov.empty:
+        return {}
+    hit = prov[(prov.suite == suite) & (prov.metric == metric) & (prov.source == "runs")]
+    try:
+        fields = json.loads(hit.provenance.iloc[0]) if len(hit) else {}
+    except ValueError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
+def protocol_check(protocol: dict[str, Any], measured: dict[str, str]) -> tuple[str, str]:
+    """(how the runs measured the protocol's fields, what differs from the publication: "" if
+    nothing)."""
+    shown, differ = [], []
+    for key, want in protocol.items():
+        got = measured.get(key)
+        want_text = want if isinstance(want, str) else json.dumps(want)
+        shown.append(f"{key} {got if got is not None else '?'}")
+        if got is None:
+            differ.append(f"the runs record no {key}")
+        elif not _same(got, want):
+            differ.append(f"{key} {got} here, {want_text} published")
+    return ", ".join(shown), "; ".join(differ)
+
+
 def published_rows(data: StoreData, summary: Summary) -> list[dict[str, Any]]:
     """One row per (suite, model, metric) with a published value in the stored suite config."""
     rows = []
@@ -44,6 +88,9 @@ def published_rows(data: StoreData, summary: Summary) -> list[dict[str, Any]]:
                 ci = float(st["ci95"]) if st else math.nan
                 n = int(st["n"]) if st else 0
                 value, pm = float(pub["value"]), float(pub.get("pm") or 0.0)
+                protocol = pub.get("protocol") if isinstance(pub.get("protocol"), dict) else {}
+                measured_with, differs = protocol_check(protocol, _measured_provenance(data, suite, metric))
+                placed = verdict(mean if n else math.nan, ci, value, pm)
                 rows.append(
                     {
                         "suite": suite,
@@ -53,7 +100,9 @@ def published_rows(data: StoreData, summary: Summary) -> list[dict[str, Any]]:
                         "seeds": n,
                         "published": f"{fmt_num(value)} ± {fmt_num(pm)}" if pm else fmt_num(value),
                         "source": "; ".join(str(x) for x in (pub.get("source"), pub.get("note")) if x),
-                        "verdict": verdict(mean if n else math.nan, ci, value, pm),
+                        "measured_with": measured_with,
+                        "verdict": f"not comparable: {differs}" if n and differs else placed,
+                        "comparable": not (n and differs),
                     }
                 )
     return rows
@@ -68,17 +117,22 @@ def published_markdown(data: StoreData, summary: Summary) -> list[str]:
         "",
         "## Measured beside published values",
         "",
-        "| suite | model | metric | measured (mean ± 95% CI) | seeds | published | source | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| suite | model | metric | measured (mean ± 95% CI) | seeds | measured with | published | source "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         md.append(
             f"| {r['suite']} | {md_escape(r['label'])} | `{r['metric']}` | {r['measured'] or '—'} | "
-            f"{r['seeds']} | {r['published']} | {md_escape(r['source'])} | {r['verdict']} |"
+            f"{r['seeds']} | {md_escape(r['measured_with']) or '—'} | {r['published']} | "
+            f"{md_escape(r['source'])} | {r['verdict'] if r['comparable'] else md_escape(r['verdict'])} |"
         )
     md += [
         "",
         "- The band is the published value ± its published spread; the verdict places the measured mean "
         "in it or says how far outside it lies.",
+        "- \"Measured with\" lists the runs' provenance for the fields the published value's protocol "
+        "states (each field's distinct values joined by | where runs differ); where any differs from "
+        "the publication, the verdict says so instead of placing the mean.",
     ]
     return md
