@@ -88,6 +88,10 @@ def _prepare_run(args: argparse.Namespace):
         if problem:
             _err(f"{args.suite}: device: {problem}")
             raise BadInput from None
+    problem = folder_problem(Path(args.out or Path("reports") / suite.name))
+    if problem:  # the report is written after training: a folder it cannot be is refused first
+        _err(f"--out: {problem}")
+        raise BadInput
     from bench.run.driver import make_executor
     from bench.run.executors import ExecutorError
 
@@ -275,6 +279,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import terminal_summary, write_report
     from bench.store.tracking import Tracker, TrackingError, resolve_uri
 
+    out = Path(args.out or Path("reports") / "+".join(args.suites))
+    problem = folder_problem(out)
+    if problem:
+        _err(f"--out: {problem}")
+        return EXIT_BAD_INPUT
     tracker = Tracker(resolve_uri(args.tracking_uri))
     try:
         tracker.check()
@@ -285,11 +294,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     if missing:
         _err(f"no experiment named {', '.join(missing)} in {tracker.uri}")
         return EXIT_BAD_INPUT
-    out = Path(args.out or Path("reports") / "+".join(args.suites))
     summary, paths = write_report(tracker, args.suites, out)
     print(terminal_summary(summary))
     _print_report_paths(paths)
     return EXIT_OK
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (made) a folder to write into: it, or a folder above it, is a file."""
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                return f"{p} exists and is not a folder" if p == path else f"{p} is a file, not a folder"
+            return None
+    return None
 
 
 def _print_report_paths(paths: list[Path]) -> None:
@@ -342,6 +360,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from bench.run.reeval import BadRequest, RunNotFound, sample_grid
     from bench.store.tracking import Tracker, TrackingError, resolve_uri
 
+    out = Path(args.out)
+    problem = f"{out} is a folder" if out.is_dir() else folder_problem(out.parent)
+    if problem:
+        _err(f"--out: {problem}")
+        return EXIT_BAD_INPUT
     tracker = Tracker(resolve_uri(args.tracking_uri))
     try:
         tracker.check()
@@ -352,7 +375,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     except DataError as e:
         _err(f"dataset: {e}")
         return EXIT_BAD_INPUT
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(out)
     print(f"{args.n} samples of {run.name} ({args.sampler} sampler, seed {args.seed}): {out}")

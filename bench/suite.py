@@ -266,6 +266,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dic
 
     An index is written in decimal digits (``models.0``, never ``models.-1``); a value that is not
     valid YAML is reported as such."""
+    key_errors = _unencodable(raw)  # keys that are not text (a date, a number) have no JSON copy
+    if key_errors:
+        raise SuiteError(file, key_errors)
     raw = json.loads(json.dumps(raw, default=str))  # deep copy
     errors = []
     for item in overrides:
@@ -278,6 +281,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dic
         except (yaml.YAMLError, ValueError) as e:
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
             errors.append(FieldError(f"--set {key}", f"the value {value!r} did not parse as YAML: {problem}"))
+            continue
+        bad_keys = _unencodable(val, (f"--set {key}",))
+        if bad_keys:
+            errors += bad_keys
             continue
         parts = key.split(".")
         node: Any = raw
@@ -334,7 +341,8 @@ def validate_suite(raw: dict[str, Any], file: str = "<suite>", folder: str | Pat
 
 
 def _unencodable(value: Any, path: tuple[Any, ...] = ()) -> list[FieldError]:
-    """Every key or string value that is not encodable text (a lone surrogate from a YAML escape)."""
+    """Every key that is not text (YAML reads ``2024-01-01:`` as a date, ``5:`` as a number), and every
+    key or string value that is not encodable text (a lone surrogate from a YAML escape)."""
 
     def bad(text: str) -> bool:
         try:
@@ -350,7 +358,13 @@ def _unencodable(value: Any, path: tuple[Any, ...] = ()) -> list[FieldError]:
         if isinstance(v, dict):
             for k, item in v.items():
                 key = k if isinstance(k, str) and not bad(k) else ascii(k)
-                if isinstance(k, str) and bad(k):
+                if not isinstance(k, str):
+                    errors.append(
+                        FieldError(
+                            _loc(p + (key,)), f"keys must be text, not {type(k).__name__} (quote the key)"
+                        )
+                    )
+                elif bad(k):
                     errors.append(
                         FieldError(_loc(p + (key,)), "the key is not encodable text (a lone surrogate)")
                     )

@@ -319,3 +319,59 @@ def test_a_deep_set_value_is_bounded(write_suite, capsys):
     path = write_suite(tiny_suite())
     rc, lines = run_cli(["validate", str(path), "--set", "budget.steps=" + "[" * 3000 + "]" * 3000], capsys)
     assert rc == 2 and len(lines) == 1 and "nested more than 32 levels deep" in lines[0], lines
+
+
+def test_a_key_that_is_not_text_in_a_set_value_is_a_field_error(tmp_path, write_suite, capsys):
+    path = write_suite(tiny_suite())
+    for value, kind in (("{name: ae-mlp, 5: 1}", "int"), ("{name: ae-mlp, 2024-01-01: 1}", "date")):
+        rc, lines = run_cli(["validate", str(path), "--set", f"models.0={value}"], capsys)
+        assert rc == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(f"{path}: --set models.0.")
+        assert f"keys must be text, not {kind}" in lines[0]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_empty_idx_split_is_a_data_error_naming_the_file(split, tmp_path):
+    fake_mnist(tmp_path, n_train=20, n_test=5)
+    stem = "train" if split == "train" else "t10k"
+    victim = tmp_path / f"{stem}-images-idx3-ubyte.gz"
+    write_idx(victim, torch.zeros(0, 28, 28, dtype=torch.uint8))
+    write_idx(tmp_path / f"{stem}-labels-idx1-ubyte.gz", torch.zeros(0, dtype=torch.uint8))
+    with pytest.raises(DataError, match=f"{victim}: the IDX file holds no values"):
+        IdxDataset("mnist", "MNIST", md5={}).load(str(tmp_path), download=False)
+
+
+def test_idx_splits_of_different_image_sizes_are_a_data_error(tmp_path):
+    fake_mnist(tmp_path, n_train=20, n_test=5)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", torch.zeros(5, 32, 32, dtype=torch.uint8))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: test images are \(32, 32\)"):
+        IdxDataset("mnist", "MNIST", md5={}).load(str(tmp_path), download=False)
+
+
+def test_a_decompression_bomb_in_an_imagefolder_is_a_data_error(tmp_path):
+    from PIL import Image
+
+    from bench.data.folders import load_imagefolder
+
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / split / "a" / "ok.png")
+    bomb = tmp_path / "train" / "a" / "bomb.png"
+    # a real PNG whose header declares more than twice Pillow's pixel limit (an error, not a warning)
+    side = int((2 * Image.MAX_IMAGE_PIXELS) ** 0.5) + 2
+    Image.new("1", (side, side)).save(bomb)
+    with pytest.raises(DataError, match=f"{bomb}: cannot read the image"):
+        load_imagefolder(str(tmp_path))
+
+
+@pytest.mark.parametrize("verb", ["run", "report"])
+def test_an_out_folder_that_is_a_file_is_refused_before_any_work(verb, tmp_path, write_suite, capsys):
+    blocker = tmp_path / "notadir"
+    blocker.write_text("")
+    store = tmp_path / "store" / "mlflow.db"
+    path = write_suite(tiny_suite())
+    args = [str(path)] if verb == "run" else ["tiny"]
+    where = ["--tracking-uri", f"sqlite:///{store}", "--out", str(blocker / "sub")]
+    rc, lines = run_cli([verb, *args, *where], capsys)
+    assert rc == 2 and lines == [f"--out: {blocker} is a file, not a folder"]
+    assert not store.parent.exists()

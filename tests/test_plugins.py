@@ -5,6 +5,7 @@ tiny budgets, real MLflow store)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -362,3 +363,22 @@ def test_conv_backbones_build_for_colour_images(shape, name, params):
     else:
         assert model.reconstruct(x).shape == x.shape
     assert model.sample(2).shape == (2, *shape)
+
+
+def test_a_plugin_that_exits_on_import_is_refused_and_no_bytecode_is_left(tmp_path, monkeypatch, capsys):
+    """sys.exit() in the user's module is a plugin error (exit 2), not bench's own exit 0; and a
+    rejected suite leaves no __pycache__ beside the user's files, whatever the environment sets."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    write_images(tmp_path / "images", n_train=2, n_test=2)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n")
+    (tmp_path / "notamodel.py").write_text("class Foo:\n    pass\n")
+    for name, expect in (("exits:Foo", "the module called sys.exit(0)"), ("notamodel:Foo", "notamodel:Foo")):
+        suite = tmp_path / "suite.yaml"
+        spec = suite_dict(tmp_path / "images", [{"name": name}], eval={"metrics": ["recon_mse"]})
+        suite.write_text(yaml.safe_dump(spec))
+        assert main(["validate", str(suite)]) == 2
+        err = capsys.readouterr().err
+        assert f"{suite}: models.0.name: " in err and expect in err, err
+    assert not (tmp_path / "__pycache__").exists()
+    assert sys.dont_write_bytecode is False  # restored after the import

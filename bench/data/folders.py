@@ -88,7 +88,8 @@ def _read_images(files: list[Path], channels: int, image_size: int | None) -> to
         try:
             with Image.open(f) as im:
                 img = TF.pil_to_tensor(im.convert("L" if channels == 1 else "RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+            # a decompression bomb: a header declaring far more pixels than Pillow's limit
             raise DataError(f"{f}: cannot read the image ({e})") from None
         img = fit_images(img[None], image_size, None)[0]
         if first is None:
@@ -110,7 +111,7 @@ def _guess_channels(files: list[Path]) -> int:
             with Image.open(f) as im:
                 if im.mode not in GREY_MODES:
                     return 3
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             raise DataError(f"{f}: cannot read the image ({e})") from None
     return 1
 

@@ -59,6 +59,8 @@ def parse_idx(raw: bytes, path: Path) -> torch.Tensor:
     expected = header + int(torch.Size(shape).numel())
     if len(raw) != expected:
         raise DataError(f"{path}: truncated or padded IDX file: {len(raw)} bytes, header says {expected}")
+    if expected == header:  # torch.frombuffer refuses an empty buffer
+        raise DataError(f"{path}: the IDX file holds no values (shape {tuple(shape)})")
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
 
 
@@ -195,6 +197,11 @@ class IdxDataset:
                 )
             if int(y.max()) >= self.num_classes:
                 raise DataError(f"{files[split + '_y']}: label {int(y.max())} out of range")
+        if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
+            raise DataError(
+                f"{files['test_x']}: test images are {tuple(arrays['test_x'].shape[1:])}, the training "
+                f"images ({files['train_x']}) {tuple(arrays['train_x'].shape[1:])}; both splits need one size"
+            )
         return make_image_data(
             self.name,
             arrays["train_x"].unsqueeze(1),

@@ -87,8 +87,10 @@ def _import(module: str, paths: Sequence[str]) -> Any:
         have = _module_file(loaded) or (list(getattr(loaded, "__path__", [])) or [None])[0]
         if want is None or have is None or Path(want).resolve() != Path(have).resolve():
             _purge(top)
-    saved = list(sys.path)
+    saved, saved_bytecode = list(sys.path), sys.dont_write_bytecode
     sys.path[:0] = [p for p in paths if p not in sys.path]
+    # no __pycache__ beside the user's files: a suite that is then rejected leaves nothing behind
+    sys.dont_write_bytecode = True
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -100,8 +102,11 @@ def _import(module: str, paths: Sequence[str]) -> Any:
         raise PluginError(f"importing {module!r} failed: {type(e).__name__}: {e}") from None
     except Exception as e:  # the user's module raised while importing: say so, with its message
         raise PluginError(f"importing {module!r} failed: {type(e).__name__}: {e}") from None
+    except SystemExit as e:  # sys.exit() in the module: not bench's own exit
+        raise PluginError(f"importing {module!r} failed: the module called sys.exit({e.code!r})") from None
     finally:
         sys.path[:] = saved
+        sys.dont_write_bytecode = saved_bytecode
 
 
 def _attr(module: Any, qualname: str, file: str | None) -> Any:
