@@ -325,6 +325,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from bench.store.tracking import Tracker, TrackingError, resolve_uri
     from bench.suite import SuiteError
 
+    # a stored run keeps the data, models and budget it was trained with: only eval settings change
+    outside = [s for s in args.set if s.partition("=")[0].split(".")[0] != "eval"]
+    for item in outside:
+        _err(f"--set {item.partition('=')[0]}: bench eval changes eval settings only (--set eval.KEY=VALUE)")
+    if outside:
+        return EXIT_BAD_INPUT
     tracker = Tracker(resolve_uri(args.tracking_uri))
     metrics = [m for item in args.metrics for m in item.split(",") if m] if args.metrics else None
     # 1. every run's request is validated (and its data loaded) before anything is computed
@@ -452,8 +458,6 @@ def _list_plugins() -> None:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
     from bench.store.tracking import _artifact_root, redact_uri, resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
@@ -481,10 +485,48 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print('  (these links open the training runs; choose "Model training" at the top left of the UI once, '
           "and the browser keeps it for every page)")
     sys.stdout.flush()  # before the server's own output
+    return _serve(cmd)
+
+
+def _serve(cmd: list[str]) -> int:
+    """Run the UI server until it exits, or until Ctrl-C, SIGTERM or SIGHUP reach this process:
+    then the server and every process it started (its web workers) are stopped too, so no server
+    is left holding the port. The server stays in this process group: a signal to the group
+    reaches it directly."""
+    import signal
+    import subprocess
+
+    import psutil
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    proc = subprocess.Popen(cmd)
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return subprocess.call(cmd)
+        return proc.wait()
     except KeyboardInterrupt:
+        try:
+            server = psutil.Process(proc.pid)
+            procs = [server, *server.children(recursive=True)]
+        except psutil.Error:  # already gone
+            procs = []
+        for p in procs:
+            try:
+                p.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        proc.wait()
         return EXIT_OK
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -494,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train and evaluate every model x seed of a suite")
     r.add_argument("suite")
     r.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: the suite's, else sqlite:///mlflow.db)"
+        "--tracking-uri",
+        help="MLflow tracking URI (default: the suite's tracking.uri, else $MLFLOW_TRACKING_URI, "
+        "else sqlite:///mlflow.db)",
     )
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite field")
     r.add_argument("--device", help="auto, cpu, cuda, cuda:N (overrides the suite)")
@@ -560,7 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="compute metrics for finished runs, logged into the same runs")
     ev.add_argument("target", metavar="SUITE_NAME|RUN_ID")
     ev.add_argument("--metrics", nargs="+", help="metrics to compute (default: the runs' eval.metrics)")
-    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override eval settings")
+    ev.add_argument(
+        "--set", action="append", default=[], metavar="eval.KEY=VALUE", help="override an eval setting"
+    )
     ev.add_argument("--tracking-uri")
     ev.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the run's)")
     ev.set_defaults(fn=cmd_eval)

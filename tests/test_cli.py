@@ -70,3 +70,47 @@ def test_list_shows_every_family(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "ae-mlp" in out and " gan " in out and " vae " in out and "recon_mse" in out
+
+
+def test_sigterm_to_bench_ui_stops_the_server_it_started(tmp_path):
+    """The UI server and its workers go with `bench ui`: none is left holding the port."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    uri = f"sqlite:///{tmp_path / 'ui.db'}"
+    cmd = [sys.executable, "-m", "bench.cli", "ui", "--tracking-uri", uri, "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):  # the server takes seconds to start; a few minutes on a loaded machine
+            if listening() or proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert listening(), "the UI server never listened"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        for _ in range(60):  # the workers finish their shutdown
+            if not listening():
+                break
+            time.sleep(0.5)
+        assert not listening()
+    finally:
+        proc.kill()
+
+
+def test_bench_eval_changes_eval_settings_only(tmp_path, capsys):
+    """A stored run keeps its data: --set outside eval is refused before the store is read."""
+    uri = f"sqlite:///{tmp_path / 'none.db'}"
+    sets = ["--set", "dataset.test_size=16", "--set", "eval.n_samples=8"]
+    rc = main(["eval", "anything", "--tracking-uri", uri, *sets])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--set dataset.test_size: bench eval changes eval settings only" in err
+    assert "eval.n_samples" not in err and not (tmp_path / "none.db").exists()
