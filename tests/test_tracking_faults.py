@@ -288,3 +288,55 @@ def test_loss_intervals_are_sent_in_few_batches_and_all_arrive(tmp_path, monkeyp
     assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(1, 301)]
     run.finish()
     parent.finish()
+
+
+# --------------------------------------------------------------------------- damaged journals
+
+HEADER = {"op": "run", "uri": "sqlite:///x.db", "run_id": None, "experiment": "relogged", "run_name": "r"}
+LOSS = {"op": "metrics", "values": {"train/loss": 1.0}, "step": 2, "timestamp": 1}
+
+
+def without(key: str) -> dict:
+    return {k: v for k, v in HEADER.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    "lines, said",
+    [
+        ([without("uri"), LOSS], "line 1: the header (op 'run') has no 'uri'"),
+        ([without("experiment"), LOSS], "line 1: the header (op 'run') has no 'experiment'"),
+        ([[1, 2], HEADER], "line 1: a list, not a journal entry"),
+        ([HEADER, LOSS, "hello"], "line 3: a string, not a journal entry"),
+        ([HEADER, LOSS, {**LOSS, "step": "abc"}], "entry 2: 'step' must be an integer, not a string"),
+        ([HEADER, {**LOSS, "values": {"train/loss": "x"}}], "entry 1: 'values' must map metric names"),
+        ([HEADER, LOSS, {"op": "finish", "status": ["FINISHED"]}], "entry 2: 'status' must be one of"),
+    ],
+    ids=["no-uri", "no-experiment", "list", "string", "step", "value", "status"],
+)
+def test_relog_refuses_a_damaged_journal_before_the_store_is_touched(lines, said, tmp_path, capsys):
+    folder = tmp_path / "run" / "offline"
+    folder.mkdir(parents=True)
+    journal = folder / "journal.jsonl"
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    db = tmp_path / "mlflow.db"
+    # without --tracking-uri where the header lacks its store: the journal's own store is needed
+    flag = [] if "'uri'" in said else ["--tracking-uri", f"sqlite:///{db}"]
+    rc = main(["relog", str(folder), *flag])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{journal}: {said}" in err, err
+    if said.startswith("entry"):  # and the line of the file it is on
+        assert f"(line {len(lines)})" in err, err
+    assert journal.is_file() and not (folder / "journal.relogged.jsonl").exists()  # kept for a look
+    assert not db.exists()  # refused before the store was opened: no run was created
+
+
+def test_relog_at_the_start_of_bench_run_refuses_a_damaged_journal_too(tmp_path):
+    """``bench run`` re-logs a pending journal itself (``relog``): the same checks, before any write."""
+    from bench.store.relog import JournalError, relog
+
+    folder = tmp_path / "offline"
+    folder.mkdir()
+    (folder / "journal.jsonl").write_text(f"{json.dumps(HEADER)}\n{json.dumps({**LOSS, 'step': 'abc'})}\n")
+    with pytest.raises(JournalError, match=r"journal.jsonl: entry 1: 'step' must be an integer.* \(line 2\)"):
+        relog(folder, Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert not (tmp_path / "mlflow.db").exists() and (folder / "journal.jsonl").is_file()

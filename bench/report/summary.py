@@ -193,9 +193,11 @@ def load_store(tracker: Tracker, suites: list[str]) -> StoreData:
         env = tracker.artifact_bytes(parent.info.run_id, "environment.json")
         if env is not None:
             try:
-                data.environments[s] = json.loads(env)
-            except ValueError:
-                pass
+                environment = json.loads(env)
+            except (ValueError, RecursionError):  # damaged: the report goes without it
+                environment = None
+            if isinstance(environment, dict):  # name: value pairs, as bench writes it
+                data.environments[s] = environment
     return data
 
 

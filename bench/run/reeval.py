@@ -23,7 +23,7 @@ from bench.metrics import MetricFailure, Result, evaluate
 from bench.metrics.samplers import fit_latent_sampler
 from bench.models import GenerativeModel, build_model
 from bench.store.tracking import METRIC_FAILED_TAG, RunLogger, Tracker
-from bench.suite import apply_overrides, data_errors, validate_suite
+from bench.suite import SuiteError, apply_overrides, data_errors, validate_suite
 
 
 class RunNotFound(LookupError):
@@ -32,6 +32,75 @@ class RunNotFound(LookupError):
 
 class BadRequest(ValueError):
     """A request that cannot be served here (metrics for no run, missing weights); one line per problem."""
+
+
+class BadArtifact(BadRequest):
+    """A run's logged artifact (``config.json``, ``model/spec.json``, ``model/state_dict.pt``) that is
+    missing or damaged; the message names the run, the artifact and the field."""
+
+
+# the fields of a run's config.json that rebuilding its suite reads, with their JSON types
+CONFIG_FIELDS: dict[str, type] = {
+    "suite": str, "label": str, "model": str, "family": str, "seed": int,
+    "dataset": dict, "budget": dict, "eval": dict, "params": dict,
+}  # fmt: skip
+CONFIG_OPTIONAL: dict[str, type] = {"device": str, "plugin": dict}
+SPEC_FIELDS: dict[str, type] = {"model": str, "params": dict, "image_shape": list}
+SPEC_OPTIONAL: dict[str, type] = {"plugin_paths": list}
+TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object", list: "a list"}
+
+
+def _json_kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def _field_problems(obj: dict[str, Any], required: dict[str, type], optional: dict[str, type]) -> list[str]:
+    """One line per field of ``obj`` that is missing or of the wrong JSON type."""
+    problems = []
+    for key, want in {**required, **optional}.items():
+        if key not in obj:
+            if key in required:
+                problems.append(f"field {key!r} is missing")
+            continue
+        value = obj[key]
+        if not isinstance(value, want) or isinstance(value, bool):
+            problems.append(f"field {key!r} must be {TYPE_NAMES[want]}, not {_json_kind(value)}")
+    return problems
+
+
+def _brief(e: BaseException, limit: int = 300) -> str:
+    """An exception as one line for an error message: its type and its text, cut at ``limit``."""
+    text = " ".join(str(e).split())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _where(run_id: str, name: str, artifact: str) -> str:
+    return f"run {run_id} ({name}): artifact {artifact}"
+
+
+def _download(tracker: Tracker, run_id: str, name: str, artifact: str, folder: str):
+    """The local copy of one artifact of a run; ``BadArtifact`` when the store does not give it."""
+    try:
+        return tracker.download(run_id, artifact, folder)
+    except Exception as e:  # missing, or unreadable where the store keeps it
+        where = _where(run_id, name, artifact)
+        raise BadArtifact(f"{where}: cannot be downloaded ({_brief(e)})") from None
+
+
+def _json_artifact(tracker: Tracker, run_id: str, name: str, artifact: str) -> dict[str, Any]:
+    """A run's JSON artifact, which must be a JSON object; ``BadArtifact`` naming it otherwise."""
+    where = _where(run_id, name, artifact)
+    with tempfile.TemporaryDirectory() as d:
+        path = _download(tracker, run_id, name, artifact, d)
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply
+            raise BadArtifact(f"{where}: not a JSON file ({_brief(e)})") from None
+    if not isinstance(value, dict):
+        raise BadArtifact(f"{where}: must be a JSON object, not {_json_kind(value)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -47,8 +116,15 @@ class StoredRun:
 
 
 def _stored(tracker: Tracker, run: Any) -> StoredRun:
-    with tempfile.TemporaryDirectory() as d:
-        config = json.loads(tracker.download(run.info.run_id, "config.json", d).read_text())
+    """A run with its ``config.json``, whose fields are checked (``BadArtifact`` naming them)."""
+    run_id, name = run.info.run_id, run.info.run_name
+    config = _json_artifact(tracker, run_id, name, "config.json")
+    problems = _field_problems(config, CONFIG_FIELDS, CONFIG_OPTIONAL)
+    paths = config.get("plugin", {}).get("paths", []) if isinstance(config.get("plugin"), dict) else []
+    if not isinstance(paths, list) or not all(isinstance(x, str) for x in paths):
+        problems.append("field 'plugin.paths' must be a list of strings")
+    if problems:
+        raise BadArtifact("\n".join(f"{_where(run_id, name, 'config.json')}: {p}" for p in problems))
     step = int(run.data.metrics.get("budget_steps", 0))
     return StoredRun(
         run.info.run_id, run.info.run_name, config, step, dict(run.data.metrics), dict(run.data.tags)
@@ -76,7 +152,9 @@ def find_runs(tracker: Tracker, target: str) -> list[StoredRun]:
     return [_stored(tracker, run)]
 
 
-def suite_of_run(run: StoredRun, metrics: list[str] | None, overrides: list[str]) -> Suite:
+def suite_of_run(
+    run: StoredRun, metrics: list[str] | None, overrides: list[str], where: str | None = None
+) -> Suite:
     """The run's own settings as a one-model suite, with ``metrics`` and ``--set`` overrides applied,
     fully validated (raises ``SuiteError`` naming the field, before any work)."""
     c = run.config
@@ -91,7 +169,7 @@ def suite_of_run(run: StoredRun, metrics: list[str] | None, overrides: list[str]
     }
     if "plugin" in c:  # a plugin model: found where the run found it
         raw["plugins"] = list(c["plugin"].get("paths", []))
-    where = f"run {run.run_id} ({run.name})"
+    where = where or f"run {run.run_id} ({run.name})"
     return validate_suite(apply_overrides(raw, overrides, where), where)
 
 
@@ -101,16 +179,43 @@ def load_data(suite: Suite) -> ImageData:
 
 
 def load_model(tracker: Tracker, run: StoredRun, device: torch.device) -> GenerativeModel:
-    """The run's trained model, rebuilt from its spec and state_dict, in eval mode on ``device``."""
+    """The run's trained model, rebuilt from its spec and state_dict, in eval mode on ``device``.
+    Raises ``BadArtifact`` naming the artifact when either is missing or damaged (or they do not
+    fit each other); ``torch.load`` reads tensors only (``weights_only``): the file runs no code."""
+    spec_file, state_file = "model/spec.json", "model/state_dict.pt"
+    spec = _json_artifact(tracker, run.run_id, run.name, spec_file)
+    where = _where(run.run_id, run.name, spec_file)
+    problems = _field_problems(spec, SPEC_FIELDS, SPEC_OPTIONAL)
+    shape, paths = spec.get("image_shape"), spec.get("plugin_paths", [])
+    if isinstance(shape, list) and (len(shape) != 3 or not all(_is_size(x) for x in shape)):
+        problems.append(f"field 'image_shape' must be 3 positive integers (channels, height, width): {shape}")
+    if isinstance(paths, list) and not all(isinstance(x, str) for x in paths):
+        problems.append("field 'plugin_paths' must be a list of strings")
+    if problems:
+        raise BadArtifact("\n".join(f"{where}: {p}" for p in problems))
+    try:
+        model = build_model(spec["model"], spec["params"], tuple(shape), paths)
+    except Exception as e:  # an unknown model, parameters it refuses
+        why = _brief(e)
+        raise BadArtifact(f"{where}: model {spec['model']!r} cannot be built from it ({why})") from None
+    where = _where(run.run_id, run.name, state_file)
     with tempfile.TemporaryDirectory() as d:
-        spec = json.loads(tracker.download(run.run_id, "model/spec.json", d).read_text())
-        state = torch.load(
-            tracker.download(run.run_id, "model/state_dict.pt", d), map_location=device, weights_only=True
-        )
-    paths = spec.get("plugin_paths", ())
-    model = build_model(spec["model"], spec["params"], tuple(spec["image_shape"]), paths).to(device)
-    model.load_state_dict(state)
-    return model.eval()
+        path = _download(tracker, run.run_id, run.name, state_file, d)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, not a torch file, or holding more than tensors
+            raise BadArtifact(f"{where}: cannot be read ({_brief(e)})") from None
+    if not isinstance(state, dict):
+        raise BadArtifact(f"{where}: not a state_dict (a mapping of tensors) but {type(state).__name__}")
+    try:
+        model.load_state_dict(state)
+    except Exception as e:  # missing or unexpected keys, other shapes
+        raise BadArtifact(f"{where}: does not fit the model of {spec_file} ({_brief(e)})") from None
+    return model.to(device).eval()
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def evaluate_run(
@@ -184,6 +289,8 @@ def plan_eval(
     problems = list(dict.fromkeys(p for s in suites for p in preflight(s.eval)))
     if problems:
         raise BadRequest("\n".join(f"{target}: eval.metrics: {p}" for p in problems))
+    for r in runs:  # every model's artifacts are read back (BadArtifact) before anything is logged
+        load_model(tracker, r, torch.device("cpu"))
     planned = [Planned(r, s, load_data(s)) for r, s in zip(runs, suites)]
     problems = [  # the metrics' sizes against the runs' real splits
         f"run {p.run.run_id} ({p.run.name}): {e.loc}: {e.msg}"
@@ -233,9 +340,12 @@ def sample_grid(
             f"sampler {sampler!r} applies to {'/'.join(chosen.families)} models; "
             f"{run.name} is a {run.config['family']} model"
         )
-    suite = suite_of_run(run, [], [])
+    try:
+        suite = suite_of_run(run, [], [], _where(run.run_id, run.name, "config.json"))
+    except SuiteError as e:  # the run's own stored settings, unchanged: its config.json is damaged
+        raise BadArtifact(str(e)) from None
+    model = load_model(tracker, run, resolve_device(device or suite.device))  # before the data: cheaper
     data = load_data(suite)
-    model = load_model(tracker, run, resolve_device(device or suite.device))
     e = suite.eval
     images = draw(model, sampler, n, data, seed, e.gmm_components, GMMOptions.of(e))  # (n, C, H, W) in [0, 1]
     grid = make_grid(images.cpu(), nrow=math.ceil(math.sqrt(n)), padding=2, pad_value=1.0)

@@ -58,20 +58,72 @@ class Journal:
         return str(rel)
 
 
-def read_journal(folder: Path) -> list[dict[str, Any]]:
-    """The journal's entries; a torn last line (killed mid-write) is dropped."""
+class JournalError(ValueError):
+    """A journal that bench will not replay; the message names the journal, the line and the field."""
+
+
+def json_kind(value: Any) -> str:
+    """How an error message names a JSON value's type."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def _header_problem(head: dict[str, Any]) -> str | None:
+    """What is wrong with the header entry (``op: run``), else None. ``uri`` and ``experiment`` must
+    be there; the other fields, when there, must have the types the journal writes."""
+    for key in ("uri", "experiment"):
+        if key not in head:
+            return f"the header (op 'run') has no {key!r}"
+    if not isinstance(head["uri"], str) or not head["uri"].strip():
+        return f"the header's 'uri' must be a non-empty string, not {json_kind(head['uri'])}"
+    for key in ("experiment", "run_id", "run_name", "parent_run_id"):
+        value = head.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            return f"the header's {key!r} must be a non-empty string or null, not {json_kind(value)}"
+    for key in ("tags", "params"):
+        value = head.get(key)
+        if value is not None and not isinstance(value, dict):
+            return f"the header's {key!r} must be an object, not {json_kind(value)}"
+    return None
+
+
+def read_entries(folder: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The journal's entries with their line numbers (from 1). A line that is not JSON (a torn
+    write: killed mid-line) is dropped; every other line must be a JSON object, and the first one
+    the header (``op: run``, with ``uri`` and ``experiment``). Raises ``JournalError``."""
     path = folder / JOURNAL
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no {JOURNAL} here (nothing to re-log, or already re-logged)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JournalError(f"{path}: not a bench journal (not UTF-8 text at byte {e.start})") from None
     entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for n, line in enumerate(text.split("\n"), 1):
         try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
+            entry = json.loads(line)
+        except ValueError:
             continue
-    if not entries or entries[0].get("op") != "run":
-        raise ValueError(f"{path}: not a bench journal (no header line)")
+        except RecursionError:
+            raise JournalError(f"{path}: line {n}: not a journal entry (nested too deeply)") from None
+        if not isinstance(entry, dict):
+            raise JournalError(f"{path}: line {n}: {json_kind(entry)}, not a journal entry (a JSON object)")
+        entries.append((n, entry))
+    if not entries:
+        raise JournalError(f"{path}: not a bench journal (no header line)")
+    n, head = entries[0]
+    if head.get("op") != "run":
+        raise JournalError(f"{path}: line {n}: not a bench journal (the first entry is no header, op 'run')")
+    problem = _header_problem(head)
+    if problem:
+        raise JournalError(f"{path}: line {n}: {problem}")
     return entries
+
+
+def read_journal(folder: Path) -> list[dict[str, Any]]:
+    """The journal's entries (``read_entries`` without the line numbers); the first is its header,
+    checked. Raises ``JournalError`` (a ``ValueError``) naming the journal and the line."""
+    return [entry for _, entry in read_entries(folder)]
 
 
 def pending_journal(run_folder: Path) -> Path | None:
