@@ -90,7 +90,7 @@ def note_used(path: Path) -> Path:
 def _holds(check: Callable[[Any], bool], value: Any) -> bool:
     try:
         return bool(check(value))
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, RuntimeError):  # torch's errors
         return False
 
 
@@ -98,8 +98,10 @@ def cached_tensors(
     kind: str, parts: dict[str, Any], compute: Callable[[], T], check: Callable[[T], bool] | None = None
 ) -> T:
     """Load the entry for ``parts`` or compute, store and return it (tensors and plain data only).
-    ``check``: whether a loaded entry holds what ``compute`` would return (its keys, shapes and
-    dtypes); one that does not (altered, or written by other code) is computed again."""
+    ``check``: whether a loaded entry holds what ``compute`` would return (its keys, shapes,
+    dtypes and finite values); one that does not (damaged, altered, or written by other code) is
+    computed again, with a warning naming the file, and replaced. A computed value that fails
+    ``check`` is returned but not stored (a warning says so): the next run computes it again."""
     path = note_used(entry_path(kind, parts))
     if path.exists():
         try:
@@ -110,24 +112,43 @@ def cached_tensors(
         except CacheFileError as e:  # a damaged or planted file is recomputed, never trusted
             log.warning("cache entry %s unreadable (%s); recomputing", path, e)
     value = compute()
-    save_tensors(value, path)
-    _describe(path, parts)
+    if _fresh_holds(check, value, path):
+        save_tensors(value, path)
+        _describe(path, parts)
     return value
 
 
-def cached_json(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
-    """Like ``cached_tensors`` for JSON-serialisable values (metric results)."""
+def cached_json(
+    kind: str, parts: dict[str, Any], compute: Callable[[], T], check: Callable[[T], bool] | None = None
+) -> T:
+    """Like ``cached_tensors`` for JSON-serialisable values (metric results): ``check`` is whether
+    the parsed entry holds what ``compute`` would return (a file that does not is computed again and
+    replaced, with a warning naming it)."""
     path = note_used(entry_path(kind, parts, ".json"))
     if path.exists():
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as e:
+            value = json.loads(path.read_text())
+            if check is None or _holds(check, value):
+                return value
+            log.warning("cache entry %s does not hold what its key describes; recomputing", path)
+        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 text
             log.warning("cache entry %s unreadable (%s); recomputing", path, e)
-    value = compute()
-    text = json.dumps(value, sort_keys=True)
-    atomic_write(path, lambda f: f.write(text), mode="w")
-    _describe(path, parts)
-    return json.loads(text)
+    text = json.dumps(compute(), sort_keys=True)
+    value = json.loads(text)  # what a later run reads back, so both runs see the same value
+    if _fresh_holds(check, value, path):
+        atomic_write(path, lambda f: f.write(text), mode="w")
+        _describe(path, parts)
+    return value
+
+
+def _fresh_holds(check: Callable[[Any], bool] | None, value: Any, path: Path) -> bool:
+    """Whether a value just computed for ``path`` passes the entry's ``check``: one that fails (NaN
+    from the computation itself, or a check that has drifted from the code) is not stored, where
+    every later run would reject it with a misleading warning."""
+    if check is None or _holds(check, value):
+        return True
+    log.warning("the value computed for cache entry %s fails its check; not stored", path)
+    return False
 
 
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}

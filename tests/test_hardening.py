@@ -71,6 +71,275 @@ def test_a_planted_cache_entry_is_recomputed_not_run(tmp_path, monkeypatch):
     assert torch.equal(torch.load(entry_path("stats", parts), weights_only=True)["mu"], torch.arange(3.0))
 
 
+# --------------------------------------------------------------------------- damaged cache entries
+# A cache that bench filled itself for tiny synthetic data, copied for each test, one file damaged
+# where bench keeps it; the real code path then reads it back, and must give the clean value again.
+
+CPU = torch.device("cpu")
+# one generation metric of each kind of reference result
+KIND_METRICS = ("fid_domain", "fd_inf_domain", "kid_domain", "precision_domain", "density_domain",
+                "is_domain", "modes_covered")  # fmt: skip
+
+
+def _small_eval():
+    from bench.config import EvalConfig
+
+    return EvalConfig(
+        metrics=["fid_domain"], n_samples=60, n_real=60, batch_size=64, kid_subset_size=20, kid_subsets=5,
+        fd_inf_min_n=20, fd_inf_points=3, isc_splits=2,
+    )  # fmt: skip
+
+
+def _new_entry(folder: Path, before: set[Path]) -> Path:
+    """The one cache entry (not its key note) that appeared in ``folder`` since ``before``."""
+    (path,) = {p for p in folder.glob("*") if not p.name.endswith(".key.json")} - before
+    return path
+
+
+def _entries(folder: Path) -> set[Path]:
+    return set(folder.glob("*")) if folder.is_dir() else set()
+
+
+@pytest.fixture(scope="module")
+def clean_cache(tmp_path_factory):
+    """What bench cached (the domain classifier, the reference set's features, FID statistics and
+    k-NN radii, one reference result of each kind), where each entry is, and what it gave."""
+    from types import SimpleNamespace
+
+    from bench.data import load_dataset
+    from bench.metrics.features import EXTRACTORS, real_features, real_radii, real_statistics
+    from bench.metrics.generative import GenerationEval, generation_metric
+
+    root = tmp_path_factory.mktemp("clean_cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BENCH_CACHE_DIR", str(root))
+    try:
+        data = load_dataset("synthetic", train_size=256, test_size=64)
+        cfg = _small_eval()
+        gen = GenerationEval(data, cfg, 0, CPU)
+        prep = gen.prepared(EXTRACTORS.get("domain"))
+        ref, k = gen.reference, cfg.prc_neighborhood
+        paths, values = {}, {}
+        for kind, get in (
+            ("features", lambda: real_features(ref, prep, 64, CPU)),
+            ("statistics", lambda: real_statistics(ref, prep, "penultimate", 64, CPU)),
+            ("radii", lambda: real_radii(ref, prep, "penultimate", k, 64, CPU)),
+        ):
+            before = _entries(root / kind)
+            values[kind] = get()
+            paths[kind] = _new_entry(root / kind, before).relative_to(root)
+        for name in KIND_METRICS:
+            before = _entries(root / "reference")
+            values[name] = gen.reference_result(generation_metric(name))
+            paths[name] = _new_entry(root / "reference", before).relative_to(root)
+    finally:
+        mp.undo()
+    return SimpleNamespace(root=root, data=data, cfg=cfg, paths=paths, values=values)
+
+
+@pytest.fixture
+def damaged(clean_cache, tmp_path, monkeypatch):
+    """A copy of the clean cache that this test may damage; returns the path of an entry in it."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(clean_cache.root, cache)
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(cache))
+    return lambda what: cache / clean_cache.paths[what]
+
+
+def _recomputed(caplog, path: Path) -> None:
+    assert f"cache entry {path} does not hold what its key describes; recomputing" in caplog.text
+
+
+def _reference_json(clean_cache, name: str) -> dict:
+    import json
+
+    return json.loads((clean_cache.root / clean_cache.paths[name]).read_text())
+
+
+HOSTILE_ROWS = {
+    "negative fid, no provenance": '{"provenance": {}, "values": {"fid": -7.5}}',
+    "NaN fid, no provenance": '{"values": {"fid": NaN}}',
+    "NaN fid": '{"provenance": {"statistics": "float64"}, "values": {"fid": NaN}}',
+    "infinite fid": '{"provenance": {"statistics": "float64"}, "values": {"fid": Infinity}}',
+    "a list": "[1, 2]",
+    "a string value": '{"provenance": {"statistics": "float64"}, "values": {"fid": "7"}}',
+}
+
+
+@pytest.mark.parametrize("content", HOSTILE_ROWS.values(), ids=HOSTILE_ROWS.keys())
+def test_a_damaged_reference_result_is_recomputed(content, clean_cache, damaged, caplog):
+    from bench.metrics.generative import GenerationEval, generation_metric
+
+    path = damaged("fid_domain")
+    path.write_text(content)
+    got = GenerationEval(clean_cache.data, clean_cache.cfg, 0, CPU).reference_result(
+        generation_metric("fid_domain")
+    )
+    clean = clean_cache.values["fid_domain"]
+    assert got.value == clean.value and got.provenance == clean.provenance
+    _recomputed(caplog, path)
+    assert path.read_text() == (clean_cache.root / clean_cache.paths["fid_domain"]).read_text()
+
+
+@pytest.mark.parametrize("name", KIND_METRICS)
+def test_a_reference_result_with_a_nan_value_is_recomputed_for_every_kind(name, clean_cache, damaged, caplog):
+    """Its file otherwise as bench wrote it: the right keys and provenance, one value NaN. The
+    recomputed value passes the check and replaces the file (the keys the check expects are those
+    every scorer writes)."""
+    import json
+
+    from bench.metrics.generative import GenerationEval, generation_metric
+
+    gm = generation_metric(name)
+    row = _reference_json(clean_cache, name)
+    row["values"][gm.base.name] = float("nan")
+    path = damaged(name)
+    path.write_text(json.dumps(row))
+    got = GenerationEval(clean_cache.data, clean_cache.cfg, 0, CPU).reference_result(gm)
+    clean = clean_cache.values[name]
+    assert got.value == clean.value and got.extra == clean.extra
+    _recomputed(caplog, path)
+    assert json.loads(path.read_text()) == _reference_json(clean_cache, name)
+
+
+def _statistics(mu: torch.Tensor, sigma: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"mu": mu, "sigma": sigma}
+
+
+STATISTICS_DAMAGE = {
+    "NaN mu": lambda s: _statistics(torch.full_like(s["mu"], float("nan")), s["sigma"]),
+    "infinite sigma": lambda s: _statistics(s["mu"], s["sigma"].clone().fill_diagonal_(float("inf"))),
+    "5-d for 128-d features": lambda s: _statistics(s["mu"][:5], s["sigma"][:5, :5]),
+    "float32": lambda s: _statistics(s["mu"].float(), s["sigma"].float()),
+    "negative variances": lambda s: _statistics(s["mu"], -s["sigma"]),
+    "an extra entry": lambda s: {**s, "n": torch.tensor(7)},
+}
+
+
+@pytest.mark.parametrize("damage", STATISTICS_DAMAGE.values(), ids=STATISTICS_DAMAGE.keys())
+def test_damaged_fid_statistics_are_recomputed(damage, clean_cache, damaged, caplog):
+    from bench.cache import save_tensors
+    from bench.metrics.features import EXTRACTORS, real_statistics
+    from bench.metrics.generative import GenerationEval
+
+    clean = clean_cache.values["statistics"]
+    path = damaged("statistics")
+    save_tensors(damage(clean), path)
+    gen = GenerationEval(clean_cache.data, clean_cache.cfg, 0, CPU)
+    got = real_statistics(gen.reference, gen.prepared(EXTRACTORS.get("domain")), "penultimate", 64, CPU)
+    assert set(got) == {"mu", "sigma"}
+    assert torch.equal(got["mu"], clean["mu"]) and torch.equal(got["sigma"], clean["sigma"])
+    _recomputed(caplog, path)
+    again = torch.load(path, weights_only=True)
+    assert torch.equal(again["mu"], clean["mu"]) and torch.equal(again["sigma"], clean["sigma"])
+
+
+FEATURE_DAMAGE = {
+    "NaN": lambda f: {k: torch.full_like(v, float("nan")) for k, v in f.items()},
+    "5-d": lambda f: {k: v[:, :5] for k, v in f.items()},
+    "float64": lambda f: {k: v.double() for k, v in f.items()},
+    "an extra layer": lambda f: {**f, "2048": f["penultimate"]},
+}
+
+
+@pytest.mark.parametrize("damage", FEATURE_DAMAGE.values(), ids=FEATURE_DAMAGE.keys())
+def test_damaged_reference_features_are_recomputed(damage, clean_cache, damaged, caplog):
+    from bench.cache import save_tensors
+    from bench.metrics.features import EXTRACTORS, real_features
+    from bench.metrics.generative import GenerationEval
+
+    clean = clean_cache.values["features"]
+    path = damaged("features")
+    save_tensors(damage(clean), path)
+    gen = GenerationEval(clean_cache.data, clean_cache.cfg, 0, CPU)
+    got = real_features(gen.reference, gen.prepared(EXTRACTORS.get("domain")), 64, CPU)
+    assert set(got) == set(clean) and all(torch.equal(got[k], clean[k]) for k in clean)
+    _recomputed(caplog, path)
+    again = torch.load(path, weights_only=True)
+    assert all(torch.equal(again[k], clean[k]) for k in clean)
+
+
+RADII_DAMAGE = {
+    "NaN": lambda r: torch.full_like(r, float("nan")),
+    "negative": lambda r: -r,
+    "float32": lambda r: r.float(),
+}
+
+
+@pytest.mark.parametrize("damage", RADII_DAMAGE.values(), ids=RADII_DAMAGE.keys())
+def test_damaged_knn_radii_are_recomputed(damage, clean_cache, damaged, caplog):
+    from bench.cache import save_tensors
+    from bench.metrics.features import EXTRACTORS, real_radii
+    from bench.metrics.generative import GenerationEval
+
+    clean = clean_cache.values["radii"]
+    path = damaged("radii")
+    save_tensors({"radii": damage(clean)}, path)
+    gen = GenerationEval(clean_cache.data, clean_cache.cfg, 0, CPU)
+    k = clean_cache.cfg.prc_neighborhood
+    got = real_radii(gen.reference, gen.prepared(EXTRACTORS.get("domain")), "penultimate", k, 64, CPU)
+    assert torch.equal(got, clean)
+    _recomputed(caplog, path)
+    assert torch.equal(torch.load(path, weights_only=True)["radii"], clean)
+
+
+def test_cached_json_recomputes_an_entry_that_fails_its_check_and_never_stores_one(tmp_path, monkeypatch):
+    import json
+
+    from bench.cache import cached_json
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    parts = {"what": "a result", "n": 3}
+    path = entry_path("results", parts, ".json")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"x": NaN}')
+    finite = lambda v: isinstance(v["x"], float) and v["x"] == v["x"]  # noqa: E731
+    assert cached_json("results", parts, lambda: {"x": 2.0}, finite) == {"x": 2.0}
+    assert json.loads(path.read_text()) == {"x": 2.0}
+    path.unlink()
+    # a computed value that fails the check is returned, never stored for later runs to reject
+    got = cached_json("results", parts, lambda: {"x": float("nan")}, finite)
+    assert got["x"] != got["x"] and not path.exists()
+
+
+SMALL_TRAINING = {"epochs": 1, "min_steps": 5}  # the classifier's own key: cheap to train
+
+
+def _nan_weight(blob: dict) -> None:
+    blob["state_dict"]["head.weight"][0, 0] = float("nan")
+
+
+def _negative_variance(blob: dict) -> None:
+    blob["state_dict"]["features.1.running_var"][0] = -1.0
+
+
+def _nan_accuracy(blob: dict) -> None:
+    blob["test_accuracy"] = float("nan")
+
+
+@pytest.mark.parametrize("damage", [_nan_weight, _negative_variance, _nan_accuracy])
+def test_a_domain_classifier_with_nan_weights_is_trained_again(damage, tmp_path, monkeypatch, caplog):
+    from bench.cache import save_tensors
+    from bench.data import load_dataset
+    from bench.metrics import domain
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    data = load_dataset("synthetic", train_size=256, test_size=64)
+    train = domain.TrainConfig(**SMALL_TRAINING)
+    first = domain.classifier(data, CPU, train)
+    clean = torch.load(first.path, weights_only=True)
+    blob = torch.load(first.path, weights_only=True)
+    damage(blob)
+    save_tensors(blob, first.path)
+    again = domain.classifier(data, CPU, train)
+    assert f"domain classifier {first.path} unusable" in caplog.text and "training it again" in caplog.text
+    assert again.path == first.path and again.test_accuracy == first.test_accuracy
+    state = torch.load(again.path, weights_only=True)["state_dict"]
+    assert all(torch.equal(state[k], v) for k, v in clean["state_dict"].items())
+
+
 # --------------------------------------------------------------------------- reports
 
 HTML_LABEL = "<img src=x onerror=alert(1)>"

@@ -193,14 +193,22 @@ def classifier(data: ImageData, device: torch.device, cfg: TrainConfig = TrainCo
 def _readable(path: Path, net: dict) -> dict | None:
     """The cached classifier at ``path`` when it is one bench wrote for this net; None (with a
     warning) for a damaged, truncated or foreign file, which is then trained again: tensors only
-    are ever loaded, so a planted file never runs."""
+    are ever loaded, so a planted file never runs, and weights that are not finite (which would
+    give NaN features, and scores that fail far from here) are never used."""
     try:
         blob = load_tensors(path)
         if blob["net"] != net:
             raise ValueError(f"a classifier for another net ({blob['net']})")
-        DomainNet(**net).load_state_dict(blob["state_dict"])
-        float(blob["test_accuracy"])
+        state = blob["state_dict"]
+        DomainNet(**net).load_state_dict(state)
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        bad += [k for k, v in state.items() if k.endswith("running_var") and not bool((v >= 0).all())]
+        if bad:
+            raise ValueError(f"weights that are not finite, or negative variances: {', '.join(bad)}")
+        acc = float(blob["test_accuracy"])
+        if not 0 <= acc <= 1:
+            raise ValueError(f"a test accuracy of {acc}")
         return blob
-    except Exception as e:  # CacheFileError, a missing key, shapes that do not fit
+    except Exception as e:  # CacheFileError, a missing key, shapes that do not fit, NaN weights
         log.warning("domain classifier %s unusable (%s); training it again", path, str(e)[:300])
         return None

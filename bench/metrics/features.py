@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from bench.cache import CacheFileError, cached_tensors, load_tensors
 from bench.data import ImageData
+from bench.metrics.domain import FEATURE_DIM as DOMAIN_FEATURE_DIM
 from bench.metrics.domain import LAYERS as DOMAIN_LAYERS
 from bench.metrics.domain import TF_NAME as DOMAIN_TF_NAME
 from bench.metrics.domain import classifier, classifier_start
@@ -85,6 +86,7 @@ class Prepared:
     weights_path: Path
     weights_sha256: str
     layers: tuple[str, ...]  # every layer extracted (and cached) in one pass
+    dims: dict[str, int]  # each layer's feature size (what a cached entry must have)
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def layer(self, kind: str) -> str:
@@ -115,12 +117,17 @@ class Extractor:
 EXTRACTORS: Registry[Extractor] = Registry("feature extractor")
 
 
+INCEPTION_DIMS = {"2048": 2048, "logits_unbiased": 1008}  # pool features; the 1008-way logits
+
+
 def _prepare_inception(cfg: EvalConfig, data: ImageData, device: torch.device) -> Prepared:
     from bench.metrics.inception import inception_weights
 
     w = inception_weights(cfg.inception_weights)
     ex = EXTRACTORS.get("inception")
-    return Prepared(ex, w.path, w.sha256, _layers(ex, w.has_logits), {"weights": w.source})
+    layers = _layers(ex, w.has_logits)
+    dims = {k: INCEPTION_DIMS[k] for k in layers}
+    return Prepared(ex, w.path, w.sha256, layers, dims, {"weights": w.source})
 
 
 def _inception_missing(cfg: EvalConfig) -> str | None:
@@ -137,7 +144,8 @@ def _prepare_domain(cfg: EvalConfig, data: ImageData, device: torch.device) -> P
         "classifier_test_accuracy": round(c.test_accuracy, 5),
     }
     ex = EXTRACTORS.get("domain")
-    return Prepared(ex, c.path, c.sha256, _layers(ex), prov)
+    dims = {"penultimate": DOMAIN_FEATURE_DIM, "logits": c.num_classes}
+    return Prepared(ex, c.path, c.sha256, _layers(ex), dims, prov)
 
 
 EXTRACTORS.add(
@@ -264,7 +272,19 @@ def real_features(
         "features",
         {"what": "features", **real.key(prep)},
         lambda: extract(prep, ImageSet(real.images), real.n, batch_size, device, seed=0),
-        lambda v: all(len(v[layer]) == real.n for layer in prep.layers),
+        lambda v: set(v) == set(prep.layers)
+        and all(_finite(v[layer], torch.float32, (real.n, prep.dims[layer])) for layer in prep.layers),
+    )
+
+
+def _finite(t: Any, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
+    """Whether a cached ``t`` is a tensor of exactly ``dtype`` and ``shape``, finite throughout: what
+    bench computed, never a damaged or foreign entry that would give a wrong or NaN score."""
+    return (
+        isinstance(t, torch.Tensor)
+        and t.dtype == dtype
+        and tuple(t.shape) == shape
+        and bool(torch.isfinite(t).all())
     )
 
 
@@ -281,11 +301,21 @@ def real_statistics(
     real: RealImages, prep: Prepared, layer: str, batch_size: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """FID statistics of real images, cached on disk: a second evaluation loads them."""
+    d = prep.dims[layer]
+
+    def holds(v: dict[str, torch.Tensor]) -> bool:  # float64 mean and covariance of d-dim features
+        return (
+            set(v) == {"mu", "sigma"}
+            and _finite(v["mu"], torch.float64, (d,))
+            and _finite(v["sigma"], torch.float64, (d, d))
+            and bool((v["sigma"].diagonal() >= 0).all())  # variances
+        )
+
     return cached_tensors(
         "statistics",
         {"what": "fid-statistics", "layer": layer, "dtype": "float64", **real.key(prep)},
         lambda: fid_statistics(real_features(real, prep, batch_size, device)[layer]),
-        lambda v: v["mu"].ndim == 1 and v["sigma"].shape == (len(v["mu"]), len(v["mu"])),
+        holds,
     )
 
 
@@ -305,7 +335,12 @@ def real_radii(
         "what": "knn-radii", "layer": layer, "k": k, "dtype": "float64", "distance": "differences",
         **real.key(prep),
     }  # fmt: skip
-    return cached_tensors("radii", parts, compute, lambda v: v["radii"].shape == (real.n,))["radii"]
+
+    def holds(v: dict[str, torch.Tensor]) -> bool:  # one float64 distance per real image, >= 0
+        r = v["radii"]
+        return set(v) == {"radii"} and _finite(r, torch.float64, (real.n,)) and bool((r >= 0).all())
+
+    return cached_tensors("radii", parts, compute, holds)["radii"]
 
 
 def frechet_distance(s1: dict[str, torch.Tensor], s2: dict[str, torch.Tensor]) -> float:

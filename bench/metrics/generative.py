@@ -27,6 +27,7 @@ reference split, sampler, torch-fidelity version).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -318,7 +319,7 @@ class GenerationEval:
             values, extra_prov = self._score(gm.base.kind, prep, fake, held.n, seed=0)
             return {"values": values, "provenance": extra_prov}
 
-        r = cached_json("reference", parts, compute)
+        r = cached_json("reference", parts, compute, lambda v: reference_holds(gm.base.kind, v))
         prov = {"sampler": "real", "sampler_detail": f"held-out real images: {held.describe()}"}
         return self._result(gm, r["values"], r["provenance"], held.n, prov)
 
@@ -332,6 +333,49 @@ class GenerationEval:
 # float32 features, precision/recall decided from float64 coordinate differences; 3: KID in torch,
 # its kernel rows added up in float64).
 REFERENCE_VERSIONS = {"kid": 3, "prc": 2}
+# What each kind's cached reference result holds, as its scorer returns it: the values and the
+# provenance keys. A cached result with other keys, a value that is not a finite number, or one
+# outside the range its definition allows (``VALUE_RANGES``) is computed again (``reference_holds``).
+REFERENCE_KEYS = {
+    "fid": (("fid",), ("statistics",)),
+    "fdinf": (("fd_inf", "slope"), ("statistics", "fit", "counts")),
+    "kid": (("kid", "std"), ("kid_subsets", "kid_subset_size", "kernel", "features", "sums")),
+    "prc": (("precision", "recall"), ("neighborhood", "distance")),
+    "dc": (("density", "coverage"), ("neighborhood", "distance")),
+    "isc": (("is", "std"), ("splits",)),
+    "modes": (("modes_covered", "kl"), ("classes",)),
+}
+ROUNDING = 1e-6  # what float rounding may put a value outside its range by (a KL of a uniform histogram)
+VALUE_RANGES = {
+    "fid": (0.0, math.inf),
+    "precision": (0.0, 1.0),
+    "recall": (0.0, 1.0),
+    "density": (0.0, math.inf),
+    "coverage": (0.0, 1.0),
+    "is": (1.0, math.inf),
+    "modes_covered": (0.0, math.inf),
+    "std": (0.0, math.inf),
+    "kl": (0.0, math.inf),
+}  # KID (unbiased), FD-infinity (an extrapolation) and its slope may be negative
+
+
+def reference_holds(kind: str, r: Any) -> bool:
+    """Whether a cached reference result (read back from JSON) is one the ``kind`` scorer could
+    have written: ``{"values": {name: finite float}, "provenance": {...}}`` with its keys."""
+    values, provenance = REFERENCE_KEYS[kind]
+    if not (isinstance(r, dict) and set(r) == {"values", "provenance"}):
+        return False
+    v, p = r["values"], r["provenance"]
+    if not (isinstance(v, dict) and set(v) == set(values)):
+        return False
+    if not (isinstance(p, dict) and set(p) == set(provenance)):
+        return False
+
+    def fits(name: str, x: Any) -> bool:  # a finite float (JSON reads bench's floats back as floats)
+        lo, hi = VALUE_RANGES.get(name, (-math.inf, math.inf))
+        return isinstance(x, float) and math.isfinite(x) and lo - ROUNDING <= x <= hi + ROUNDING
+
+    return all(fits(name, x) for name, x in v.items())
 
 
 def _fid(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
@@ -373,8 +417,9 @@ def _kid(gen: GenerationEval, prep: Prepared, fake, n_fake: int, seed: int):
 
     parts = {"what": "kid-real-sums", "layer": layer, "n_fake": n_fake, "subsets": cfg.kid_subsets,
              "subset_size": subset, "seed": seed, "version": 1, **ref.key(prep)}  # fmt: skip
-    def holds(v) -> bool:  # one float64 sum per subset
-        return v["sums"].shape == (cfg.kid_subsets,) and v["sums"].dtype == torch.float64
+    def holds(v) -> bool:  # one finite float64 sum per subset
+        s = v["sums"]
+        return s.shape == (cfg.kid_subsets,) and s.dtype == torch.float64 and bool(torch.isfinite(s).all())
 
     real_sums = cached_tensors("kid", parts, real_part, holds)["sums"]
     mean, std = kid(fake[layer].to(dev), real.to(dev), cfg.kid_subsets, subset, seed, real_sums)
