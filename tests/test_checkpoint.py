@@ -3,11 +3,14 @@ leave a torn file, claims die with their process, and (where there is a CUDA dev
 killed mid-run on the GPU resumes from its last checkpoint to exactly the state of an
 uninterrupted run; tests/test_resume.py does the same on CPU through the whole CLI.
 
-No tracking store here: these run wherever torch does.
+The last tests damage or forge the checkpoint of a real interrupted run (a real sqlite store, the
+real `bench run`): bench never trusts it, warns with its path, and trains the run from step 0.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import signal
 import subprocess
@@ -18,9 +21,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_suite
+from mlflow import MlflowClient
 
+from bench.cli import main
 from bench.files import try_lock
-from bench.run.checkpoint import CheckpointError, RunFolder, load_state, save_state
+from bench.run.checkpoint import CheckpointError, RunFolder, bench_home, load_state, save_state
+from bench.run.execute import Execution
+from bench.suite import expand, load_suite
 
 REPO = Path(__file__).parent.parent
 
@@ -167,3 +175,186 @@ def test_a_trainer_killed_mid_run_on_cuda_resumes_exactly(tmp_path):
     for step, value in (line.split() for line in cut_lines):
         assert full_log[step] == value, step
     assert int(cut_lines[-1].split()[0]) == steps
+
+
+# --------------------------------------------------------------------------- damaged or forged checkpoints
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def checkpointed_suite(models: list[dict] | None = None) -> dict:
+    """8 steps, a checkpoint every 4: a run killed after its first checkpoint resumes at step 4."""
+    suite = tiny_suite(
+        budget={"steps": 8, "batch_size": 32},
+        eval={"metrics": ["recon_mse"], "batch_size": 64},
+        checkpoint={"every": 4},
+    )
+    suite["models"] = models or [{"name": "ae-mlp"}]
+    return suite
+
+
+def interrupted(tmp_path: Path, write_suite, store: str, monkeypatch, suite: dict) -> tuple[list[str], Path]:
+    """`bench run` of ``suite``, killed right after its first run's first checkpoint (step 4): the run
+    is KILLED in the store and its checkpoint, a genuine one, is where bench keeps it. Returns the
+    command line that runs the suite again, and the checkpoint's path."""
+    path = write_suite(suite)
+    spec = expand(load_suite(path))[0]
+    ckpt = bench_home(store) / "runs" / spec.config_hash / "checkpoint.pt"
+    original = Execution.checkpoint
+
+    def checkpoint_then_stop(self, run, trainer, step):
+        original(self, run, trainer, step)
+        raise KeyboardInterrupt  # a second Ctrl-C, mid-step: this checkpoint stands
+
+    args = ["run", str(path), "--tracking-uri", store, "--out", str(tmp_path / "rep")]
+    with monkeypatch.context() as m:
+        m.setattr(Execution, "checkpoint", checkpoint_then_stop)
+        assert main(args) == 130
+    assert load_state(ckpt)["step"] == 4
+    return args, ckpt
+
+
+def damage(ckpt: Path, change) -> None:
+    """Edit the checkpoint so that it stays a weights-only dict of this store, config and run."""
+    state = torch.load(ckpt, weights_only=True)
+    change(state)
+    save_state(state, ckpt)
+    assert load_state(ckpt)["config_hash"] == state["config_hash"]
+
+
+def runs(store: str, kind: str = "run") -> list:
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    return client.search_runs([exp], f"tags.`bench.kind` = '{kind}'")
+
+
+def assert_trained_again_from_step_0(args: list[str], ckpt: Path, store: str, caplog) -> dict:
+    """`bench run` again: it warns, naming the checkpoint, and trains the run from step 0 to the end,
+    in the same store run; no run is left RUNNING. Returns the run's metrics."""
+    (killed,) = [r for r in runs(store) if r.info.status == "KILLED"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        assert main(args) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(ckpt) in w and "starts from step 0" in w for w in warnings), warnings
+    (run,) = [r for r in runs(store) if r.info.run_name == killed.info.run_name]
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["bench.resumed_from_step"] == "0"
+    assert run.data.metrics["budget_steps"] == 8 and run.data.metrics["budget_images"] == 8 * 32
+    steps = [m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == [2, 4, 6, 8]  # every interval once
+    assert all(r.info.status != "RUNNING" for r in runs(store) + runs(store, "suite"))
+    assert not ckpt.exists()
+    return run.data.metrics
+
+
+def set_step(value):
+    def change(state):
+        state["step"] = value
+
+    return change
+
+
+def set_progress(**values):
+    def change(state):
+        state["trainer"]["progress"].update(values)
+
+    return change
+
+
+def set_trainer(key, value):
+    def change(state):
+        state["trainer"][key] = value
+
+    return change
+
+
+def beyond_the_budget(state):
+    state["step"] = 4000
+    state["trainer"]["progress"].update(step=4000, images=4000 * 32)
+
+
+def reshape_first_weight(state):
+    model = state["trainer"]["model"]
+    name = next(k for k, t in model.items() if t.dim() == 2)
+    model[name] = torch.zeros(model[name].shape[0] + 1, model[name].shape[1])
+
+
+def drop_first_weight(state):
+    model = state["trainer"]["model"]
+    del model[next(iter(model))]
+
+
+def reshape_adam_moment(state):
+    opt = state["trainer"]["step_fn"]["opt"]
+    moments = next(iter(opt["state"].values()))
+    moments["exp_avg"] = torch.zeros(moments["exp_avg"].numel() + 3)
+
+
+def forge_adam_step(state):
+    for moments in state["trainer"]["step_fn"]["opt"]["state"].values():
+        moments["step"] = torch.tensor(1e6)
+
+
+def forge_learning_rate(state):
+    for group in state["trainer"]["step_fn"]["opt"]["param_groups"]:
+        group["lr"] = 1e3
+
+
+DAMAGES = {
+    "step is not a number": set_step("abc"),  # was: ValueError, and every rerun the same
+    "step is negative": set_step(-1),
+    "step beyond the budget": beyond_the_budget,
+    # was: FINISHED after 4 steps, with the forged cost
+    "progress is not the checkpoint's step": set_progress(step=8, images=8 * 32, train_seconds=1e-9),
+    "train_seconds is NaN": set_progress(train_seconds=math.nan),
+    "train_seconds is negative": set_progress(train_seconds=-1.0),
+    "more images than steps of batches": set_progress(images=10**9),
+    "no progress": lambda s: s["trainer"].pop("progress"),
+    "rng state is not one": set_trainer("rng", {"cpu": torch.zeros(3, dtype=torch.uint8)}),
+    "model tensor missing": drop_first_weight,
+    "Adam moment of another shape": reshape_adam_moment,  # was: the run FAILED, every rerun the same
+    "forged learning rate": forge_learning_rate,
+    "Adam steps beyond the trainer's": forge_adam_step,
+}
+
+
+@pytest.mark.parametrize("change", DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_or_forged_checkpoint_is_not_trusted(
+    tmp_path, write_suite, store, monkeypatch, caplog, one_thread, change
+):
+    args, ckpt = interrupted(tmp_path, write_suite, store, monkeypatch, checkpointed_suite())
+    damage(ckpt, change)
+    metrics = assert_trained_again_from_step_0(args, ckpt, store, caplog)
+    assert metrics["train_seconds"] != 1e-9  # not the forged cost
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_fails_neither_the_run_nor_the_suite(
+    tmp_path, write_suite, store, monkeypatch, caplog, one_thread
+):
+    suite = checkpointed_suite([{"name": "ae-mlp"}, {"name": "vae-mlp"}])
+    args, ckpt = interrupted(tmp_path, write_suite, store, monkeypatch, suite)
+    damage(ckpt, reshape_first_weight)
+    assert_trained_again_from_step_0(args, ckpt, store, caplog)
+    assert sorted(r.info.run_name for r in runs(store) if r.info.status == "FINISHED") == [
+        "ae-mlp/seed0",
+        "vae-mlp/seed0",
+    ]
+    assert main(args) == 0  # and the next `bench run` has nothing left to do
+    assert len(runs(store)) == 2
+
+
+def test_a_genuine_checkpoint_still_resumes(tmp_path, write_suite, store, monkeypatch, caplog, one_thread):
+    args, ckpt = interrupted(tmp_path, write_suite, store, monkeypatch, checkpointed_suite())
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        assert main(args) == 0
+    assert str(ckpt) not in caplog.text
+    (run,) = runs(store)
+    assert run.info.status == "FINISHED" and run.data.tags["bench.resumed_from_step"] == "4"
+    assert run.data.metrics["budget_steps"] == 8

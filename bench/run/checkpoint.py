@@ -24,7 +24,9 @@ outlives its owner and needs no timeout. Claims coordinate processes that share 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,82 @@ def load_state(path: Path) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a bench checkpoint")
     return state
+
+
+# what ``Execution.checkpoint`` writes, and the ``Trainer.state_dict`` it holds
+RUN_KEYS = {"run_id", "uri", "config_hash", "step", "trainer"}
+TRAINER_KEYS = {"model", "step_fn", "progress", "rng", "pending"}
+PROGRESS_KEYS = {"step", "images", "train_seconds"}  # ``bench.train.Progress``
+RUN_ID = re.compile(r"[A-Za-z0-9][\w-]{0,255}")  # what MLflow accepts as a run id
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_run_state(state: dict, path: Path) -> int:
+    """The step of a run's checkpoint (what ``Execution.checkpoint`` wrote), once its structure and
+    types are those that code writes: ``CheckpointError``, naming the file, for anything else (a
+    damaged or forged file). What depends on the run (the budget, the model's shapes) is checked
+    when the trainer state is loaded (``bench.run.execute``)."""
+    try:
+        return _check_run_state(state, path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # a value no check foresaw (a tensor where a number was): damaged all the same
+        raise CheckpointError(f"{path}: not a valid bench run checkpoint ({type(e).__name__})") from None
+
+
+def _check_run_state(state: dict, path: Path) -> int:
+    import torch
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a valid bench run checkpoint ({why})")
+
+    if missing := RUN_KEYS - state.keys():
+        raise bad(f"missing {', '.join(sorted(missing))}")
+    for key in ("run_id", "uri", "config_hash"):
+        if not isinstance(state[key], str):
+            raise bad(f"{key} is a {type(state[key]).__name__}, not a string")
+    if not RUN_ID.fullmatch(state["run_id"]):
+        raise bad(f"run_id {state['run_id'][:80]!r} is not a run id")
+    step = state["step"]
+    if not _is_int(step) or step < 0:
+        raise bad(f"step {str(step)[:80]!r} is not a non-negative integer")
+    trainer = state["trainer"]
+    if not isinstance(trainer, dict):
+        raise bad("trainer is not a dict")
+    if trainer.keys() - TRAINER_KEYS or (TRAINER_KEYS - {"pending"}) - trainer.keys():
+        raise bad(f"trainer holds {sorted(map(str, trainer))}, not {sorted(TRAINER_KEYS)}")
+    for key in TRAINER_KEYS:
+        if not isinstance(trainer.get(key, {}), dict):
+            raise bad(f"trainer.{key} is not a dict")
+    if not all(isinstance(k, str) for k in trainer["model"]):
+        raise bad("trainer.model has a key that is not a string")
+    progress = trainer["progress"]
+    if progress.keys() != PROGRESS_KEYS:
+        raise bad(f"trainer.progress holds {sorted(map(str, progress))}, not {sorted(PROGRESS_KEYS)}")
+    if not _is_int(progress["step"]) or progress["step"] != step:
+        raise bad(f"trainer.progress.step {str(progress['step'])[:80]!r} is not the checkpoint's step {step}")
+    images, seconds = progress["images"], progress["train_seconds"]
+    if not _is_int(images) or images < 0:
+        raise bad(f"trainer.progress.images {str(images)[:80]!r} is not a non-negative integer")
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not math.isfinite(seconds):
+        raise bad(f"trainer.progress.train_seconds {str(seconds)[:80]!r} is not a finite number")
+    if seconds < 0:
+        raise bad(f"trainer.progress.train_seconds {seconds!r} is negative")
+    rng = trainer["rng"]
+    states = [rng.get("cpu"), *([rng["cuda"]] if "cuda" in rng else [])]
+    if rng.keys() - {"cpu", "cuda"} or not all(
+        isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 for t in states
+    ):
+        raise bad("trainer.rng is not a random generator state")
+    for key, values in trainer.get("pending", {}).items():
+        if not isinstance(key, str) or not isinstance(values, list):
+            raise bad("trainer.pending is not a list of losses per name")
+        if not all(isinstance(t, torch.Tensor) for t in values):
+            raise bad(f"trainer.pending.{key} holds something other than tensors")
+    return step
 
 
 # --------------------------------------------------------------------------- run folders

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
@@ -21,13 +22,13 @@ from bench.data import ImageData
 from bench.metrics import Result, evaluate
 from bench.metrics.samplers import LATENT_FIT_SECONDS, fit_latent_sampler
 from bench.models import GenerativeModel, build_model
-from bench.run.checkpoint import RunFolder
+from bench.run.checkpoint import CheckpointError, RunFolder
 from bench.run.context import Resume, RunOutcome, SuiteEnv, finish_quietly
 from bench.run.grids import reconstruction_grid, sample_grid
 from bench.run.hooks import RunContext
 from bench.store.tracking import METRIC_FAILED_TAG, RunLogger, redact_uri
 from bench.suite import RunSpec, flatten
-from bench.train import Diverged, Interrupted, Progress, Trainer
+from bench.train import Diverged, Interrupted, Progress, Trainer, total_steps
 
 log = logging.getLogger("bench")
 
@@ -65,19 +66,35 @@ class Execution:
         )
         return model, trainer
 
+    # 1b. the checkpoint's state, when resuming
+    def restore(self, model: GenerativeModel, trainer: Trainer) -> tuple[GenerativeModel, Trainer]:
+        """The model and trainer at the checkpoint's step. A checkpoint whose state does not fit them
+        (a damaged or forged file) is not trusted: a warning names it, it is deleted, and the run is
+        trained again from step 0 with a model and trainer built afresh (the failed load may have
+        changed some weights, or the random state)."""
+        resume = self.resume
+        if resume is None or resume.state is None:
+            return model, trainer
+        try:
+            load_trainer_state(trainer, resume.state["trainer"], self.folder.checkpoint)
+        except CheckpointError as e:
+            log.warning("%s; %s starts from step 0", e, self.spec.run_name)
+            self.folder.clear_checkpoint()
+            self.resume = Resume(resume.run_id, 0, None)
+            return self.build()
+        return model, trainer
+
     # 2. the MLflow run: continued, or started as a child of the suite run
-    def open_run(self, trainer: Trainer | None) -> RunLogger:
+    def open_run(self) -> RunLogger:
         spec, tracker, folder, resume = self.spec, self.env.tracker, self.folder, self.resume
         if resume is not None:
-            if resume.state is not None and trainer is not None:
-                trainer.load_state_dict(resume.state["trainer"])
             run = tracker.resume_run(resume.run_id, offline_dir=folder.offline)
             run.tags({"bench.resumed_from_step": resume.step, "bench.threads": torch.get_num_threads()})
             if resume.state is None:  # it may have died before logging its config
                 folder.clear_checkpoint()
                 self._log_config(run)
                 log.info(
-                    "%s: run %s stopped before its first checkpoint; training it again",
+                    "%s: run %s left no checkpoint to resume from; training it again from step 0",
                     spec.run_name,
                     run.run_id,
                 )
@@ -192,10 +209,10 @@ class Execution:
     def run(self) -> RunOutcome:
         spec, env, hooks = self.spec, self.env, self.env.hooks
         try:  # what validation let through (a width too large for memory, a device) fails this run only
-            model, trainer = self.build()
+            model, trainer = self.restore(*self.build())
         except Exception as e:
-            return self.fail(self.open_run(None), e, "cannot build the model: ")
-        run = self.open_run(trainer)
+            return self.fail(self.open_run(), e, "cannot build the model: ")
+        run = self.open_run()
         hooks.run_started(RunContext(spec, run, model, env.data, trainer, env.device))
 
         def on_log(step: int, losses: dict[str, float]) -> None:
@@ -271,6 +288,61 @@ class Execution:
         run.text("traceback.txt", traceback.format_exc())
         run.finish("FAILED")
         return self.outcome(run, "FAILED", reason)
+
+
+def load_trainer_state(trainer: Trainer, state: dict, path: Path) -> None:
+    """``trainer.load_state_dict(state)`` for a checkpoint whose structure ``check_run_state``
+    checked; ``CheckpointError``, naming ``path``, when the state does not fit this run: progress
+    outside its budget, tensors of other shapes, optimiser settings other than its config's."""
+    progress, budget = state["progress"], trainer.budget
+    step, images = progress["step"], progress["images"]
+    total = 0 if trainer.model.step_kind == "none" else total_steps(budget, len(trainer.data.train_x))
+    if step > total:
+        raise CheckpointError(f"{path}: step {step} is beyond the budget's {total} steps")
+    # every step trains on one batch: between one image and a batch of them
+    if not step <= images <= step * budget.batch_size:
+        raise CheckpointError(f"{path}: {images} images in {step} steps of batches of {budget.batch_size}")
+    if budget.kind == "images" and images > budget.images + 1:  # one past it at most (``Trainer.run``)
+        raise CheckpointError(f"{path}: {images} images is beyond the budget's {budget.images}")
+    optimizers = [o for o in vars(trainer.step_fn).values() if isinstance(o, torch.optim.Optimizer)]
+    settings = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in optimizers]
+    try:
+        trainer.load_state_dict(state)
+        for o, groups in zip(optimizers, settings):
+            _check_optimizer(o, groups, step, path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # missing keys, tensors of other shapes, parameter groups of other sizes
+        why = " ".join(str(e).split())[:300]  # load_state_dict's first line names no tensor
+        raise CheckpointError(f"{path}: does not fit the model ({type(e).__name__}: {why})") from None
+
+
+def _check_optimizer(o: torch.optim.Optimizer, settings: list[dict], step: int, path: Path) -> None:
+    """An optimiser as loaded from a checkpoint at ``step``: its settings as they were built
+    (``settings``: lr, betas, decay are the config's, which the config hash covers), its state the
+    shape of its parameters, its step count no more than the trainer's."""
+    for group, before in zip(o.param_groups, settings, strict=True):
+        changed = [k for k, v in before.items() if not _same(group.get(k), v)]
+        if changed:
+            raise CheckpointError(f"{path}: optimiser settings {', '.join(changed)} are not the config's")
+        for p in group["params"]:  # Adam's moments: the shape of their parameter
+            for name, t in o.state.get(p, {}).items():
+                if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape != p.shape:
+                    raise CheckpointError(
+                        f"{path}: optimiser state {name} of shape {tuple(t.shape)} for a parameter "
+                        f"of shape {tuple(p.shape)}"
+                    )
+                if name == "step" and not 0 <= float(t) <= step:  # one optimiser step a step at most
+                    raise CheckpointError(f"{path}: optimiser step {float(t)} at step {step}")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    try:
+        return bool(a == b)
+    except Exception:  # a value that does not compare (a forged one): not the config's
+        return False
 
 
 def cost_metrics(progress: Progress, n_params: int, device: torch.device) -> dict[str, float]:

@@ -20,7 +20,7 @@ import os
 import tempfile
 
 from bench.files import lock_holder
-from bench.run.checkpoint import CHECKPOINT, CheckpointError, RunFolder, bench_home
+from bench.run.checkpoint import CHECKPOINT, CheckpointError, RunFolder, bench_home, check_run_state
 from bench.run.context import Resume, RunOutcome, SuiteEnv
 from bench.run.execute import STORED_CHECKPOINT, Execution
 from bench.store.journal import pending_journal
@@ -103,22 +103,25 @@ def find_resume(
         fetch_stored_checkpoint(folder, tracker, spec)
     try:
         state = folder.load_checkpoint()
-    except CheckpointError as e:
+        if state is None:
+            return None
+        if state.get("config_hash") != spec.config_hash or redact_uri(str(state.get("uri"))) != redact_uri(
+            tracker.uri
+        ):
+            log.info(
+                "%s: checkpoint of another store or config; %s starts from step 0", folder.path, spec.run_name
+            )
+            return None
+        step = check_run_state(state, folder.checkpoint)  # its structure and types: nothing is trusted
+        run = tracker.get_run(state["run_id"])
+        if run is None or run.info.status == "FINISHED":
+            return None
+        if run.data.tags.get("bench.config_hash") != spec.config_hash:
+            raise CheckpointError(f"{folder.checkpoint}: names run {run.info.run_id}, of another config")
+    except CheckpointError as e:  # the file is left for the run to replace (``Execution.open_run``)
         log.warning("%s; %s starts from step 0", e, spec.run_name)
         return None
-    if state is None:
-        return None
-    if state.get("config_hash") != spec.config_hash or redact_uri(str(state.get("uri"))) != redact_uri(
-        tracker.uri
-    ):
-        log.info(
-            "%s: checkpoint of another store or config; %s starts from step 0", folder.path, spec.run_name
-        )
-        return None
-    run = tracker.get_run(str(state.get("run_id")))
-    if run is None or run.info.status == "FINISHED":
-        return None
-    return Resume(run.info.run_id, int(state["step"]), state)
+    return Resume(run.info.run_id, step, state)
 
 
 def fetch_stored_checkpoint(folder: RunFolder, tracker: Tracker, spec: RunSpec) -> bool:
