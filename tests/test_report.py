@@ -159,6 +159,12 @@ def test_published_values_are_stored_with_the_runs_and_placed_by_the_report(repo
     # measured on other images than the publication: no verdict, though the band would hold the mean
     assert "| ae-mlp | `psnr` |" in ae_other and "| split test |" in ae_other
     assert "not comparable: split test here, train published" in ae_other and "band" not in ae_other
+    # the page people open has the same section, the incomparable verdict flagged
+    html = (report_dir / "report.html").read_text()
+    section = html.split('<h2 id="published">', 1)[1].split("<h2", 1)[0]
+    assert section.count("<tr>") == 4 and '<a href="#published">' in html  # a header row and three
+    assert '<span class="badge bad">not comparable: split test here, train published</span>' in section
+    assert "inside the published band" in section and "split test" in section
     runs = pd.read_csv(report_dir / "results.csv")
     ae_mse = runs[runs.label == "ae-mlp"].recon_mse_mean.iloc[0]
     assert f"below the published band by {fmt_num(1000.0 - 1.0 - ae_mse)}" in ae

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.metrics import METRICS
+from bench.report.published import PUBLISHED_NOTES, published_rows
 from bench.report.summary import REFERENCE_NAME, Report, Summary, cost_name, fmt_num
 from bench.report.tables import (
     Cell,
@@ -167,6 +168,8 @@ def context(rep: Report, out_dir: Path) -> dict[str, Any]:
             }
             for m in s.metrics
         ],
+        "published": published_rows(data, s),
+        "published_notes": PUBLISHED_NOTES,
         "provenance": prov,
         "configs": [{"suite": k, "yaml": data.configs[k]} for k in data.suites if k in data.configs],
         "environments": [{"suite": k, "env": v} for k, v in data.environments.items()],

@@ -127,12 +127,14 @@ def published_markdown(data: StoreData, summary: Summary) -> list[str]:
             f"{r['seeds']} | {md_escape(r['measured_with']) or '—'} | {r['published']} | "
             f"{md_escape(r['source'])} | {r['verdict'] if r['comparable'] else md_escape(r['verdict'])} |"
         )
-    md += [
-        "",
-        "- The band is the published value ± its published spread; the verdict places the measured mean "
-        "in it or says how far outside it lies.",
-        "- \"Measured with\" lists the runs' provenance for the fields the published value's protocol "
-        "states (each field's distinct values joined by | where runs differ); where any differs from "
-        "the publication, the verdict says so instead of placing the mean.",
-    ]
+    md += [""] + [f"- {n}" for n in PUBLISHED_NOTES]
     return md
+
+
+PUBLISHED_NOTES = [
+    "The band is the published value ± its published spread; the verdict places the measured mean in it "
+    "or says how far outside it lies.",
+    '"Measured with" lists the runs\' provenance for the fields the published value\'s protocol states '
+    "(each field's distinct values joined by | where runs differ); where any differs from the "
+    "publication, the verdict says so instead of placing the mean.",
+]
