@@ -107,7 +107,6 @@ def clean_cache(tmp_path_factory):
     from types import SimpleNamespace
 
     from bench.data import load_dataset
-    from bench.metrics.features import EXTRACTORS, real_features, real_radii, real_statistics
     from bench.metrics.generative import GenerationEval, generation_metric
 
     root = tmp_path_factory.mktemp("clean_cache")
@@ -117,16 +116,10 @@ def clean_cache(tmp_path_factory):
         data = load_dataset("synthetic", train_size=256, test_size=64)
         cfg = _small_eval()
         gen = GenerationEval(data, cfg, 0, CPU)
-        prep = gen.prepared(EXTRACTORS.get("domain"))
-        ref, k = gen.reference, cfg.prc_neighborhood
         paths, values = {}, {}
-        for kind, get in (
-            ("features", lambda: real_features(ref, prep, 64, CPU)),
-            ("statistics", lambda: real_statistics(ref, prep, "penultimate", 64, CPU)),
-            ("radii", lambda: real_radii(ref, prep, "penultimate", k, 64, CPU)),
-        ):
+        for kind in ("features", "statistics", "radii"):
             before = _entries(root / kind)
-            values[kind] = get()
+            values[kind] = _real(kind, gen)
             paths[kind] = _new_entry(root / kind, before).relative_to(root)
         for name in KIND_METRICS:
             before = _entries(root / "reference")
@@ -204,85 +197,59 @@ def test_a_reference_result_with_a_nan_value_is_recomputed_for_every_kind(name, 
     assert json.loads(path.read_text()) == _reference_json(clean_cache, name)
 
 
-def _statistics(mu: torch.Tensor, sigma: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"mu": mu, "sigma": sigma}
+def _real(kind: str, gen) -> dict[str, torch.Tensor]:
+    """The reference set's cached tensors of one kind, read (or computed) through bench's own
+    function, as the dict of tensors the cache entry holds."""
+    from bench.metrics.features import EXTRACTORS, real_features, real_radii, real_statistics
+
+    prep, ref = gen.prepared(EXTRACTORS.get("domain")), gen.reference
+    if kind == "features":
+        return real_features(ref, prep, 64, CPU)
+    if kind == "statistics":
+        return real_statistics(ref, prep, "penultimate", 64, CPU)
+    return {"radii": real_radii(ref, prep, "penultimate", gen.cfg.prc_neighborhood, 64, CPU)}
 
 
-STATISTICS_DAMAGE = {
-    "NaN mu": lambda s: _statistics(torch.full_like(s["mu"], float("nan")), s["sigma"]),
-    "infinite sigma": lambda s: _statistics(s["mu"], s["sigma"].clone().fill_diagonal_(float("inf"))),
-    "5-d for 128-d features": lambda s: _statistics(s["mu"][:5], s["sigma"][:5, :5]),
-    "float32": lambda s: _statistics(s["mu"].float(), s["sigma"].float()),
-    "negative variances": lambda s: _statistics(s["mu"], -s["sigma"]),
-    "an extra entry": lambda s: {**s, "n": torch.tensor(7)},
+# damage to a tensor entry that keeps it a readable weights-only file: (entry kind, damage)
+TENSOR_DAMAGE = {
+    "statistics: NaN mu": ("statistics", lambda s: {**s, "mu": torch.full_like(s["mu"], float("nan"))}),
+    "statistics: infinite sigma": (
+        "statistics",
+        lambda s: {**s, "sigma": s["sigma"].clone().fill_diagonal_(float("inf"))},
+    ),
+    "statistics: 5-d for 128-d features": (
+        "statistics",
+        lambda s: {"mu": s["mu"][:5], "sigma": s["sigma"][:5, :5]},
+    ),
+    "statistics: float32": ("statistics", lambda s: {k: v.float() for k, v in s.items()}),
+    "statistics: negative variances": ("statistics", lambda s: {**s, "sigma": -s["sigma"]}),
+    "statistics: an extra entry": ("statistics", lambda s: {**s, "n": torch.tensor(7)}),
+    "features: NaN": ("features", lambda f: {k: torch.full_like(v, float("nan")) for k, v in f.items()}),
+    "features: 5-d": ("features", lambda f: {k: v[:, :5] for k, v in f.items()}),
+    "features: float64": ("features", lambda f: {k: v.double() for k, v in f.items()}),
+    "features: an extra layer": ("features", lambda f: {**f, "2048": f["penultimate"]}),
+    "radii: NaN": ("radii", lambda r: {"radii": torch.full_like(r["radii"], float("nan"))}),
+    "radii: negative": ("radii", lambda r: {"radii": -r["radii"]}),
+    "radii: float32": ("radii", lambda r: {"radii": r["radii"].float()}),
 }
 
 
-@pytest.mark.parametrize("damage", STATISTICS_DAMAGE.values(), ids=STATISTICS_DAMAGE.keys())
-def test_damaged_fid_statistics_are_recomputed(damage, clean_cache, damaged, caplog):
+@pytest.mark.parametrize(("kind", "damage"), TENSOR_DAMAGE.values(), ids=TENSOR_DAMAGE.keys())
+def test_a_damaged_tensor_entry_is_recomputed(kind, damage, clean_cache, damaged, caplog):
+    """FID statistics, reference features and k-NN radii: a damaged entry gives the clean values
+    again, with a warning naming it, and is replaced by them."""
     from bench.cache import save_tensors
-    from bench.metrics.features import EXTRACTORS, real_statistics
     from bench.metrics.generative import GenerationEval
 
-    clean = clean_cache.values["statistics"]
-    path = damaged("statistics")
+    def same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> bool:
+        return set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+    clean = clean_cache.values[kind]
+    path = damaged(kind)
     save_tensors(damage(clean), path)
-    gen = GenerationEval(clean_cache.data, clean_cache.cfg, 0, CPU)
-    got = real_statistics(gen.reference, gen.prepared(EXTRACTORS.get("domain")), "penultimate", 64, CPU)
-    assert set(got) == {"mu", "sigma"}
-    assert torch.equal(got["mu"], clean["mu"]) and torch.equal(got["sigma"], clean["sigma"])
+    assert same(_real(kind, GenerationEval(clean_cache.data, clean_cache.cfg, 0, CPU)), clean)
     _recomputed(caplog, path)
-    again = torch.load(path, weights_only=True)
-    assert torch.equal(again["mu"], clean["mu"]) and torch.equal(again["sigma"], clean["sigma"])
-
-
-FEATURE_DAMAGE = {
-    "NaN": lambda f: {k: torch.full_like(v, float("nan")) for k, v in f.items()},
-    "5-d": lambda f: {k: v[:, :5] for k, v in f.items()},
-    "float64": lambda f: {k: v.double() for k, v in f.items()},
-    "an extra layer": lambda f: {**f, "2048": f["penultimate"]},
-}
-
-
-@pytest.mark.parametrize("damage", FEATURE_DAMAGE.values(), ids=FEATURE_DAMAGE.keys())
-def test_damaged_reference_features_are_recomputed(damage, clean_cache, damaged, caplog):
-    from bench.cache import save_tensors
-    from bench.metrics.features import EXTRACTORS, real_features
-    from bench.metrics.generative import GenerationEval
-
-    clean = clean_cache.values["features"]
-    path = damaged("features")
-    save_tensors(damage(clean), path)
-    gen = GenerationEval(clean_cache.data, clean_cache.cfg, 0, CPU)
-    got = real_features(gen.reference, gen.prepared(EXTRACTORS.get("domain")), 64, CPU)
-    assert set(got) == set(clean) and all(torch.equal(got[k], clean[k]) for k in clean)
-    _recomputed(caplog, path)
-    again = torch.load(path, weights_only=True)
-    assert all(torch.equal(again[k], clean[k]) for k in clean)
-
-
-RADII_DAMAGE = {
-    "NaN": lambda r: torch.full_like(r, float("nan")),
-    "negative": lambda r: -r,
-    "float32": lambda r: r.float(),
-}
-
-
-@pytest.mark.parametrize("damage", RADII_DAMAGE.values(), ids=RADII_DAMAGE.keys())
-def test_damaged_knn_radii_are_recomputed(damage, clean_cache, damaged, caplog):
-    from bench.cache import save_tensors
-    from bench.metrics.features import EXTRACTORS, real_radii
-    from bench.metrics.generative import GenerationEval
-
-    clean = clean_cache.values["radii"]
-    path = damaged("radii")
-    save_tensors({"radii": damage(clean)}, path)
-    gen = GenerationEval(clean_cache.data, clean_cache.cfg, 0, CPU)
-    k = clean_cache.cfg.prc_neighborhood
-    got = real_radii(gen.reference, gen.prepared(EXTRACTORS.get("domain")), "penultimate", k, 64, CPU)
-    assert torch.equal(got, clean)
-    _recomputed(caplog, path)
-    assert torch.equal(torch.load(path, weights_only=True)["radii"], clean)
+    assert same(torch.load(path, weights_only=True), clean)
 
 
 def test_cached_json_recomputes_an_entry_that_fails_its_check_and_never_stores_one(tmp_path, monkeypatch):
