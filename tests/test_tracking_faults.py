@@ -340,3 +340,17 @@ def test_relog_at_the_start_of_bench_run_refuses_a_damaged_journal_too(tmp_path)
     with pytest.raises(JournalError, match=r"journal.jsonl: entry 1: 'step' must be an integer.* \(line 2\)"):
         relog(folder, Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     assert not (tmp_path / "mlflow.db").exists() and (folder / "journal.jsonl").is_file()
+
+
+def test_an_entry_appended_after_a_torn_line_is_kept(tmp_path):
+    """A kill mid-write leaves a fragment without its newline; the run, resumed while the store is
+    still away, appends to the same journal: its entries must not run on from the fragment."""
+    from bench.store.journal import Journal, read_journal
+
+    header = {"uri": "http://store", "experiment": "exp", "run_id": None, "run_name": "r"}
+    Journal(tmp_path, header).add("metrics", values={"loss": 1.0}, step=1, timestamp=1)
+    with open(tmp_path / "journal.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"op": "metrics", "values": {"loss": 2.')  # killed here
+    Journal(tmp_path, header).add("metrics", values={"loss": 3.0}, step=3, timestamp=3)
+    steps = [e["step"] for e in read_journal(tmp_path) if e["op"] == "metrics"]
+    assert steps == [1, 3]

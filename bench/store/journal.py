@@ -34,6 +34,21 @@ class Journal:
         (folder / "files").mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self.add("run", **header)
+        else:
+            self._end_torn_line()
+
+    def _end_torn_line(self) -> None:
+        """A journal that a kill left mid-line (no final newline) gets one before anything is
+        appended: the next entry would otherwise run on from the fragment, and both be dropped."""
+        with open(self.path, "rb+") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end == 0:
+                return
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
 
     def add(self, op: str, **payload: Any) -> None:
         line = json.dumps({"op": op, "time": time.time(), **payload}, default=str)
