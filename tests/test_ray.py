@@ -329,3 +329,23 @@ def test_a_task_stopped_by_a_store_error_is_run_again_and_its_own_errors_are_not
         assert len(list(marks.glob("2-*"))) == 3
     finally:
         ray.shutdown()
+
+
+def test_a_ray_address_where_nothing_answers_is_refused_at_once(tmp_path, capsys, write_suite):
+    """Not ray.init's minutes of retries: exit 2 naming the address, and nothing written."""
+    from bench.run.ray import unreachable
+
+    port = free_port()  # closed again: nothing listens there
+    assert unreachable(None) is None and unreachable("auto") is None
+    assert "nothing answers at 127.0.0.1:" in unreachable(f"ray://127.0.0.1:{port}")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert unreachable(f"127.0.0.1:{server.getsockname()[1]}") is None
+    store = tmp_path / "store" / "mlflow.db"
+    path = write_suite(tiny_suite())
+    address = f"127.0.0.1:{port}"
+    rc = main(["run", str(path), "--executor", "ray", "--ray-address", address, "--tracking-uri", f"sqlite:///{store}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--ray-address {address}: cannot connect to the Ray cluster: nothing answers" in err
+    assert not store.parent.exists()  # refused before the store is opened

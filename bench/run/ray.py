@@ -63,6 +63,26 @@ def store_errors() -> tuple[type[BaseException], ...]:
     return (MlflowException, TrackingError)
 
 
+CONNECT_SECONDS = 5.0
+
+
+def unreachable(address: str | None) -> str | None:
+    """Why nothing answers at a Ray address's host and port (``host:port`` or ``ray://host:port``),
+    within ``CONNECT_SECONDS``; None when something does, or the address names no port (``auto``,
+    none: a local cluster)."""
+    if not address or address == "auto":
+        return None
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None  # a form this check does not know: Ray's own errors stand
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as e:
+        return f"nothing answers at {host}:{port} ({e.strerror or e})"
+    return None
+
+
 def _local_addresses() -> set[str]:
     """This machine's addresses, as Ray names nodes."""
     import ray
@@ -87,6 +107,9 @@ class RayExecutor(Executor):
             ) from None
         if max_retries < 0:
             raise ExecutorError(f"--max-retries: {max_retries} is negative")
+        problem = unreachable(address)
+        if problem:  # ray.init would retry a dead address for minutes before it gives up
+            raise ExecutorError(f"--ray-address {address}: cannot connect to the Ray cluster: {problem}")
         self.address = address
         self.max_retries = max_retries
         self._started = False
