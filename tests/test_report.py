@@ -192,6 +192,23 @@ def test_a_published_protocol_is_checked_against_the_runs_provenance():
     assert protocol_check({}, measured) == ("", "")
 
 
+def test_a_protocol_is_checked_against_the_model_s_own_runs():
+    """Another model's runs, measured another way, do not make this model's value incomparable."""
+    import pandas as pd
+
+    from bench.report.published import _measured_provenance
+    from bench.report.summary import StoreData, _merge_provenance
+
+    def row(label, n):
+        return {"suite": "s", "source": label, "metric": "fid", "provenance": json.dumps({"n_fake": n})}
+
+    merged = _merge_provenance([row("a", 10000), row("a", 10000), row("b", 2000), row("b", 10000)])
+    data = StoreData("uri", ["s"], pd.DataFrame(), pd.DataFrame(), label_provenance=merged)
+    assert _measured_provenance(data, "s", "a", "fid") == {"n_fake": "10000"}
+    assert _measured_provenance(data, "s", "b", "fid") == {"n_fake": "2000 | 10000"}
+    assert _measured_provenance(data, "s", "c", "fid") == {}
+
+
 def test_verdict_places_the_mean_against_the_band():
     assert verdict(26.0, 1.0, 26.5, 1.6) == "inside the published band"
     assert verdict(30.1, 0.5, 26.5, 1.6) == "above the published band by 2"

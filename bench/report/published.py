@@ -44,12 +44,13 @@ def _same(measured: str, published: Any) -> bool:
         return False
 
 
-def _measured_provenance(data: StoreData, suite: str, metric: str) -> dict[str, str]:
-    """The runs' provenance of one metric in a suite, each field's distinct values joined."""
-    prov = data.provenance
+def _measured_provenance(data: StoreData, suite: str, label: str, metric: str) -> dict[str, str]:
+    """The provenance of one metric over one model's runs in a suite, each field's distinct values
+    joined (another model's runs, measured some other way, do not count)."""
+    prov = data.label_provenance
     if prov.empty:
         return {}
-    hit = prov[(prov.suite == suite) & (prov.metric == metric) & (prov.source == "runs")]
+    hit = prov[(prov.suite == suite) & (prov.metric == metric) & (prov.source == label)]
     try:
         fields = json.loads(hit.provenance.iloc[0]) if len(hit) else {}
     except ValueError:
@@ -89,7 +90,9 @@ def published_rows(data: StoreData, summary: Summary) -> list[dict[str, Any]]:
                 n = int(st["n"]) if st else 0
                 value, pm = float(pub["value"]), float(pub.get("pm") or 0.0)
                 protocol = pub.get("protocol") if isinstance(pub.get("protocol"), dict) else {}
-                measured_with, differs = protocol_check(protocol, _measured_provenance(data, suite, metric))
+                measured_with, differs = protocol_check(
+                    protocol, _measured_provenance(data, suite, label, metric)
+                )
                 placed = verdict(mean if n else math.nan, ci, value, pm)
                 rows.append(
                     {

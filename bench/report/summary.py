@@ -139,6 +139,9 @@ class StoreData:
     environments: dict[str, dict] = field(default_factory=dict)  # suite -> environment.json
     parents: dict[str, str] = field(default_factory=dict)  # suite -> latest parent run id
     provenance: pd.DataFrame = field(default_factory=pd.DataFrame)  # suite, metric, source, provenance
+    # the same for each model's runs alone: source is the model's label (what a published value of
+    # that model is checked against)
+    label_provenance: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def suite_config(self, suite: str) -> dict[str, Any]:
         import yaml
@@ -169,7 +172,7 @@ def load_store(tracker: Tracker, suites: list[str]) -> StoreData:
     runs = _latest_per_seed(pd.DataFrame([row for s in suites for row in _run_rows(s, child[s])]))
     kept = set(runs.run_id) if not runs.empty else set()
 
-    ref_rows, prov_rows = [], []
+    ref_rows, prov_rows, label_rows = [], [], []
     for s in suites:
         refs = sorted(tracker.runs(s, kind="reference"), key=lambda r: r.info.start_time)
         if refs:
@@ -179,8 +182,14 @@ def load_store(tracker: Tracker, suites: list[str]) -> StoreData:
         for r in sorted(child[s], key=lambda r: r.info.start_time):
             if r.info.run_id in kept:
                 prov_rows += _provenance(s, "runs", r.data.tags)
+                label_rows += _provenance(s, r.data.tags.get("label", ""), r.data.tags)
     data = StoreData(
-        tracker.uri, list(suites), runs, pd.DataFrame(ref_rows), provenance=_merge_provenance(prov_rows)
+        tracker.uri,
+        list(suites),
+        runs,
+        pd.DataFrame(ref_rows),
+        provenance=_merge_provenance(prov_rows),
+        label_provenance=_merge_provenance(label_rows),
     )
     for s in suites:
         parent = tracker.latest_suite_run(s)
