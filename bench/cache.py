@@ -131,7 +131,7 @@ def cached_json(
             if check is None or _holds(check, value):
                 return value
             log.warning("cache entry %s does not hold what its key describes; recomputing", path)
-        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 text
+        except (OSError, ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deeply
             log.warning("cache entry %s unreadable (%s); recomputing", path, e)
     text = json.dumps(compute(), sort_keys=True)
     value = json.loads(text)  # what a later run reads back, so both runs see the same value
