@@ -325,10 +325,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from bench.store.tracking import Tracker, TrackingError, resolve_uri
     from bench.suite import SuiteError
 
-    # a stored run keeps the data, models and budget it was trained with: only eval settings change
-    outside = [s for s in args.set if s.partition("=")[0].split(".")[0] != "eval"]
-    for item in outside:
-        _err(f"--set {item.partition('=')[0]}: bench eval changes eval settings only (--set eval.KEY=VALUE)")
+    # a stored run keeps the data, models and budget it was trained with: only eval settings change,
+    # and where the data is now (checked against the run's own data before anything is computed)
+    keys = [s.partition("=")[0] for s in args.set]
+    outside = [k for k in keys if k.split(".")[0] != "eval" and k != "dataset.root"]
+    for key in outside:
+        _err(
+            f"--set {key}: bench eval changes eval settings only (--set eval.KEY=VALUE), "
+            "and dataset.root where the run's data has moved"
+        )
     if outside:
         return EXIT_BAD_INPUT
     tracker = Tracker(resolve_uri(args.tracking_uri))
@@ -501,32 +506,40 @@ def _serve(cmd: list[str]) -> int:
     def stop(signum, frame):
         raise KeyboardInterrupt
 
-    proc = subprocess.Popen(cmd)
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # handled before the server exists, so that none can outlive this process (no SIGHUP on Windows)
+    signals = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    old = {s: signal.signal(s, stop) for s in signals}
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
+        proc = subprocess.Popen(cmd)
         try:
-            server = psutil.Process(proc.pid)
-            procs = [server, *server.children(recursive=True)]
-        except psutil.Error:  # already gone
-            procs = []
-        for p in procs:
-            try:
-                p.terminate()
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        proc.wait()
-        return EXIT_OK
+            return proc.wait()
+        except KeyboardInterrupt:
+            _stop_tree(proc.pid, psutil)
+            proc.wait()
+            return EXIT_OK
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+def _stop_tree(pid: int, psutil) -> None:
+    """Terminate a process and everything it started; kill what is left after 10 s."""
+    try:
+        server = psutil.Process(pid)
+        procs = [server, *server.children(recursive=True)]
+    except psutil.Error:  # already gone
+        return
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -605,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("target", metavar="SUITE_NAME|RUN_ID")
     ev.add_argument("--metrics", nargs="+", help="metrics to compute (default: the runs' eval.metrics)")
     ev.add_argument(
-        "--set", action="append", default=[], metavar="eval.KEY=VALUE", help="override an eval setting"
+        "--set", action="append", default=[], metavar="eval.KEY=VALUE",
+        help="override an eval setting (or dataset.root: where the run's data is now)"
     )
     ev.add_argument("--tracking-uri")
     ev.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the run's)")

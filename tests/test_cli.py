@@ -106,6 +106,42 @@ def test_sigterm_to_bench_ui_stops_the_server_it_started(tmp_path):
         proc.kill()
 
 
+def test_bench_eval_finds_moved_data_through_dataset_root_and_refuses_other_data(
+    tmp_path, write_suite, capsys
+):
+    """A run's data that moved is named with --set dataset.root; data that differs from what the
+    run was trained on is refused before anything is computed or logged."""
+    import shutil
+
+    from plugin_fixtures import write_images
+
+    from bench.data import _load_cached
+
+    write_images(tmp_path / "a", n_train=8, n_test=4)
+    data = {"name": "imagefolder", "root": str(tmp_path / "a")}
+    suite = tiny_suite(name="moved", dataset=data, models=[{"name": "ae-mlp"}])
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert main(["run", str(write_suite(suite)), "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    _load_cached.cache_clear()  # as a new process would: the data is read from disk again
+    capsys.readouterr()
+    evaluate = ["eval", "moved", "--tracking-uri", uri, "--metrics", "psnr"]
+    assert main(evaluate) == 2 and "folder not found" in capsys.readouterr().err
+    moved = [*evaluate, "--set", f"dataset.root={tmp_path / 'b'}"]
+    assert main(moved) == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("moved").experiment_id
+    (run,) = client.search_runs([exp], "tags.`bench.kind` = 'run'")
+    logged = run.data.metrics["psnr"]
+    shutil.rmtree(tmp_path / "b")
+    write_images(tmp_path / "b", n_train=8, n_test=4, seed=1)  # other images in the same place
+    _load_cached.cache_clear()
+    capsys.readouterr()
+    assert main(moved) == 2
+    assert "is not what the run was trained on" in capsys.readouterr().err
+    assert client.get_run(run.info.run_id).data.metrics["psnr"] == logged
+
+
 def test_bench_eval_changes_eval_settings_only(tmp_path, capsys):
     """A stored run keeps its data: --set outside eval is refused before the store is read."""
     uri = f"sqlite:///{tmp_path / 'none.db'}"

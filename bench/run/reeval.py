@@ -113,6 +113,16 @@ class StoredRun:
     step: int  # the final training step (where its final metrics are logged)
     metrics: dict[str, float]
     tags: dict[str, str] = field(default_factory=dict)
+    data_digest: str | None = None  # the checksum of the data it was trained on (its MLflow input)
+
+
+def _data_digest(run: Any) -> str | None:
+    """The digest of the dataset a stored run records as its input (None: it records none)."""
+    try:
+        digests = {d.dataset.digest for d in run.inputs.dataset_inputs}
+    except AttributeError:
+        return None
+    return digests.pop() if len(digests) == 1 else None
 
 
 def _stored(tracker: Tracker, run: Any) -> StoredRun:
@@ -127,7 +137,13 @@ def _stored(tracker: Tracker, run: Any) -> StoredRun:
         raise BadArtifact("\n".join(f"{_where(run_id, name, 'config.json')}: {p}" for p in problems))
     step = int(run.data.metrics.get("budget_steps", 0))
     return StoredRun(
-        run.info.run_id, run.info.run_name, config, step, dict(run.data.metrics), dict(run.data.tags)
+        run.info.run_id,
+        run.info.run_name,
+        config,
+        step,
+        dict(run.data.metrics),
+        dict(run.data.tags),
+        _data_digest(run),
     )
 
 
@@ -292,6 +308,14 @@ def plan_eval(
     for r in runs:  # every model's artifacts are read back (BadArtifact) before anything is logged
         load_model(tracker, r, torch.device("cpu"))
     planned = [Planned(r, s, load_data(s)) for r, s in zip(runs, suites)]
+    problems = [  # the data found now is the data each run was trained on (it may have moved: dataset.root)
+        f"run {p.run.run_id} ({p.run.name}): dataset: the data at {p.data.source} is not what the run was "
+        f"trained on (checksum {p.data.checksum}; the run's {p.run.data_digest})"
+        for p in planned
+        if p.run.data_digest is not None and p.run.data_digest != p.data.checksum
+    ]
+    if problems:
+        raise BadRequest("\n".join(problems))
     problems = [  # the metrics' sizes against the runs' real splits
         f"run {p.run.run_id} ({p.run.name}): {e.loc}: {e.msg}"
         for p in planned
