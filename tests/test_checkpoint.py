@@ -199,8 +199,10 @@ def checkpointed_suite(models: list[dict] | None = None) -> dict:
     return suite
 
 
-def interrupted(tmp_path: Path, write_suite, store: str, monkeypatch, suite: dict) -> tuple[list[str], Path]:
-    """`bench run` of ``suite``, killed right after its first run's first checkpoint (step 4): the run
+def interrupted(
+    tmp_path: Path, write_suite, store: str, monkeypatch, suite: dict, at: int = 4
+) -> tuple[list[str], Path]:
+    """`bench run` of ``suite``, killed right after its first run's first checkpoint (step ``at``): the run
     is KILLED in the store and its checkpoint, a genuine one, is where bench keeps it. Returns the
     command line that runs the suite again, and the checkpoint's path."""
     path = write_suite(suite)
@@ -216,7 +218,7 @@ def interrupted(tmp_path: Path, write_suite, store: str, monkeypatch, suite: dic
     with monkeypatch.context() as m:
         m.setattr(Execution, "checkpoint", checkpoint_then_stop)
         assert main(args) == 130
-    assert load_state(ckpt)["step"] == 4
+    assert load_state(ckpt)["step"] == at
     return args, ckpt
 
 
@@ -348,6 +350,24 @@ def test_a_checkpoint_that_does_not_fit_the_model_fails_neither_the_run_nor_the_
     ]
     assert main(args) == 0  # and the next `bench run` has nothing left to do
     assert len(runs(store)) == 2
+
+
+def test_an_images_budget_resumes_past_images_over_batch_size_steps(
+    tmp_path, write_suite, store, monkeypatch, caplog, one_thread
+):
+    """40 training images in batches of 32: each epoch is a batch of 32 and one of 8, so 160 images
+    take 8 steps, not 160 / 32 = 5. A checkpoint at step 6 is genuine and resumes."""
+    suite = checkpointed_suite()
+    suite["dataset"] = {**suite["dataset"], "train_size": 40}
+    suite["budget"] = {"images": 160, "batch_size": 32}
+    suite["checkpoint"] = {"every": 6}
+    args, ckpt = interrupted(tmp_path, write_suite, store, monkeypatch, suite, at=6)
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        assert main(args) == 0
+    assert str(ckpt) not in caplog.text
+    (run,) = runs(store)
+    assert run.info.status == "FINISHED" and run.data.tags["bench.resumed_from_step"] == "6"
+    assert run.data.metrics["budget_steps"] == 8 and run.data.metrics["budget_images"] == 160
 
 
 def test_a_genuine_checkpoint_still_resumes(tmp_path, write_suite, store, monkeypatch, caplog, one_thread):

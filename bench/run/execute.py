@@ -297,7 +297,9 @@ def load_trainer_state(trainer: Trainer, state: dict, path: Path) -> None:
     progress, budget = state["progress"], trainer.budget
     step, images = progress["step"], progress["images"]
     total = 0 if trainer.model.step_kind == "none" else total_steps(budget, len(trainer.data.train_x))
-    if step > total:
+    # an images budget takes more steps than images / batch size where epochs end in short
+    # batches: the images bound below is the one that holds there
+    if step > total and (budget.kind != "images" or trainer.model.step_kind == "none"):
         raise CheckpointError(f"{path}: step {step} is beyond the budget's {total} steps")
     # every step trains on one batch: between one image and a batch of them
     if not step <= images <= step * budget.batch_size:
