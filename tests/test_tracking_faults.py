@@ -310,8 +310,17 @@ def without(key: str) -> dict:
         ([HEADER, LOSS, {**LOSS, "step": "abc"}], "entry 2: 'step' must be an integer, not a string"),
         ([HEADER, {**LOSS, "values": {"train/loss": "x"}}], "entry 1: 'values' must map metric names"),
         ([HEADER, LOSS, {"op": "finish", "status": ["FINISHED"]}], "entry 2: 'status' must be one of"),
+        # the right types, values the store refuses partway through a replay
+        (
+            [HEADER, LOSS, {**LOSS, "values": {"a": 10**400}}],
+            "entry 2: 'values' must map metric names to numbers: 'a' is a number beyond a float's range",
+        ),
+        ([HEADER, LOSS, {**LOSS, "step": 2**70}], "entry 2: 'step' is beyond a 64-bit integer"),
+        ([HEADER, LOSS, {**LOSS, "values": {"loss?": 1.0}}], "entry 2: metrics name 'loss?': Invalid value"),
+        ([HEADER, {"op": "params", "params": {"a\nb": "1"}}], "entry 1: params name 'a\\nb': Invalid value"),
     ],
-    ids=["no-uri", "no-experiment", "list", "string", "step", "value", "status"],
+    ids=["no-uri", "no-experiment", "list", "string", "step", "value", "status", "huge-value", "huge-step",
+         "metric-name", "param-name"],  # fmt: skip
 )
 def test_relog_refuses_a_damaged_journal_before_the_store_is_touched(lines, said, tmp_path, capsys):
     folder = tmp_path / "run" / "offline"
@@ -354,3 +363,14 @@ def test_an_entry_appended_after_a_torn_line_is_kept(tmp_path):
     Journal(tmp_path, header).add("metrics", values={"loss": 3.0}, step=3, timestamp=3)
     steps = [e["step"] for e in read_journal(tmp_path) if e["op"] == "metrics"]
     assert steps == [1, 3]
+
+
+@pytest.mark.parametrize("left", ["", '{"op": "run", "uri": "http://st'], ids=["empty", "torn-header"])
+def test_a_journal_whose_header_a_kill_tore_gets_its_header_again(left, tmp_path):
+    from bench.store.journal import Journal, read_journal
+
+    (tmp_path / "journal.jsonl").write_text(left)
+    header = {"uri": "http://store", "experiment": "exp", "run_id": None, "run_name": "r"}
+    Journal(tmp_path, header).add("metrics", values={"loss": 3.0}, step=3, timestamp=3)
+    head, *rest = read_journal(tmp_path)
+    assert head["op"] == "run" and head["uri"] == "http://store" and [e["step"] for e in rest] == [3]

@@ -32,10 +32,23 @@ class Journal:
         self.folder = folder
         self.path = folder / JOURNAL
         (folder / "files").mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            self.add("run", **header)
-        else:
+        if self.path.exists():
             self._end_torn_line()
+        if not self._has_entry():  # new, or a kill tore its header line: the header comes first
+            self.add("run", **header)
+
+    def _has_entry(self) -> bool:
+        """Whether the journal holds one whole entry (bench writes the header first)."""
+        if not self.path.exists():
+            return False
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    if isinstance(json.loads(line), dict):
+                        return True
+                except ValueError:
+                    continue
+        return False
 
     def _end_torn_line(self) -> None:
         """A journal that a kill left mid-line (no final newline) gets one before anything is

@@ -36,12 +36,39 @@ def artifact_file(folder: Path, op: dict[str, Any], entry: int, lineno: int | No
     return path
 
 
+INT64 = 2**63
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A number the store can hold as a metric value (a float: NaN and infinities included)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except OverflowError:  # an integer beyond float's range
+        return False
+    return True
+
+
+def _name_problem(kind: str, name: str) -> str | None:
+    """MLflow's own rule for a metric, param or tag name (characters, length), as its message."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils import validation
+
+    check = {
+        "metrics": validation._validate_metric_name,
+        "params": validation._validate_param_name,
+        "tags": validation._validate_tag_name,
+    }[kind]
+    try:
+        check(name)
+    except MlflowException as e:
+        return f"{kind} name {name!r}: {str(e).splitlines()[0]}"
+    return None
 
 
 def entry_problem(op: dict[str, Any]) -> str | None:
@@ -53,16 +80,22 @@ def entry_problem(op: dict[str, Any]) -> str | None:
             return f"{kind!r} must be an object, not {json_kind(op.get(kind))}"
         if "" in op[kind]:
             return f"{kind!r} has an empty name"
+        return next((p for name in op[kind] if (p := _name_problem(kind, name))), None)
     elif kind == "metrics":
         values = op.get("values")
         if not isinstance(values, dict):
             return f"'values' must be an object of metric values, not {json_kind(values)}"
         bad = next((k for k, v in values.items() if not k or not _is_number(v)), None)
         if bad is not None:
-            return f"'values' must map metric names to numbers: {bad!r} is {json_kind(values[bad])}"
+            what = json_kind(values[bad])
+            what = "a number beyond a float's range" if what == "a number" else what
+            return f"'values' must map metric names to numbers: {bad!r} is {what}"
         for key in ("step", "timestamp"):
             if not _is_int(op.get(key)):
                 return f"{key!r} must be an integer, not {json_kind(op.get(key))} ({op.get(key)!r})"
+            if not -INT64 <= op[key] < INT64:  # the store's column is 64 bits
+                return f"{key!r} is beyond a 64-bit integer ({op[key]})"
+        return next((p for name in values if (p := _name_problem("metrics", name))), None)
     elif kind == "inputs":
         for key in ("name", "digest", "source"):
             if not isinstance(op.get(key), str):
