@@ -1,5 +1,6 @@
 """The package's layering, read from the source: every import of every module (module level,
-inside functions and under ``TYPE_CHECKING`` alike), so a lazy import cannot hide a cycle.
+inside functions and under ``TYPE_CHECKING`` alike, and ``importlib.import_module`` /
+``__import__`` of a literal name), so a lazy import cannot hide a cycle or a forbidden edge.
 
 docs/architecture.md draws the layers; this test is what keeps them true.
 """
@@ -36,6 +37,29 @@ FORBIDDEN = [
     ("bench.train", "bench.run"),
 ]
 
+# The layers from the bottom up (docs/architecture.md): a module may import its own layer and the
+# layers of lower rank; layers of the same rank never import each other. A layer is a top-level
+# module or subpackage of bench; `bench` itself is the package's __init__ (the Python API).
+LAYERS: list[set[str]] = [
+    {"bench.registry", "bench.config", "bench.files", "bench.version"},
+    {"bench.cache", "bench.numerics"},
+    {"bench.data"},
+    {"bench.models"},
+    {"bench.train"},
+    {"bench.metrics"},
+    {"bench.suite"},
+    {"bench.store"},
+    {"bench.run", "bench.report"},
+    {"bench.api", "bench.cli"},
+    {"bench"},
+]
+
+# The edges that cross the layering on purpose: (importer prefix, imported prefix) -> why
+UPWARD_ALLOWED = {
+    ("bench.run.api", "bench.report"): "bench.run() returns the results table and writes the report, "
+    "as `bench run` does",
+}
+
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -48,13 +72,59 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+def packages(mods: dict[str, Path]) -> set[str]:
+    """Every package a module lives in, namespace packages (a folder without __init__.py) included,
+    so that `import bench.store` or `from .. import store` is an import of `bench.store`."""
+    out: set[str] = set()
+    for name in mods:
+        parts = name.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return out
+
+
+IMPORT_CALLS = {"import_module", "__import__"}
+
+
+def _call_target(node: ast.Call, package: str) -> str | None:
+    """The module a call ``importlib.import_module("x")``, ``import_module(".x", "pkg")`` or
+    ``__import__("x")`` imports, when its name is a literal; else None."""
+    fn = node.func
+    called = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else None
+    if called not in IMPORT_CALLS or not node.args:
+        return None
+    first = node.args[0]
+    if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+        return None
+    target = first.value
+    if called == "import_module" and target.startswith("."):
+        anchor = package
+        pkg_arg = (
+            node.args[1]
+            if len(node.args) > 1
+            else next((k.value for k in node.keywords if k.arg == "package"), None)
+        )
+        if isinstance(pkg_arg, ast.Constant) and isinstance(pkg_arg.value, str):
+            anchor = pkg_arg.value
+        level = len(target) - len(target.lstrip("."))
+        base = anchor.split(".")
+        base = base[: len(base) - (level - 1)]
+        target = ".".join(base + ([target[level:]] if target[level:] else []))
+    return target
+
+
 def imports(name: str, path: Path, known: set[str]) -> set[str]:
     """The bench modules that ``name`` imports anywhere in its source."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_pkg = path.name == "__init__.py"
+    package = name if is_pkg else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call):
+            call = _call_target(node, package)
+            if call is None:
+                continue
+            targets = [call]
+        elif isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -78,7 +148,7 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     mods = modules()
-    known = set(mods)
+    known = set(mods) | packages(mods)
     return {name: imports(name, path, known) for name, path in mods.items()}
 
 
@@ -124,6 +194,15 @@ def under(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
+def layer_of(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def rank(module: str) -> int | None:
+    layer = layer_of(module)
+    return next((i for i, names in enumerate(LAYERS) if layer in names), None)
+
+
 def test_the_reader_finds_every_kind_of_import(tmp_path):
     src = tmp_path / "bench" / "run" / "x.py"
     src.parent.mkdir(parents=True)
@@ -139,6 +218,31 @@ def test_the_reader_finds_every_kind_of_import(tmp_path):
              "bench.report.summary", "bench.metrics.base"}
     assert imports("bench.run.x", src, known) == {
         "bench.run.y", "bench.store.tracking", "bench.report.summary", "bench.metrics.base"
+    }
+
+
+def test_the_reader_finds_namespace_packages_and_import_calls(tmp_path):
+    src = tmp_path / "bench" / "metrics" / "x.py"
+    src.parent.mkdir(parents=True)
+    src.write_text(
+        "import importlib\n"
+        "from importlib import import_module\n"
+        "import bench.store\n"
+        "from .. import run\n"
+        "def f(name):\n"
+        "    importlib.import_module('bench.report.summary')\n"
+        "    import_module('.y', 'bench.data')\n"
+        "    import_module('..train', package='bench.metrics')\n"
+        "    __import__('bench.cli')\n"
+        "    importlib.import_module(name)  # not a literal: nothing to read\n",
+        encoding="utf-8",
+    )
+    mods = {"bench.metrics.x": src, "bench.store.tracking": src, "bench.run": src,
+            "bench.report.summary": src, "bench.data.y": src, "bench.train": src, "bench.cli": src}
+    known = set(mods) | packages(mods)
+    assert "bench.store" in known
+    assert imports("bench.metrics.x", src, known) == {
+        "bench.store", "bench.run", "bench.report.summary", "bench.data.y", "bench.train", "bench.cli"
     }
 
 
@@ -162,6 +266,25 @@ def test_forbidden_edge(importer, imported):
         if under(dst, imported)
     )
     assert not bad, "\n".join(bad)
+
+
+def test_every_module_has_a_layer():
+    """A new top-level module or subpackage is placed in LAYERS (and docs/architecture.md) on purpose."""
+    unplaced = sorted(name for name in modules() if rank(name) is None)
+    assert not unplaced, "not in LAYERS: " + ", ".join(unplaced)
+
+
+def test_no_module_imports_a_layer_above_or_beside_it():
+    bad = []
+    for src, dsts in graph().items():
+        for dst in dsts:
+            rs, rd = rank(src), rank(dst)
+            if rs is None or rd is None or layer_of(src) == layer_of(dst) or rd < rs:
+                continue
+            if any(under(src, a) and under(dst, b) for a, b in UPWARD_ALLOWED):
+                continue
+            bad.append(f"{src} imports {dst} ({'above' if rd > rs else 'beside'} it)")
+    assert not bad, "\n".join(sorted(bad))
 
 
 def test_no_function_over_80_lines():
