@@ -9,12 +9,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from bench.config import HASH_NEUTRAL
 from bench.models.base import GenerativeModel, ModelParams, Widths, register, widths_field
-from bench.models.nets import BACKBONES, make_backbone
+from bench.models.nets import Backbone, make_backbone
 
 Tensor = torch.Tensor
 MLP_HIDDEN = (128,)  # the source design's hidden width
@@ -23,7 +23,7 @@ MLP_HIDDEN = (128,)  # the source design's hidden width
 class CodecParams(ModelParams):
     """What every encoder-decoder model shares: the backbone, the code size, the likelihood."""
 
-    backbone: str = Field("mlp", description="shared nets: mlp | infogan | ghosh | dcgan")
+    backbone: Backbone = Field("mlp", description="shared nets: mlp | infogan | ghosh | dcgan")
     latent_dim: int = Field(64, ge=1, le=4096)
     hidden: Widths | None = widths_field(
         "MLP encoder widths, the decoder mirrors them (mlp backbone only; default 128)"
@@ -32,12 +32,6 @@ class CodecParams(ModelParams):
         "mse", description="mse: Gaussian decoder (variance 1/2); bce: Bernoulli decoder"
     )
 
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, v: str) -> str:
-        if v not in BACKBONES:
-            raise ValueError(BACKBONES.unknown_message(v))
-        return v
 
     @model_validator(mode="after")
     def _hidden_is_mlp_only(self):

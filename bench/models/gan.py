@@ -12,12 +12,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from bench import numerics
 from bench.config import HASH_NEUTRAL
 from bench.models.base import GenerativeModel, ModelParams, Widths, register, widths_field
-from bench.models.nets import BACKBONES, compare_gan_init, make_backbone
+from bench.models.nets import Backbone, compare_gan_init, make_backbone
 
 Tensor = torch.Tensor
 
@@ -84,7 +84,7 @@ INFOGAN_OPTIONS = {"init": "pytorch", "bn_momentum": 0.1, "bn_eps": 1e-5, "g_act
 class GANParams(ModelParams):
     lr: float = Field(2e-4, gt=0, le=1)
     beta1: float = Field(0.5, ge=0, lt=1)
-    backbone: str = "infogan"
+    backbone: Backbone = "infogan"
     z_dim: int = Field(64, ge=1, le=4096)
     z_dist: Literal["normal", "uniform"] = "uniform"
     loss: Literal["ns", "mm", "ls", "hinge", "wgan"] = "ns"
@@ -128,12 +128,6 @@ class GANParams(ModelParams):
     d_hidden: Widths | None = widths_field("MLP D widths (mlp backbone only)")
     g_hidden: Widths | None = widths_field("MLP G widths (mlp backbone only)")
 
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, v: str) -> str:
-        if v not in BACKBONES:
-            raise ValueError(BACKBONES.unknown_message(v))
-        return v
 
     @model_validator(mode="after")
     def _widths_are_mlp_only(self):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import AfterValidator
 from torch import nn
 
 from bench.registry import Registry
@@ -338,3 +340,13 @@ def make_backbone(name: str, **options) -> MLP | InfoGAN | Ghosh | DCGAN:
             if k in known and v is not None
         }
     )
+
+
+def known_backbone(name: str) -> str:
+    """A model parameter's check: ``name`` is a registered backbone."""
+    if name not in BACKBONES:
+        raise ValueError(BACKBONES.unknown_message(name))
+    return name
+
+
+Backbone = Annotated[str, AfterValidator(known_backbone)]
