@@ -197,7 +197,9 @@ def test_every_value_carries_its_provenance(data, vae):
         assert p["extractor"] == "domain" and p["sampler"] == sampler
         assert p["n_real"] == 400 and p["n_fake"] == 400 and p["reference_split"] == "test"
         assert len(p["weights_sha256"]) == 64 and p["torch_fidelity"] == "0.4.0"
-    assert r["fid_domain_gmm"].provenance["fit_on"] == "1024 training codes"
+    gmm = r["fid_domain_gmm"].provenance
+    assert gmm["fit_on"] == "1024 training codes"
+    assert gmm["gmm_kind"] == "em" and gmm["gmm_components"] == 10  # what a published GMM column pins
     assert r["fid_domain"].provenance["sampler_detail"] == "VAE.sample: the prior"
 
 

@@ -277,6 +277,8 @@ def _make_gmm(req: SampleRequest):
         "sampler_detail": f"{req.gmm.describe(req.gmm_components)}, fitted to the training codes; "
         "each draw snapped to the nearest storable code (quantiser grid, codebook) before decoding",
         "fit_on": fit_on,
+        "gmm_kind": req.gmm.kind,
+        "gmm_components": req.gmm_components,
         "gmm_converged": gmm.converged,
         "gmm_iterations": gmm.n_iter,
     }
