@@ -1,7 +1,8 @@
-"""One generic name -> object registry, used for datasets, models and metrics.
+"""One generic name -> object registry, used for datasets, models, metrics, samplers, feature
+extractors and backbones.
 
-Suite files reach code only through these names: there is no other way for a string in a
-YAML file to select a class or a function.
+A string in a suite file selects code through these names, or through a model's ``module:Class``
+name, which ``bench.models.plugins`` imports on purpose (a user's own model).
 """
 
 from __future__ import annotations
