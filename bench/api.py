@@ -12,16 +12,20 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from bench import numerics
 from bench.config import BudgetConfig, DatasetConfig, EvalConfig, Suite
-from bench.data import ImageData, from_config
+from bench.data import ImageData, dataset_problem, from_config
 from bench.metrics import METRICS, Result, data_problems
 from bench.models import GenerativeModel, ModelParams
-from bench.suite import FieldError, SuiteError
+from bench.suite import FieldError, SuiteError, pydantic_errors
 
 # --------------------------------------------------------------------------- evaluate
+
+# how far outside [0, 1] a generator's float output may stray (rounding of a sigmoid or a resize)
+RANGE_TOLERANCE = 1e-3
 
 
 class CallableGenerator(GenerativeModel):
@@ -44,7 +48,18 @@ class CallableGenerator(GenerativeModel):
             raise ValueError(
                 f"the generator returned images of shape {tuple(x.shape)}; expected {(n, *self.image_shape)}"
             )
-        return x.to(self.anchor.device).float()
+        x = x.detach().to(self.anchor.device).float()
+        # the metrics clip samples to [0, 1] and NaN is no image: a generator in [-1, 1] (tanh) or in
+        # [0, 255] would be scored as other images than it makes, so it is refused instead
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("the generator returned NaN or infinite values; expected images in [0, 1]")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+            raise ValueError(
+                f"the generator returned values in [{lo:.4g}, {hi:.4g}]; expected images in [0, 1] "
+                "(float) or uint8 (map a tanh output with (x + 1) / 2)"
+            )
+        return x.clamp_(0, 1)
 
     def d_loss(self, x, z):  # evaluation only
         raise NotImplementedError
@@ -56,7 +71,16 @@ def _dataset_config(dataset: str | Mapping[str, Any] | DatasetConfig | ImageData
     """The ``dataset`` section a request names (None for data loaded by the caller)."""
     if isinstance(dataset, DatasetConfig | ImageData):
         return dataset if isinstance(dataset, DatasetConfig) else None
-    return DatasetConfig(**({"name": dataset} if isinstance(dataset, str) else dataset))
+    try:
+        cfg = DatasetConfig(**({"name": dataset} if isinstance(dataset, str) else dataset))
+    except ValidationError as e:  # as a suite's dataset section: each problem with its field
+        raise SuiteError("bench.evaluate", pydantic_errors(e, ("dataset",))) from None
+    except TypeError as e:  # not a mapping
+        raise SuiteError("bench.evaluate", [FieldError("dataset", str(e))]) from None
+    problem = dataset_problem(cfg.name)
+    if problem:
+        raise SuiteError("bench.evaluate", [FieldError("dataset.name", problem)])
+    return cfg
 
 
 def _check(request: Suite, names: list[str], model: GenerativeModel, data: ImageData) -> None:
@@ -98,6 +122,8 @@ def evaluate(
     names = list(metrics)
     try:
         cfg = EvalConfig(metrics=names, n_samples=n_samples, **eval_options)
+    except ValidationError as e:  # each problem with its field, eval.n_real, as in a suite file
+        raise SuiteError("bench.evaluate", pydantic_errors(e, ("eval",))) from None
     except Exception as e:
         raise SuiteError("bench.evaluate", [FieldError("eval", str(e))]) from None
     unknown = [

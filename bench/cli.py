@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from bench.files import folder_problem
+
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -298,16 +300,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(terminal_summary(summary))
     _print_report_paths(paths)
     return EXIT_OK
-
-
-def folder_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be (made) a folder to write into: it, or a folder above it, is a file."""
-    for p in (path, *path.parents):
-        if p.exists() or p.is_symlink():
-            if not p.is_dir():
-                return f"{p} exists and is not a folder" if p == path else f"{p} is a file, not a folder"
-            return None
-    return None
 
 
 def _print_report_paths(paths: list[Path]) -> None:

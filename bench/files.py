@@ -1,4 +1,5 @@
-"""Local files that must survive a crash or a second process: atomic writes and advisory locks.
+"""Local files that must survive a crash or a second process: atomic writes, advisory locks, and
+whether a folder can be written into.
 
 Every file bench writes and reads back (checkpoints, cache entries, run folders) goes through
 ``atomic_write``; claims on a run and the sqlite store's first open go through the locks.
@@ -29,6 +30,13 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        cause = _os_error(e)
+        if cause is None or (cause is e and e.filename):
+            raise
+        # a full disk, a quota, a file size limit: said as such, naming the file (torch.save, for
+        # one, hides the write's OSError behind a RuntimeError of its own)
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from e
     finally:
         tmp.unlink(missing_ok=True)
     try:  # make the rename itself durable
@@ -39,6 +47,17 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             os.close(fd)
     except OSError:
         pass
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The operating system's error behind ``e`` (``e`` itself, or one it was raised while handling)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 class Claim:
@@ -105,3 +124,13 @@ def lock_holder(path: Path) -> str:
     except OSError:
         return "another process"
     return f"process {pid}" if pid else "another process"
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (made) a folder to write into: it, or a folder above it, is a file."""
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                return f"{p} exists and is not a folder" if p == path else f"{p} is a file, not a folder"
+            return None
+    return None

@@ -65,7 +65,7 @@ def _loc(parts: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in parts) or "(top level)"
 
 
-def _pydantic_errors(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[FieldError]:
+def pydantic_errors(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[FieldError]:
     out = []
     for e in err.errors():
         msg = e["msg"]
@@ -330,7 +330,7 @@ def validate_suite(raw: dict[str, Any], file: str = "<suite>", folder: str | Pat
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as e:
-        errors = _pydantic_errors(e)
+        errors = pydantic_errors(e)
         errors += _semantic_errors_partial(raw, folder)
         raise SuiteError(file, _dedupe(errors)) from None
     suite._folder = str(Path(folder or ".").resolve())
@@ -421,7 +421,7 @@ def _model_errors(models: list[Any], paths: list[str]) -> tuple[list[FieldError]
         try:
             entry.make_params(params)
         except ValidationError as e:
-            errors += _pydantic_errors(e, ("models", i))
+            errors += pydantic_errors(e, ("models", i))
     return errors, entries
 
 

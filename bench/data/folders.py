@@ -2,8 +2,9 @@
 
 Both end as the same in-memory uint8 ``ImageData`` as the built-in datasets, converted once as
 they are read: ``channels`` (1 greyscale, 3 RGB) by Pillow's conversion, ``image_size`` by
-resizing the shorter side (bilinear, antialiased) and taking the centre square. What was done is
-written into the dataset's ``source`` (its provenance); the checksum is of the converted arrays.
+resizing the shorter side (bilinear, antialiased) and taking the centre square; 16-bit greyscale
+images are scaled to 8 bits. What was done is written into the dataset's ``source`` (its
+provenance); the checksum is of the converted arrays.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import torch
 from bench.data.base import DataError, ImageData, make_image_data
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+# Pillow's modes of 16-bit greyscale (a 16-bit PNG opens as one of these, "I" in older Pillow)
+WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+GREY_MODES = ("1", "L", "LA", "F", *WIDE_GREY_MODES)
 
 
 def fit_images(x: torch.Tensor, image_size: int | None, channels: int | None) -> torch.Tensor:
@@ -79,14 +82,27 @@ def _split_files(folder: Path) -> tuple[list[Path], list[str | None]]:
     return files, classes
 
 
-def _read_images(files: list[Path], channels: int, image_size: int | None) -> torch.Tensor:
+def _to_8bit(im):
+    """A 16-bit greyscale image as 8-bit "L", its levels scaled (0..65535 onto 0..255, rounded).
+    Pillow's own conversion clips them instead: every level above 255 would become white."""
+    import numpy as np
+    from PIL import Image
+
+    levels = np.clip(np.asarray(im, dtype=np.float64), 0, 65535)
+    return Image.fromarray(np.rint(levels * (255 / 65535)).astype(np.uint8), mode="L")
+
+
+def _read_images(files: list[Path], channels: int, image_size: int | None) -> tuple[torch.Tensor, bool]:
+    """The images as uint8 (N, channels, H, W), and whether any was 16-bit (scaled to 8 bits)."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as TF
 
-    out, first = [], None
+    out, first, wide = [], None, False
     for f in files:
         try:
             with Image.open(f) as im:
+                if im.mode in WIDE_GREY_MODES:
+                    im, wide = _to_8bit(im), True
                 img = TF.pil_to_tensor(im.convert("L" if channels == 1 else "RGB"))
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             # a decompression bomb: a header declaring far more pixels than Pillow's limit
@@ -100,7 +116,7 @@ def _read_images(files: list[Path], channels: int, image_size: int | None) -> to
                 f"{first[1][2]}x{first[1][1]}; set dataset.image_size to resize them to one size"
             )
         out.append(img)
-    return torch.stack(out)
+    return torch.stack(out), wide
 
 
 def _guess_channels(files: list[Path]) -> int:
@@ -134,9 +150,10 @@ def load_imagefolder(
         raise DataError(f"{base / 'test'}: classes {', '.join(unknown)} have no images in train/")
     index = {c: i for i, c in enumerate(names)}
     ch = channels or _guess_channels(train_f + test_f)
-    arrays = {}
+    arrays, wide = {}, False
     for split, files, cls in (("train", train_f, train_c), ("test", test_f, test_c)):
-        arrays[f"{split}_x"] = _read_images(files, ch, image_size)
+        arrays[f"{split}_x"], split_wide = _read_images(files, ch, image_size)
+        wide = wide or split_wide
         arrays[f"{split}_y"] = torch.tensor(
             [index[c] if c is not None else -1 for c in cls], dtype=torch.long
         )
@@ -146,6 +163,8 @@ def load_imagefolder(
             f"{tuple(arrays['test_x'].shape[1:])}; set dataset.image_size"
         )
     labels = f"{len(names)} classes from subfolders" if names else "no labels"
+    if wide:
+        labels += "; 16-bit images scaled to 8 bits"
     return make_image_data(
         "imagefolder",
         arrays["train_x"],
@@ -204,6 +223,7 @@ def _split_arrays(ds) -> tuple[torch.Tensor, torch.Tensor]:
     for i in range(len(ds)):
         img, y = ds[i]
         if not isinstance(img, torch.Tensor):
+            img = _to_8bit(img) if img.mode in WIDE_GREY_MODES else img
             img = TF.pil_to_tensor(img.convert("L" if img.mode in GREY_MODES else "RGB"))
         images.append(img if img.dim() == 3 else img[None])
         labels.append(int(y[0] if isinstance(y, (tuple, list)) else y))

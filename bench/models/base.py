@@ -141,6 +141,12 @@ class GenerativeModel(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    # --- the adversarial step (gan): what a GAN may leave out
+    n_critic: int = 1  # discriminator updates per generator update
+
+    def after_d_step(self) -> None:
+        """Called after each discriminator update (a WGAN's weight clipping); nothing by default."""
+
     # --- encoder families (ae, vae)
     @property
     def has_encoder(self) -> bool:
