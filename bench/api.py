@@ -19,13 +19,11 @@ from bench import numerics
 from bench.config import BudgetConfig, DatasetConfig, EvalConfig, Suite
 from bench.data import ImageData, dataset_problem, from_config
 from bench.metrics import METRICS, Result, data_problems
+from bench.metrics.pixels import unit_images
 from bench.models import GenerativeModel, ModelParams
 from bench.suite import FieldError, SuiteError, pydantic_errors
 
 # --------------------------------------------------------------------------- evaluate
-
-# how far outside [0, 1] a generator's float output may stray (rounding of a sigmoid or a resize)
-RANGE_TOLERANCE = 1e-3
 
 
 class CallableGenerator(GenerativeModel):
@@ -48,18 +46,7 @@ class CallableGenerator(GenerativeModel):
             raise ValueError(
                 f"the generator returned images of shape {tuple(x.shape)}; expected {(n, *self.image_shape)}"
             )
-        x = x.detach().to(self.anchor.device).float()
-        # the metrics clip samples to [0, 1] and NaN is no image: a generator in [-1, 1] (tanh) or in
-        # [0, 255] would be scored as other images than it makes, so it is refused instead
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("the generator returned NaN or infinite values; expected images in [0, 1]")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-            raise ValueError(
-                f"the generator returned values in [{lo:.4g}, {hi:.4g}]; expected images in [0, 1] "
-                "(float) or uint8 (map a tanh output with (x + 1) / 2)"
-            )
-        return x.clamp_(0, 1)
+        return unit_images(x.detach().to(self.anchor.device).float(), "the generator")
 
     def d_loss(self, x, z):  # evaluation only
         raise NotImplementedError

@@ -174,3 +174,65 @@ def test_a_gan_without_the_optional_n_critic_and_after_d_step_trains():
         step(model, torch.rand(8, 1, 4, 4), i)
     assert any(not torch.equal(a, b) for a, b in zip(g0, model.generator.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(d0, model.discriminator.parameters()))
+
+
+class _TanhAE:
+    """A user's autoencoder whose decoder ends in tanh: images in [-1, 1], not [0, 1]."""
+
+    @staticmethod
+    def build(shift: float = 0.0):
+        from torch import nn
+
+        from bench.models import GenerativeModel, ModelParams
+
+        class TanhAE(GenerativeModel):
+            family = "ae"
+
+            def __init__(self, params, image_shape):
+                super().__init__(params, image_shape)
+                d = int(np.prod(image_shape))
+                self.enc = nn.Sequential(nn.Flatten(), nn.Linear(d, 4))
+                self.dec = nn.Sequential(nn.Linear(4, d), nn.Tanh(), nn.Unflatten(1, image_shape))
+
+            def encode(self, x):
+                return self.enc(x)
+
+            def decode(self, z):
+                return self.dec(z) + shift
+
+            def sample(self, n, generator=None):
+                return self.decode(torch.randn(n, 4, generator=generator))
+
+            def loss(self, x):
+                return {"loss": (self.decode(self.encode(x)) - x).pow(2).mean()}
+
+        torch.manual_seed(0)
+        return TanhAE(ModelParams(), (1, 28, 28))
+
+
+@pytest.mark.parametrize(
+    ("metric", "made_by"),
+    [
+        ("recon_mse", "TanhAE.decode"),
+        ("denoise_psnr", "TanhAE.reconstruct"),
+        ("fid_domain", "TanhAE.sample"),
+        ("fid_domain_gmm", "TanhAE.decode"),
+        ("fid_domain_rec", "TanhAE.reconstruct"),
+    ],
+)
+def test_a_model_whose_images_leave_0_1_gets_no_score(metric, made_by):
+    """Clipping a tanh output onto [0, 1] would score other images than the model makes: each
+    metric that scores the model's images refuses them, naming the method that made them."""
+    with pytest.raises(ValueError, match=rf"^{made_by} returned values in \[-0\.\d+, 0\.\d+\]; expected"):
+        bench.evaluate(_TanhAE.build(), "synthetic", [metric], n_samples=32, n_real=64, batch_size=16)
+
+
+def test_a_model_in_0_1_is_scored_by_the_same_metrics():
+    """The same network, its tanh kept within (-0.5, 0.5) and shifted by 0.5, is scored."""
+    model = _TanhAE.build(shift=0.5)
+    with torch.no_grad():  # small pre-activations: |tanh| < 0.5, so the images lie in (0, 1)
+        model.dec[0].weight.mul_(0.01)
+        model.dec[0].bias.mul_(0.01)
+    metrics = ["recon_mse", "fid_domain"]
+    r = bench.evaluate(model, "synthetic", metrics, n_samples=32, n_real=64, batch_size=16)
+    assert np.isfinite(r["recon_mse"].value) and np.isfinite(r["fid_domain"].value)

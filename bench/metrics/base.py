@@ -21,6 +21,7 @@ from bench import numerics
 from bench.data import ImageData, to_float
 from bench.metrics.codes import encoded, pinned, train_codes
 from bench.metrics.coding import Coded, code_test_set
+from bench.metrics.pixels import unit_images
 from bench.models.base import GenerativeModel
 from bench.registry import Registry
 
@@ -199,8 +200,10 @@ class EvalContext:
             own = getattr(type(self.model), "reconstruct", None)
             if n == len(self.data.test_x) and own is GenerativeModel.reconstruct:
                 z = self._test_codes[:n]
-                return torch.cat([self.model.decode(z[i : i + bs]) for i in range(0, n, bs)]).clamp_(0, 1)
-            return self._batched(self.model.reconstruct, self.test_uint8).clamp_(0, 1)
+                rec = torch.cat([self.model.decode(z[i : i + bs]) for i in range(0, n, bs)])
+                return unit_images(rec, f"{type(self.model).__name__}.decode")
+            rec = self._batched(self.model.reconstruct, self.test_uint8)
+            return unit_images(rec, f"{type(self.model).__name__}.reconstruct")
 
     def codes(self, split: str) -> torch.Tensor:
         """Deterministic codes (N, d) of a whole split (``codes.encoded``: once per trained state,

@@ -26,6 +26,7 @@ import torch
 
 from bench import numerics
 from bench.metrics.codes import encoded
+from bench.metrics.pixels import unit_images
 
 Tensor = torch.Tensor
 PSEUDO_COUNT = 0.5  # Krichevsky-Trofimov
@@ -66,7 +67,7 @@ def _self_coded(model, test_x: Tensor, bs: int, device: torch.device) -> Coded:
         decoded.append(model.decompress(chunk).to(device))
     bits = np.array([8 * len(s) for s in strings], dtype=np.int64)
     prov = {"coder": f"{type(model).__name__}.compress", "streams": "one per image, file size in bytes"}
-    return Coded(torch.cat(decoded).clamp(0, 1), bits, 0, prov)
+    return Coded(unit_images(torch.cat(decoded), f"{type(model).__name__}.decompress"), bits, 0, prov)
 
 
 # --------------------------------------------------------------------------- integer symbols
@@ -172,7 +173,8 @@ def _symbol_coded(model, data, test_x: Tensor, bs: int, device: torch.device, st
         f"(counts + {PSEUDO_COUNT})",
         "header_bits": header,
     }
-    return Coded(decoded.clamp(0, 1), bits, header, prov)
+    decoded = unit_images(decoded, f"{type(model).__name__}, decoding its bitstreams,")
+    return Coded(decoded, bits, header, prov)
 
 
 def code_test_set(

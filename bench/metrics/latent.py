@@ -12,6 +12,7 @@ import torch
 
 from bench.metrics.base import ENCODER_FAMILIES, EvalContext, Result, register_metric
 from bench.metrics.neighbours import knn_classify
+from bench.metrics.pixels import unit_images
 from bench.metrics.probe import fit_logistic
 
 KNN_K = 10
@@ -113,9 +114,8 @@ def denoise_psnr(ctx: EvalContext) -> Result:
     noisy, clean = noisy_test_images(ctx), ctx.test_images
     bs = ctx.cfg.batch_size
     with torch.inference_mode():
-        rec = torch.cat([ctx.model.reconstruct(noisy[i : i + bs]) for i in range(0, len(noisy), bs)]).clamp_(
-            0, 1
-        )
+        rec = torch.cat([ctx.model.reconstruct(noisy[i : i + bs]) for i in range(0, len(noisy), bs)])
+    rec = unit_images(rec, f"{type(ctx.model).__name__}.reconstruct")
     per_image = peak_signal_noise_ratio(rec, clean, data_range=1.0, dim=(1, 2, 3), reduction="none")
     prov = {
         **ctx.test_provenance,

@@ -6,10 +6,34 @@ The one place where bench's float [0, 1] or uint8 (C, H, W) images are converted
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 GREY_TILED = "uint8, grayscale tiled to 3 channels"
 NOISE = "normal"  # the torch-fidelity noise source every sampler draws from
+
+
+# how far outside [0, 1] a model's float images may stray (the rounding of a sigmoid or a resize)
+RANGE_TOLERANCE = 1e-3
+
+
+def unit_images(x: torch.Tensor, what: str) -> torch.Tensor:
+    """A model's float images (``what`` made them) clamped onto [0, 1], after checking that they
+    are images in [0, 1]: finite and within ``RANGE_TOLERANCE`` of it. Clamping alone would score
+    a tanh output in [-1, 1], or one in [0, 255], as other images than the model makes, and NaN as
+    black. uint8 images pass through."""
+    if x.dtype == torch.uint8 or x.numel() == 0:
+        return x
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))  # NaN propagates: caught below
+    if not (lo >= -RANGE_TOLERANCE and hi <= 1 + RANGE_TOLERANCE):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{what} returned NaN or infinite values; expected images in [0, 1]")
+        raise ValueError(
+            f"{what} returned values in [{lo:.4g}, {hi:.4g}]; expected images in [0, 1] "
+            "(float) or uint8 (a tanh output maps onto [0, 1] with (x + 1) / 2)"
+        )
+    return x.clamp(0, 1)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

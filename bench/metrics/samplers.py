@@ -33,6 +33,7 @@ from bench.metrics.base import ALL_FAMILIES, ENCODER_FAMILIES
 from bench.metrics.codes import _FITS, _fits, _restate, train_codes  # noqa: F401  (shared with EvalContext)
 from bench.metrics.features import ImageSet, RealImages, to_uint8
 from bench.metrics.gmm import fit_em
+from bench.metrics.pixels import unit_images
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -215,7 +216,7 @@ def model_samples(model, n: int, seed: int) -> Tensor:
     with torch.inference_mode():
         for c, start in enumerate(range(0, n, CHUNK)):
             g = torch.Generator(device=device).manual_seed(chunk_seed(seed, c))
-            x = model.sample(min(CHUNK, n - start), g).clamp(0, 1)
+            x = unit_images(model.sample(min(CHUNK, n - start), g), f"{type(model).__name__}.sample")
             out.append(to_uint8(x).cpu())
     return torch.cat(out)
 
@@ -269,7 +270,8 @@ def _make_gmm(req: SampleRequest):
     noise_to_images = NoiseToImages(
         gmm.means.shape[1] + 1,
         lambda n: gmm.sample_from_normal(n).to(n.device),
-        lambda z: model.decode(model.snap_code(z)),  # only codes the model can store are decoded
+        # only codes the model can store are decoded
+        lambda z: unit_images(model.decode(model.snap_code(z)), f"{type(model).__name__}.decode"),
         [model],
     )
     prov = {
@@ -291,10 +293,11 @@ def _make_rec(req: SampleRequest):
     with torch.inference_mode():
         rec = torch.cat(
             [
-                req.model.reconstruct(to_float(x[i : i + req.batch_size]).to(device)).clamp(0, 1).cpu()
+                req.model.reconstruct(to_float(x[i : i + req.batch_size]).to(device)).cpu()
                 for i in range(0, len(x), req.batch_size)
             ]
         )
+    rec = unit_images(rec, f"{type(req.model).__name__}.reconstruct")
     detail = f"reconstructions of {req.rec.describe()}"
     return ImageSet(rec), len(x), {"sampler": "rec", "sampler_detail": detail}
 
