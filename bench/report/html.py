@@ -22,10 +22,12 @@ from bench.report.tables import (
     Cell,
     has_reference,
     metric_header,
+    pooling_notes,
     reference_cell,
     seeds_text,
     stat_cell,
     table_notes,
+    unmeasured_notes,
     use_tables,
 )
 from bench.report.uses import Use, answer_notes, answers
@@ -152,7 +154,8 @@ def context(rep: Report, out_dir: Path) -> dict[str, Any]:
         "answers": [{"text": a.text(multi), "use": a.use.key} for a in answers(s)],
         "answer_notes": answer_notes(),
         "tables": [] if s.empty else [_table(s, u, cols) for u, cols in use_tables(s)],
-        "notes": table_notes(s),
+        "notes": table_notes(s) + unmeasured_notes(data, s),
+        "pooled": pooling_notes(s, escape=str),
         "empty_suites": [x for x in data.suites if s.empty or x not in set(s.models.suite)],
         "baselines": s.baselines,
         "failed": s.failed.to_dict("records") if not s.failed.empty else [],

@@ -104,12 +104,29 @@ def _run_rows(suite: str, runs: list[Any]) -> list[dict[str, Any]]:
                 "status": r.info.status,
                 "failure_reason": tags.get("failure_reason", ""),
                 "metric_failures": failed_metrics(tags),  # a finished run's metrics that did not compute
+                # registered metrics the run logged as NaN: left out of the statistics, listed as such
+                "nan_metrics": _nan_metrics(r.data.metrics),
+                # the configuration the run was trained with, less its seed: runs of one label that
+                # differ here are runs of different configurations pooled in one row
+                "config_params": {k: v for k, v in r.data.params.items() if k not in POOLABLE_PARAMS},
                 "run_id": r.info.run_id,
                 "start_time": r.info.start_time,
                 **{k: _infinite(v) for k, v in r.data.metrics.items()},
             }
         )
     return rows
+
+
+# run parameters that may differ between the runs of one row: the seed, and where the data was read
+POOLABLE_PARAMS = frozenset({"seed", "dataset.root"})
+# columns of the runs that are the report's own bookkeeping, not part of ``runs.csv``
+INTERNAL_RUN_COLUMNS = ["metric_failures", "nan_metrics", "config_params"]
+
+
+def _nan_metrics(metrics: dict[str, float]) -> tuple[str, ...]:
+    from bench.metrics import METRICS
+
+    return tuple(k for k, v in metrics.items() if k in METRICS and isinstance(v, float) and math.isnan(v))
 
 
 def _latest_per_seed(df: pd.DataFrame) -> pd.DataFrame:
@@ -312,7 +329,7 @@ def load_grids(tracker: Tracker, runs: pd.DataFrame) -> dict[str, list[GridImage
 
 LONG_COLUMNS = [
     "suite", "label", "family", "metric", "kind", "mean", "std", "ci95", "min", "max", "n", "applies", "p",
-    "significant", "best",
+    "significant", "best", "group",
 ]  # fmt: skip
 STATS = ["mean", "std", "ci95", "n", "applies", "p", "significant", "best"]  # per metric in the wide view
 COST_STATS = ["mean", "std", "min", "max", "n"]  # per cost column: a measurement of this machine
@@ -338,6 +355,9 @@ class Summary:
     reference: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per suite with a reference run
     baselines: dict[str, str] = field(default_factory=dict)  # suite -> baseline label
     values: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # rows whose finished runs were trained with different configurations: suite, label, param, and
+    # ``values``, each value with the seeds that used it
+    pooled: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def empty(self) -> bool:
@@ -432,11 +452,22 @@ def _failed(runs: pd.DataFrame) -> pd.DataFrame:
     failed = runs[runs.status != "FINISHED"][cols]
     never_ended = ~failed.status.isin(["FAILED", "KILLED"]) & (failed.failure_reason.fillna("") == "")
     failed.loc[never_ended, "failure_reason"] = "never ended: still running, or its process died"
+    finished = runs[runs.status == "FINISHED"]
     gaps = [
         {**{c: r[c] for c in cols}, "status": "metric failed", "failure_reason": f"{name}: {why}"}
-        for _, r in runs[runs.status == "FINISHED"].iterrows()
+        for _, r in finished.iterrows()
         if isinstance(r.get("metric_failures"), dict)
         for name, why in r["metric_failures"].items()
+    ]
+    gaps += [
+        {
+            **{c: r[c] for c in cols},
+            "status": "metric NaN",
+            "failure_reason": f"{name}: the run logged NaN; its row's statistics are over the other seeds",
+        }
+        for _, r in finished.iterrows()
+        if isinstance(r.get("nan_metrics"), tuple)
+        for name in r["nan_metrics"]
     ]
     if not gaps:
         return failed.reset_index(drop=True)
@@ -486,6 +517,14 @@ def _long_rows(runs, models, metrics, costs, values, base) -> list[dict[str, Any
     def vals(suite: str, label: str, m: str) -> pd.Series:
         return values.value[(values.suite == suite) & (values.label == label) & (values.metric == m)]
 
+    def group(suite: str, label: str, m: str) -> str:
+        """The row's value of the run column its metric is ranked within ("" for one group)."""
+        column = METRICS.get(m).ranked_within if m in metrics else None
+        if column is None or column not in runs:
+            return ""
+        g = runs[(runs.suite == suite) & (runs.label == label)][column]
+        return str(g.iloc[0]) if len(g) and pd.notna(g.iloc[0]) else ""
+
     rows = []
     for _, mod in models.iterrows():
         base_family = models[(models.suite == mod.suite) & (models.label == base[mod.suite])].family.iloc[0]
@@ -494,7 +533,10 @@ def _long_rows(runs, models, metrics, costs, values, base) -> list[dict[str, Any
             applies = not is_metric or _applies(runs, mod.suite, mod.label, m)
             v = vals(mod.suite, mod.label, m) if applies else pd.Series(dtype=float)
             p = math.nan
+            grp = group(mod.suite, mod.label, m)
+            # values ranked apart (another likelihood family) are not tested against the baseline's
             vs_base = is_metric and applies and mod.label != base[mod.suite]
+            vs_base = vs_base and grp == group(mod.suite, base[mod.suite], m)
             if vs_base and METRICS.get(m).applies_to(base_family):
                 p = welch(v, vals(mod.suite, base[mod.suite], m)).p
             rows.append(
@@ -514,6 +556,7 @@ def _long_rows(runs, models, metrics, costs, values, base) -> list[dict[str, Any
                     "p": p,
                     "significant": bool(math.isfinite(p) and p < ALPHA),
                     "best": False,
+                    "group": grp,
                 }
             )
     return rows
@@ -545,6 +588,30 @@ def _groups(long: pd.DataFrame, runs: pd.DataFrame, column: str | None) -> pd.Se
     return pd.Series([of.get((s, lab), "") for s, lab in zip(long.suite, long.label)], index=long.index)
 
 
+def _pooled(runs: pd.DataFrame, keys: list[tuple[str, str]]) -> pd.DataFrame:
+    """The parameters in which the finished runs of one row differ (a suite run again with other
+    seeds, budget or options keeps its earlier runs of the seeds it no longer names). Only parameters
+    every one of those runs recorded are compared."""
+    cols = ["suite", "label", "param", "values"]
+    if "config_params" not in runs:
+        return pd.DataFrame(columns=cols)
+    done = runs[runs.status == "FINISHED"]
+    out = []
+    for suite, label in keys:
+        g = done[(done.suite == suite) & (done.label == label)]
+        params = [p if isinstance(p, dict) else {} for p in g.config_params]
+        if len(params) < 2:
+            continue
+        shared = set.intersection(*(set(p) for p in params))
+        for name in sorted(shared):
+            by_value: dict[str, list[int]] = {}
+            for p, seed in zip(params, g.seed):
+                by_value.setdefault(str(p[name]), []).append(int(seed))
+            if len(by_value) > 1:
+                out.append({"suite": suite, "label": label, "param": name, "values": by_value})
+    return pd.DataFrame(out, columns=cols)
+
+
 def summarise(
     runs: pd.DataFrame,
     baselines: dict[str, str] | None = None,
@@ -568,7 +635,8 @@ def summarise(
     values = _seed_values(runs[runs.status == "FINISHED"], metrics + costs)
     long = pd.DataFrame(_long_rows(runs, models, metrics, costs, values, base), columns=LONG_COLUMNS)
     long = _mark_best(long, metrics, runs)
-    return Summary(models, long, _failed(runs), metrics, costs, references, base, values)
+    pooled = _pooled(runs, keys)
+    return Summary(models, long, _failed(runs), metrics, costs, references, base, values, pooled)
 
 
 def _infinite(v: float) -> float:
@@ -601,9 +669,12 @@ def fmt_num(x: float | None) -> str:
 
 
 def fmt_mean_ci(mean: float, ci: float) -> str:
-    """``mean ± ci`` with the interval to two significant digits and the mean to the same decimals."""
+    """``mean ± ci`` with the interval to two significant digits and the mean to the same decimals;
+    ``mean ± 0`` where seeds agree exactly, the mean alone where there is no interval (one seed)."""
     if not math.isfinite(mean):
         return fmt_num(mean)
+    if ci == 0:  # two or more seeds, every one the same value: no spread (one seed has no interval)
+        return f"{fmt_num(mean)} ± 0"
     if not (math.isfinite(ci) and ci > 0):
         return fmt_num(mean)
     if abs(mean) < 1e-3 and mean != 0 or ci < 1e-6:

@@ -20,6 +20,7 @@ from bench.report.summary import (
     COST_NAMES,
     METRIC_SECONDS,
     REFERENCE_NAME,
+    StoreData,
     Summary,
     cost_name,
     cost_note,
@@ -174,11 +175,46 @@ def markdown_answers(summary: Summary) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def _seeds(seeds: list[int]) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(str(x) for x in sorted(seeds))
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def pooling_notes(summary: Summary, escape=md_escape) -> list[str]:
+    """One line per set of rows whose finished runs were trained with different configurations,
+    naming each parameter that differs and the seeds of each value (rows that differ alike share a
+    line)."""
+    pooled = summary.pooled
+    if pooled.empty:
+        return []
+    by_diff: dict[str, list[str]] = {}
+    for (suite, label), g in pooled.groupby(["suite", "label"], sort=False):
+        diffs = "; ".join(
+            f"`{md_code(r.param)}` "
+            + ", ".join(
+                f"`{md_code(_short(v))}` ({_seeds(seeds)})"
+                for v, seeds in sorted(r["values"].items(), key=lambda kv: min(kv[1]))
+            )
+            for _, r in g.iterrows()
+        )
+        by_diff.setdefault(diffs, []).append(f"{suite}/{label}" if summary.multi_suite else label)
+    return [
+        f"{', '.join(escape(n) for n in names)} {'pools' if len(names) == 1 else 'pool'} runs of different "
+        f"configurations: {diffs}. The statistics mix them: the report takes the latest run of each model "
+        "and seed in the suite's experiment, also of seeds and settings the suite no longer names."
+        for diffs, names in by_diff.items()
+    ]
+
+
 def markdown_tables(summary: Summary, level: str = "###") -> str:
-    """One table per use, then the cost table, each under its own heading."""
+    """One table per use, then the cost table, each under its own heading; first, when a row pools
+    runs of different configurations, a warning naming them."""
     if summary.empty:
         return "(no runs)\n"
-    out = []
+    out = [f"**Warning:** {n}\n" for n in pooling_notes(summary)]
     for use, cols in use_tables(summary):
         out += [f"{level} {use.title}", "", f"_{use.question}_", "", markdown_table(summary, cols)]
     return "\n".join(out)
@@ -213,6 +249,17 @@ def table_notes(summary: Summary) -> list[str]:
             "seeds (unequal variances; needs two or more seeds on each side; not corrected for multiple "
             "comparisons)."
         )
+    grouped = summary.long[summary.long.group.fillna("") != ""] if "group" in summary.long else None
+    if grouped is not None and not grouped.empty:
+        from bench.metrics import METRICS
+
+        names = list(dict.fromkeys(grouped.metric))
+        within = " / ".join(dict.fromkeys(str(METRICS.get(m).ranked_within) for m in names))
+        notes.append(
+            f"{', '.join(f'`{m}`' for m in names)}: ranked within each {within} "
+            f"({', '.join(sorted(set(grouped.group)))}): bold is the best of its group, † is tested only "
+            "against a baseline of the same group, and the answer gives one line per group."
+        )
     if summary.costs:
         notes.append(
             "What each model cost: " + "; ".join(dict.fromkeys(cost_note(c) for c in summary.costs)) + "."
@@ -220,6 +267,35 @@ def table_notes(summary: Summary) -> list[str]:
     if not summary.reference.empty:
         notes.append(f"{REFERENCE_NAME}: the metrics of real held-out images scored as if they were samples.")
     return notes
+
+
+def unmeasured_notes(data: StoreData, summary: Summary) -> list[str]:
+    """A line per suite whose stored ``eval.metrics`` name metrics that no run has a value for and
+    none failed: a metric not defined for these models as configured leaves no column, so the report
+    says so instead of leaving it out unmentioned."""
+    from bench.metrics import METRICS
+
+    lines = []
+    for suite in data.suites:
+        wanted = (data.suite_config(suite).get("eval") or {}).get("metrics") or []
+        v = summary.values
+        have = set(v.metric[v.suite == suite]) if not v.empty else set()
+        f = summary.failed
+        if not f.empty:
+            gaps = f.failure_reason[(f.suite == suite) & f.status.astype(str).str.startswith("metric")]
+            have |= {str(r).split(":", 1)[0] for r in gaps}
+        missing = [m for m in wanted if isinstance(m, str) and m not in have]
+        if not missing:
+            continue
+        what = "; ".join(
+            f"`{m}`" + (f" ({METRICS.get(m).description})" if m in METRICS else "") for m in missing
+        )
+        where = f" of {suite}" if len(data.suites) > 1 else ""
+        lines.append(
+            f"In the suite's `eval.metrics`{where} but without a value in any run (not defined for these "
+            f"models as configured, or their runs did not finish): {what}."
+        )
+    return lines
 
 
 __all__ = [

@@ -137,6 +137,7 @@ class Answer:
     family_best: dict[str, Ranked] = field(default_factory=dict)
     reference: float = math.nan
     rates: dict[str, float] = field(default_factory=dict)  # rate metric -> the best model's mean
+    group: str = ""  # for a metric ranked within groups (``Metric.ranked_within``): the group, in words
 
     @property
     def best(self) -> Ranked:
@@ -156,7 +157,7 @@ class Answer:
         from bench.report.summary import fmt_num
 
         arrow = "↑" if self.higher else "↓"
-        head = f"{self.use.title.lower()} ({self.metric} {arrow})"
+        head = f"{self.use.title.lower()} ({self.metric} {arrow}{', ' + self.group if self.group else ''})"
         if with_suite:
             head = f"{escape(self.suite)}: {head}"
         b, r = (
@@ -195,13 +196,34 @@ def _headline(s: Summary, suite: str, use: Use) -> str | None:
     return next((m for m in use.metrics if m in have and higher_is_better(m) is not None), None)
 
 
-def answer(s: Summary, suite: str, use: Use) -> Answer | None:
-    """The answer of ``use`` in ``suite``; None when no model has a value for any of its metrics."""
+def _rows(s: Summary, suite: str, metric: str):
+    return s.long[(s.long.suite == suite) & (s.long.metric == metric) & s.long["mean"].notna()]
+
+
+def _ranked_groups(s: Summary, suite: str, metric: str) -> list[str]:
+    """The groups a metric's values are ranked within in ``suite`` (one, "", for most metrics)."""
+    if "group" not in s.long:
+        return [""]
+    return list(dict.fromkeys(_rows(s, suite, metric).group.fillna(""))) or [""]
+
+
+def answer(s: Summary, suite: str, use: Use, group: str | None = None) -> Answer | None:
+    """The answer of ``use`` in ``suite``; None when no model has a value for any of its metrics.
+    ``group``: only the models of that group of a metric ranked within groups (a likelihood family)."""
+    from bench.metrics import METRICS
+
     m = _headline(s, suite, use)
     if m is None:
         return None
     higher = bool(higher_is_better(m))
-    rows = s.long[(s.long.suite == suite) & (s.long.metric == m) & s.long["mean"].notna()]
+    rows = _rows(s, suite, m)
+    in_words = ""
+    if group is not None and "group" in rows:
+        rows = rows[rows.group.fillna("") == group]
+        within = METRICS.get(m).ranked_within if m in METRICS else None
+        in_words = f"{group} {within}" if group and within else ""
+    if rows.empty:
+        return None
     rows = rows.sort_values("mean", ascending=not higher, kind="stable")
     ranking = [Ranked(r.label, r.family, float(r["mean"])) for _, r in rows.iterrows()]
     p = math.nan
@@ -217,7 +239,8 @@ def answer(s: Summary, suite: str, use: Use) -> Answer | None:
         st = s.stat(suite, ranking[0].label, rate)
         if rate != m and st is not None and math.isfinite(st["mean"]):
             rates[rate] = float(st["mean"])
-    return Answer(suite, use, m, higher, ranking, p, family_best, s.reference_value(suite, m), rates)
+    reference = s.reference_value(suite, m)
+    return Answer(suite, use, m, higher, ranking, p, family_best, reference, rates, in_words)
 
 
 def answers(s: Summary) -> list[Answer]:
@@ -227,9 +250,13 @@ def answers(s: Summary) -> list[Answer]:
     out = []
     for suite in dict.fromkeys(s.models.suite):
         for use in (*USES, COST):
-            a = answer(s, suite, use)
-            if a is not None:
-                out.append(a)
+            m = _headline(s, suite, use)
+            groups = _ranked_groups(s, suite, m) if m is not None else [""]
+            # values of different groups (likelihood families) are never ranked together: one answer each
+            for g in groups if len(groups) > 1 else [None]:
+                a = answer(s, suite, use, g)
+                if a is not None:
+                    out.append(a)
     return out
 
 

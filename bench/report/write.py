@@ -10,6 +10,7 @@ from pathlib import Path
 from bench.report import figures, html
 from bench.report.published import published_markdown
 from bench.report.summary import (
+    INTERNAL_RUN_COLUMNS,
     Report,
     Summary,
     load_grids,
@@ -26,6 +27,7 @@ from bench.report.tables import (
     md_escape,
     md_fence,
     table_notes,
+    unmeasured_notes,
 )
 from bench.report.uses import answer_notes
 from bench.store.tracking import Tracker, redact_uri
@@ -44,7 +46,7 @@ def _markdown(rep: Report) -> str:
         md += ["## Answer", "", answers]
         md += [f"_{n}_" for n in answer_notes()] + [""]
     md += ["## Results", "", markdown_tables(s)]
-    md += [f"- {n}" for n in table_notes(s)]
+    md += [f"- {n}" for n in table_notes(s) + unmeasured_notes(data, s)]
     md += published_markdown(data, s)
     empty = [x for x in data.suites if s.empty or x not in set(s.models.suite)]
     if empty:
@@ -127,7 +129,7 @@ def write_report(
     paths = [out_dir / n for n in names]
     paths[0].write_text(_markdown(rep), encoding="utf-8")
     csv_safe(results_table(summary)).to_csv(paths[1], index=False)
-    csv_safe(data.runs.drop(columns="metric_failures", errors="ignore")).to_csv(paths[2], index=False)
+    csv_safe(data.runs.drop(columns=INTERNAL_RUN_COLUMNS, errors="ignore")).to_csv(paths[2], index=False)
     paths[3].write_text(html.render(rep, out_dir), encoding="utf-8")
     csv_safe(summary.long).to_csv(paths[4], index=False)
     paths += [out_dir / f.name for f in rep.figures]
