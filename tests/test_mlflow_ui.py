@@ -60,3 +60,26 @@ def test_existing_experiment_gets_the_kind_tag(store):
     exp_id = client.create_experiment("old")
     Tracker(store).experiment_id("old")
     assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_suite_run_and_experiment_describe_the_answers_and_a_persons_note_is_kept(
+    tmp_path, write_suite, store
+):
+    """The MLflow UI's description of the suite's run and of its experiment is the report's answer."""
+    from bench.store.tracking import NOTE_TAG
+
+    suite = write_suite(tiny_suite(name="noted", models=[{"name": "ae-mlp"}, {"name": "vae-mlp"}]))
+    assert main(["run", str(suite), "--tracking-uri", store, "--out", str(tmp_path / "o")]) == 0
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("noted")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`bench.kind` = 'suite'")
+    note = parent.data.tags[NOTE_TAG]
+    answers = (tmp_path / "o" / "report.md").read_text(encoding="utf-8")
+    first_answer = next(line for line in answers.splitlines() if line.startswith("- compression ("))
+    assert first_answer in note and "report/report.html" in note
+    assert exp.tags[NOTE_TAG] == note
+
+    client.set_experiment_tag(exp.experiment_id, NOTE_TAG, "my notes on this comparison")
+    assert main(["report", "noted", "--tracking-uri", store, "--out", str(tmp_path / "o2")]) == 0
+    assert client.get_experiment(exp.experiment_id).tags[NOTE_TAG] == "my notes on this comparison"
+    assert first_answer in client.get_run(parent.info.run_id).data.tags[NOTE_TAG]

@@ -26,6 +26,7 @@ from bench.report.tables import (
     md_code,
     md_escape,
     md_fence,
+    pooling_notes,
     table_notes,
     unmeasured_notes,
 )
@@ -142,6 +143,23 @@ def write_report(
         for suite, run_id in data.parents.items():
             try:
                 tracker.log_files(run_id, paths, artifact_dir)
+                if len(suites) == 1:  # a report of several suites is not one suite's answer
+                    note = store_note(summary, rep.generated, artifact_dir)
+                    tracker.describe(run_id, note, experiment_owned_by=NOTE_HEAD)
             except Exception as e:  # the files on disk are the report; the store copy is a convenience
                 log.warning("could not log the report to the parent run of %s: %s", suite, e)
     return summary, paths
+
+
+NOTE_HEAD = "**What bench's latest report of this suite answers**"
+
+
+def store_note(summary: Summary, generated: str, artifact_dir: str) -> str:
+    """The description of a suite's parent run and experiment in the MLflow UI: the answer per use,
+    with any warning, and where the whole report is."""
+    warnings = "".join(f"\n**Warning:** {n}\n" for n in pooling_notes(summary))
+    return (
+        f"{NOTE_HEAD} ({generated}; the tables, figures and how each score was computed: "
+        f"`{artifact_dir}/report.html` in the artifacts of the suite's run):\n\n"
+        f"{markdown_answers(summary) or '(no runs)'}{warnings}"
+    )

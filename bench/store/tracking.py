@@ -29,6 +29,7 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 # every suite's experiment: the MLflow UI (3.x) opens such an experiment on its training runs, not
 # on its GenAI views (traces, token usage), which bench never fills
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+NOTE_TAG = "mlflow.note.content"  # the description the MLflow UI shows on a run's and an experiment's page
 MODEL_ARTIFACT = "model"  # runs:/<run_id>/model loads a run's final model (mlflow.pytorch.load_model)
 # a finished run's tag per metric its final evaluation could not compute: the reason, in one line
 METRIC_FAILED_TAG = "metric_failed."
@@ -405,6 +406,18 @@ class Tracker:
         """Log local files under ``artifact_path`` of a run (finished runs included)."""
         for p in paths:
             self.call(self.client.log_artifact, run_id, str(p), artifact_path)
+
+    def describe(self, run_id: str, text: str, experiment_owned_by: str | None = None) -> None:
+        """Set ``text`` as the run's description in the MLflow UI, and as its experiment's where
+        the experiment has none or one that starts with ``experiment_owned_by`` (bench wrote it):
+        a description a person wrote is kept."""
+        self.call(self.client.set_tag, run_id, NOTE_TAG, text)
+        if experiment_owned_by is None:
+            return
+        exp_id = self.call(self.client.get_run, run_id).info.experiment_id
+        current = self.call(self.client.get_experiment, exp_id).tags.get(NOTE_TAG)
+        if not current or current.startswith(experiment_owned_by):
+            self.call(self.client.set_experiment_tag, exp_id, NOTE_TAG, text)
 
     def runs_with_hash(self, experiment: str, config_hash: str) -> list[Any]:
         """Child runs of one config hash, newest first."""
