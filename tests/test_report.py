@@ -209,6 +209,32 @@ def test_a_protocol_is_checked_against_the_model_s_own_runs():
     assert _measured_provenance(data, "s", "c", "fid") == {}
 
 
+def test_merged_provenance_names_the_models_a_field_holds_for():
+    """The provenance of all runs of a metric: a field that differs between models, or that only
+    some models have, names the models of each value; one all models share stays plain."""
+    from bench.report.summary import _merge_provenance
+
+    def row(label, fields):
+        prov = json.dumps(fields)
+        return {"suite": "s", "source": "runs", "label": label, "metric": "fid", "provenance": prov}
+
+    merged = _merge_provenance(
+        [
+            row("ae", {"n_fake": 10000, "sampler": "prior", "fit_on": "60000 training codes"}),
+            row("ae", {"n_fake": 10000, "sampler": "prior", "fit_on": "60000 training codes"}),
+            row("gan", {"n_fake": 10000, "sampler": "prior", "chunk": 500}),
+            row("vae", {"n_fake": 10000, "sampler": "gmm", "chunk": 500}),
+        ]
+    )
+    (fields,) = [json.loads(p) for p in merged.provenance]
+    assert fields == {
+        "n_fake": "10000",
+        "sampler": "prior (ae, gan) | gmm (vae)",
+        "fit_on": "60000 training codes (ae)",
+        "chunk": "500 (gan, vae)",
+    }
+
+
 def test_verdict_places_the_mean_against_the_band():
     assert verdict(26.0, 1.0, 26.5, 1.6) == "inside the published band"
     assert verdict(30.1, 0.5, 26.5, 1.6) == "above the published band by 2"

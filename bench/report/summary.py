@@ -198,8 +198,9 @@ def load_store(tracker: Tracker, suites: list[str]) -> StoreData:
             prov_rows += _provenance(s, REFERENCE_NAME, ref.data.tags)
         for r in sorted(child[s], key=lambda r: r.info.start_time):
             if r.info.run_id in kept:
-                prov_rows += _provenance(s, "runs", r.data.tags)
-                label_rows += _provenance(s, r.data.tags.get("label", ""), r.data.tags)
+                label = r.data.tags.get("label", "")
+                prov_rows += _provenance(s, "runs", r.data.tags, label)
+                label_rows += _provenance(s, label, r.data.tags)
     data = StoreData(
         tracker.uri,
         list(suites),
@@ -229,10 +230,14 @@ def load_store(tracker: Tracker, suites: list[str]) -> StoreData:
 
 def _merge_provenance(rows: list[dict[str, str]]) -> pd.DataFrame:
     """One row per (suite, metric, source): each provenance field once, or its distinct values
-    joined by " | " where runs differ. Metrics in registry order."""
+    joined by " | " where runs differ. Where the rows come from several models (``label``), a
+    field that is not the same for all of them names the models of each value, "v (ae-mlp, vae-mlp)
+    | w (gan-mlp)", so that no field reads as if it held for a model it does not. Metrics in
+    registry order."""
     from bench.metrics import METRICS
 
-    merged: dict[tuple[str, str, str], dict[str, list[str]]] = {}
+    merged: dict[tuple[str, str, str], dict[str, dict[str, list[str]]]] = {}
+    labels: dict[tuple[str, str, str], list[str]] = {}
     for r in rows:
         try:
             fields = json.loads(r["provenance"])
@@ -240,32 +245,49 @@ def _merge_provenance(rows: list[dict[str, str]]) -> pd.DataFrame:
             fields = None
         if not isinstance(fields, dict):
             fields = {"value": r["provenance"]}
-        slot = merged.setdefault((r["suite"], r["metric"], r["source"]), {})
+        key, label = (r["suite"], r["metric"], r["source"]), r.get("label", r["source"])
+        slot = merged.setdefault(key, {})
+        if label not in labels.setdefault(key, []):
+            labels[key].append(label)
         for k, v in fields.items():
             text = v if isinstance(v, str) else json.dumps(v)
-            if text not in slot.setdefault(k, []):
-                slot[k].append(text)
+            by = slot.setdefault(k, {}).setdefault(text, [])
+            if label not in by:
+                by.append(label)
+
+    def field_text(values: dict[str, list[str]], every: list[str]) -> str:
+        if len(every) < 2 or all(len(by) == len(every) for by in values.values()):
+            return " | ".join(values)  # every value holds for every model (e.g. a seed)
+        return " | ".join(f"{v} ({', '.join(by)})" for v, by in values.items())
+
     order = {m: i for i, m in enumerate(METRICS)}
     keys = sorted(merged, key=lambda k: (k[0], order.get(k[1], len(order)), k[1], k[2] != "runs", k[2]))
     return pd.DataFrame(
         [
             {
-                "suite": suite,
-                "metric": metric,
-                "source": source,
-                "provenance": json.dumps(
-                    {k: " | ".join(v) for k, v in merged[suite, metric, source].items()}
-                ),
+                "suite": key[0],
+                "metric": key[1],
+                "source": key[2],
+                "provenance": json.dumps({k: field_text(v, labels[key]) for k, v in merged[key].items()}),
             }
-            for suite, metric, source in keys
+            for key in keys
         ],
         columns=["suite", "metric", "source", "provenance"],
     )
 
 
-def _provenance(suite: str, source: str, tags: dict[str, str]) -> list[dict[str, str]]:
+def _provenance(
+    suite: str, source: str, tags: dict[str, str], label: str | None = None
+) -> list[dict[str, str]]:
+    """A run's ``provenance.<metric>`` tags as rows; ``label``: the model, where ``source`` is not it."""
     return [
-        {"suite": suite, "source": source, "metric": k.removeprefix("provenance."), "provenance": v}
+        {
+            "suite": suite,
+            "source": source,
+            "label": label if label is not None else source,
+            "metric": k.removeprefix("provenance."),
+            "provenance": v,
+        }
         for k, v in tags.items()
         if k.startswith("provenance.")
     ]
