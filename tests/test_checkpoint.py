@@ -9,6 +9,7 @@ real `bench run`): bench never trusts it, warns with its path, and trains the ru
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -378,3 +379,45 @@ def test_a_genuine_checkpoint_still_resumes(tmp_path, write_suite, store, monkey
     (run,) = runs(store)
     assert run.info.status == "FINISHED" and run.data.tags["bench.resumed_from_step"] == "4"
     assert run.data.metrics["budget_steps"] == 8
+
+
+@pytest.fixture
+def file_size_limit():
+    """``limit(n)``: files this process writes stop at ``n`` bytes (EFBIG, as a full disk stops
+    them with ENOSPC), until the test ends."""
+    import resource
+
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a signal that kills
+    yield lambda n: resource.setrlimit(resource.RLIMIT_FSIZE, (n, old_limit[1]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+    signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def test_a_checkpoint_that_cannot_be_written_says_why_and_keeps_the_previous_one(tmp_path, file_size_limit):
+    path = tmp_path / "checkpoint.pt"
+    save_state({"step": 1, "w": torch.ones(10)}, path)
+    file_size_limit(100_000)
+    with pytest.raises(OSError) as e:  # torch.save's own RuntimeError hid the disk's error
+        save_state({"step": 2, "w": torch.ones(100_000)}, path)
+    assert e.value.errno == errno.EFBIG and e.value.filename == str(path)
+    assert str(e.value) == f"[Errno {errno.EFBIG}] File too large: '{path}'"
+    assert load_state(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
+
+
+def test_a_run_whose_checkpoint_cannot_be_written_fails_with_the_reason(
+    tmp_path, write_suite, store, file_size_limit
+):
+    # an ae-mlp checkpoint (weights and Adam's two moments) is 2.6 MB, what the store holds < 1 MB
+    path = write_suite(tiny_suite(models=[{"name": "ae-mlp"}], checkpoint={"every": 2}))
+    file_size_limit(1_500_000)
+    assert main(["run", str(path), "--tracking-uri", store, "--out", str(tmp_path / "rep")]) == 1
+    client = MlflowClient(store)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], "tags.`bench.kind` = 'run'"
+    )
+    (spec,) = expand(load_suite(path))
+    ckpt = bench_home(store) / "runs" / spec.config_hash / "checkpoint.pt"
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == f"OSError: [Errno {errno.EFBIG}] File too large: '{ckpt}'"

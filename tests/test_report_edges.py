@@ -136,3 +136,24 @@ def test_likelihood_families_are_answered_and_tested_apart():
     assert math.isnan(t.loc["vae-g", "nll_bpd_p"]) and not t.loc["vae-g", "nll_bpd_significant"]
     assert t.loc["vae-b2", "nll_bpd_significant"]
     assert t.loc["vae-b", "nll_bpd_best"] and not t.loc["vae-g", "nll_bpd_best"]
+
+
+def test_an_unfinished_attempt_does_not_hide_the_finished_run_of_its_configuration():
+    """A killed ``--restart`` of a finished run leaves the finished run standing in the report; a
+    newer run of another configuration supersedes it, finished or not; a rerun after a failure too."""
+    from bench.report.summary import _latest_per_seed
+
+    def run(seed, status, config_hash, t):
+        return {"suite": "s", "label": "m", "seed": seed, "status": status, "config_hash": config_hash,
+                "run_id": f"{seed}-{status}-{config_hash}-{t}", "start_time": t}  # fmt: skip
+
+    df = pd.DataFrame(
+        [
+            run(0, "FINISHED", "h", 1), run(0, "KILLED", "h", 2),
+            run(1, "FINISHED", "h", 1), run(1, "FAILED", "g", 2),
+            run(2, "FAILED", "h", 1), run(2, "FINISHED", "h", 2),
+            run(3, "FINISHED", "h", 1), run(3, "RUNNING", "h", 2), run(3, "FINISHED", "h", 3),
+        ]
+    )  # fmt: skip
+    kept = set(_latest_per_seed(df).run_id)
+    assert kept == {"0-FINISHED-h-1", "1-FAILED-g-2", "2-FINISHED-h-2", "3-FINISHED-h-3"}

@@ -285,3 +285,80 @@ def test_a_run_killed_before_its_first_checkpoint_is_trained_again_in_the_same_r
     assert run.data.params["params.latent_dim"] == "64"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(steps) == list(range(2, 301, 2))  # every interval once, whatever the killed run logged
+
+
+def test_kill_9_of_bench_run_jobs_stops_its_workers_and_checkpoints_their_runs(
+    tmp_path, write_suite, store, one_thread
+):
+    import psutil
+
+    # a budget it never reaches: the worker must stop because its parent died, not because it finished
+    path = write_suite(small(budget={"steps": 100_000, "batch_size": 32}, checkpoint={"every": 10}))
+    (spec,) = expand(load_suite(path))
+    ckpt = bench_home(store) / "runs" / spec.config_hash / "checkpoint.pt"
+    proc = subprocess.Popen(
+        bench("run", str(path), "--tracking-uri", store, "--jobs", "2"),
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    parent = psutil.Process(proc.pid)
+    workers: list = []
+    try:
+        while not ckpt.exists():  # the worker is training
+            assert proc.poll() is None, "bench run ended early"
+            time.sleep(0.01)
+        workers = parent.children()
+        assert len(workers) >= 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive, "workers outlived their bench run"
+    finally:
+        for w in workers:
+            if w.is_running():
+                w.kill()
+    client = MlflowClient(store)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], "tags.`bench.kind` = 'run'"
+    )
+    # stopped as after Ctrl-C: checkpointed at the step it stopped, KILLED, resumable from there
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert run.info.status == "KILLED" and step > 0
+    assert run.data.tags["failure_reason"] == f"interrupted at step {step}; `bench run` again resumes it"
+
+
+def test_a_killed_restart_is_closed_when_the_finished_run_is_skipped(
+    tmp_path, write_suite, store, one_thread
+):
+    path = write_suite(small(budget={"steps": 150, "batch_size": 32}, checkpoint={"every": 25}))
+    args = ["run", str(path), "--tracking-uri", store, "--out", str(tmp_path / "rep")]
+    assert main(args) == 0
+    (spec,) = expand(load_suite(path))
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    (done,) = client.search_runs([exp], "tags.`bench.kind` = 'run'")
+    ckpt = bench_home(store) / "runs" / spec.config_hash / "checkpoint.pt"
+    assert not ckpt.exists()  # removed when the run finished
+    # --restart trains it again, in a new run, and is killed while it trains
+    proc = subprocess.Popen(
+        bench(*args, "--restart"), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    while not ckpt.exists():
+        assert proc.poll() is None, "bench run --restart ended early"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (again,) = [
+        r for r in client.search_runs([exp], "tags.`bench.kind` = 'run'") if r.info.run_id != done.info.run_id
+    ]
+    assert again.info.status == "RUNNING"  # what kill -9 leaves behind
+
+    assert main(args) == 0  # skips the finished run, and closes the attempt that will never end
+    runs = {r.info.run_id: r for r in client.search_runs([exp], "tags.`bench.kind` = 'run'")}
+    assert runs[done.info.run_id].info.status == "FINISHED"
+    assert runs[again.info.run_id].info.status == "KILLED"
+    assert runs[again.info.run_id].data.tags["failure_reason"] == (
+        f"its bench process ended without closing it (killed); run {done.info.run_id} of the same config "
+        "finished and stands"
+    )

@@ -109,6 +109,7 @@ def _run_rows(suite: str, runs: list[Any]) -> list[dict[str, Any]]:
                 # the configuration the run was trained with, less its seed: runs of one label that
                 # differ here are runs of different configurations pooled in one row
                 "config_params": {k: v for k, v in r.data.params.items() if k not in POOLABLE_PARAMS},
+                "config_hash": tags.get("bench.config_hash", ""),
                 "run_id": r.info.run_id,
                 "start_time": r.info.start_time,
                 **{k: _infinite(v) for k, v in r.data.metrics.items()},
@@ -132,9 +133,18 @@ def _nan_metrics(metrics: dict[str, float]) -> tuple[str, ...]:
 def _latest_per_seed(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df
-    # a run re-done after a failure or an interrupt supersedes the earlier one of the same label and seed
-    df = df.sort_values("start_time").drop_duplicates(["suite", "label", "seed"], keep="last")
-    return df.reset_index(drop=True)
+    # a run re-done after a failure or an interrupt supersedes the earlier one of the same label and
+    # seed; but an attempt that did not finish (a killed ``--restart``) does not hide a finished run
+    # of the same configuration: the finished one stands
+    df = df.sort_values("start_time", kind="stable")
+    keys = ["suite", "label", "seed"]
+    newest = df.drop_duplicates(keys, keep="last")
+    finished = df[df.status == "FINISHED"].drop_duplicates(keys, keep="last")
+    stands = newest.merge(finished[[*keys, "config_hash", "run_id"]], on=[*keys, "config_hash"], how="left",
+                          suffixes=("", "_finished"))  # fmt: skip
+    swap = (stands.status != "FINISHED") & stands.run_id_finished.notna() & (stands.config_hash != "")
+    kept = set(stands.run_id.where(~swap, stands.run_id_finished))
+    return df[df.run_id.isin(kept)].reset_index(drop=True)
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:

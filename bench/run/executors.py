@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -123,6 +126,7 @@ class Job:
 
 
 _worker: dict[str, Any] = {"slot": None, "stop": None, "data": {}, "trackers": {}, "caches": set()}
+_busy = threading.Lock()  # held while the worker carries a run out
 
 
 def _init_worker(slots: Any, level: int) -> None:
@@ -135,6 +139,26 @@ def _init_worker(slots: Any, level: int) -> None:
     signal.signal(signal.SIGINT, stop._handle)
     signal.signal(signal.SIGTERM, stop._handle)
     _worker["stop"] = stop
+    _watch_parent(stop)
+
+
+def _watch_parent(stop: StopRequest) -> None:
+    """End this worker when its ``bench run`` process dies (kill -9, out of memory): its run, if
+    it has one, stops as after Ctrl-C (checkpointed, KILLED; the next ``bench run`` resumes it),
+    then the worker exits. Left alone, it would wait for work forever, holding its memory and
+    device (the pool's queues keep both ends of their pipes open in every worker)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])  # readable once the parent is gone
+        log.warning("worker %d: its bench run process %s ended; stopping", os.getpid(), parent.pid)
+        stop.requested = True
+        with _busy:  # the run in progress, if any, checkpointed and closed first
+            os._exit(1)
+
+    threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
 
 
 def _worker_device(name: str) -> torch.device:
@@ -149,6 +173,13 @@ def _worker_device(name: str) -> torch.device:
 
 def work(job: Job) -> RunOutcome | None:
     """Carry one run out in this (worker) process; None when another process holds its claim."""
+    if _worker["stop"] is None:  # not a --jobs worker (a Ray task)
+        return _work(job)
+    with _busy:  # a worker whose parent died exits once this returns (``_watch_parent``)
+        return _work(job)
+
+
+def _work(job: Job) -> RunOutcome | None:
     from bench.data import from_config
     from bench.run.progress import default_hooks
     from bench.store.tracking import RunLogger, Tracker

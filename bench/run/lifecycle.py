@@ -73,6 +73,13 @@ def run_or_skip(spec: RunSpec, folder: RunFolder, env: SuiteEnv) -> RunOutcome:
     if finished and not restart:
         folder.clear_checkpoint()
         r = finished[0]
+        for other in runs:  # a later attempt (``--restart``) whose process died: closed, not left RUNNING
+            if other.info.status == "RUNNING" and (options.exclusive or not process_alive(other.data.tags)):
+                tracker.close_stale(
+                    other,
+                    f"its bench process ended without closing it (killed); run {r.info.run_id} of the "
+                    "same config finished and stands",
+                )
         gaps = failed_metrics(r.data.tags)  # what its final evaluation could not compute
         return RunOutcome(
             spec, "FINISHED", r.info.run_id, metrics=dict(r.data.metrics), skipped=True, failed_metrics=gaps
