@@ -140,3 +140,17 @@ def bench_cache(tmp_path_factory) -> Iterator[Path]:
         os.environ.pop("BENCH_CACHE_DIR", None)
     else:
         os.environ["BENCH_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def file_size_limit():
+    """``limit(n)``: files this process writes stop at ``n`` bytes (EFBIG, as a full disk stops
+    them with ENOSPC), until the test ends."""
+    import resource
+    import signal
+
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a signal that kills
+    yield lambda n: resource.setrlimit(resource.RLIMIT_FSIZE, (n, old_limit[1]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+    signal.signal(signal.SIGXFSZ, old_handler)

@@ -381,19 +381,6 @@ def test_a_genuine_checkpoint_still_resumes(tmp_path, write_suite, store, monkey
     assert run.data.metrics["budget_steps"] == 8
 
 
-@pytest.fixture
-def file_size_limit():
-    """``limit(n)``: files this process writes stop at ``n`` bytes (EFBIG, as a full disk stops
-    them with ENOSPC), until the test ends."""
-    import resource
-
-    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a signal that kills
-    yield lambda n: resource.setrlimit(resource.RLIMIT_FSIZE, (n, old_limit[1]))
-    resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
-    signal.signal(signal.SIGXFSZ, old_handler)
-
-
 def test_a_checkpoint_that_cannot_be_written_says_why_and_keeps_the_previous_one(tmp_path, file_size_limit):
     path = tmp_path / "checkpoint.pt"
     save_state({"step": 1, "w": torch.ones(10)}, path)

@@ -5,6 +5,7 @@ values ranked within likelihood families."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -157,3 +158,23 @@ def test_an_unfinished_attempt_does_not_hide_the_finished_run_of_its_configurati
     )  # fmt: skip
     kept = set(_latest_per_seed(df).run_id)
     assert kept == {"0-FINISHED-h-1", "1-FAILED-g-2", "2-FINISHED-h-2", "3-FINISHED-h-3"}
+
+
+def test_a_report_write_that_fails_midway_leaves_the_previous_files_whole(report, tmp_path, file_size_limit):
+    """Each report file is replaced whole: a write stopped partway (a full disk, a kill) leaves the
+    previous file as it was, never a torn one. Here a file size limit stops report.html, the largest
+    file, halfway."""
+    import shutil
+
+    _, _, _, made = report
+    tracker = Tracker(f"sqlite:///{made.parent / 'mlflow.db'}")
+    out = Path(shutil.copytree(made, tmp_path / "out"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    html_size = len(before["report.html"])
+    others = max(len(b) for name, b in before.items() if name.endswith((".md", ".csv")))
+    assert others < html_size // 2
+    file_size_limit(html_size // 2)
+    with pytest.raises(OSError):
+        write_report(tracker, ["edges"], out, log_to_store=False)
+    assert (out / "report.html").read_bytes() == before["report.html"]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]

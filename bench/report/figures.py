@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from bench.files import atomic_write
+
 if TYPE_CHECKING:
     from bench.report.summary import GridImage, Report, Summary
 
@@ -83,7 +85,8 @@ def _grid(plt, n: int, ncols: int = 3, w: float = 4.2, h: float = 3.0):
 
 
 def _save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=DPI)
+    """The figure as a PNG, written whole or not at all (a report killed mid-write leaves the last)."""
+    atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format="png"))
     import matplotlib.pyplot as plt
 
     plt.close(fig)

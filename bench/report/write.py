@@ -7,6 +7,7 @@ import logging
 import time
 from pathlib import Path
 
+from bench.files import atomic_write
 from bench.report import figures, html
 from bench.report.published import published_markdown
 from bench.report.summary import (
@@ -128,15 +129,17 @@ def write_report(
 
     names = ["report.md", "results.csv", "runs.csv", "report.html", "summary.csv"]
     paths = [out_dir / n for n in names]
-    paths[0].write_text(_markdown(rep), encoding="utf-8")
-    csv_safe(results_table(summary)).to_csv(paths[1], index=False)
-    csv_safe(data.runs.drop(columns=INTERNAL_RUN_COLUMNS, errors="ignore")).to_csv(paths[2], index=False)
-    paths[3].write_text(html.render(rep, out_dir), encoding="utf-8")
-    csv_safe(summary.long).to_csv(paths[4], index=False)
+    # each file whole or not at all: a report killed mid-write leaves the previous file, never a torn one
+    _write(paths[0], _markdown(rep))
+    _write(paths[1], csv_safe(results_table(summary)).to_csv(index=False))
+    runs = data.runs.drop(columns=INTERNAL_RUN_COLUMNS, errors="ignore")
+    _write(paths[2], csv_safe(runs).to_csv(index=False))
+    _write(paths[3], html.render(rep, out_dir))
+    _write(paths[4], csv_safe(summary.long).to_csv(index=False))
     paths += [out_dir / f.name for f in rep.figures]
     if not data.references.empty:
         paths.append(out_dir / "reference.csv")
-        csv_safe(data.references).to_csv(paths[-1], index=False)
+        _write(paths[-1], csv_safe(data.references).to_csv(index=False))
 
     if log_to_store:
         artifact_dir = "report" if len(suites) == 1 else f"report/{'+'.join(suites)}"
@@ -149,6 +152,10 @@ def write_report(
             except Exception as e:  # the files on disk are the report; the store copy is a convenience
                 log.warning("could not log the report to the parent run of %s: %s", suite, e)
     return summary, paths
+
+
+def _write(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 NOTE_HEAD = "**What bench's latest report of this suite answers**"
