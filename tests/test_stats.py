@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats as sps
 
-from bench.report.stats import ci_half_width, pareto_front, welch
+from bench.report.stats import ci_half_width, welch
 
 
 def t2_quantile(p: float) -> float:
@@ -64,15 +64,6 @@ def test_welch_undefined_cases():
     assert math.isnan(welch([1.0, 1.0], [1.0, 1.0]).p)  # no spread on either side, equal means
     assert not welch([1.0], [2.0, 3.0]).significant()
 
-
-def test_pareto_front_directions():
-    # compression ratio (higher better) vs mse (lower better)
-    cr = [3.0, 3.0, 6.0, 12.0, 1.0, float("nan")]
-    mse = [0.01, 0.02, 0.015, 0.05, 0.005, 0.0]
-    # point 1 is dominated by 0 (same ratio, worse mse); the nan point is never on the front
-    assert pareto_front(cr, mse, x_higher=True, y_higher=False) == [4, 0, 2, 3]
-    # both lower-better: only the point with the smallest x and y survives here
-    assert pareto_front(cr, mse, x_higher=False, y_higher=False) == [4]
 
 
 def test_cost_cells_show_the_mean_with_the_range_not_an_interval():

@@ -1,7 +1,7 @@
 """The statistics of a comparison over training seeds.
 
-Mean with a Student-t confidence interval, Welch's unequal-variance t-test against a baseline,
-and the Pareto front of a two-objective trade-off. scipy does the distribution work; this
+Mean with a Student-t confidence interval and Welch's unequal-variance t-test against a
+baseline. scipy does the distribution work; this
 module decides what is defined (two or more seeds, some spread) and returns NaN otherwise, so a
 report never shows an interval or a p-value that the data cannot support.
 """
@@ -65,22 +65,3 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
         )
     r = stats.ttest_ind(x, y, equal_var=False)
     return Welch(float(r.statistic), float(r.df), float(r.pvalue))
-
-
-def pareto_front(xs: Sequence[float], ys: Sequence[float], x_higher: bool, y_higher: bool) -> list[int]:
-    """Indices of the points no other point dominates (at least as good on both axes, better on one).
-
-    NaN points are never on the front. Returned in increasing x.
-    """
-    sx, sy = (1 if x_higher else -1), (1 if y_higher else -1)
-    pts = [(sx * x, sy * y) for x, y in zip(xs, ys)]
-    ok = [i for i, (x, y) in enumerate(pts) if math.isfinite(x) and math.isfinite(y)]
-    front = []
-    for i in ok:
-        xi, yi = pts[i]
-        dominated = any(
-            pts[j][0] >= xi and pts[j][1] >= yi and (pts[j][0] > xi or pts[j][1] > yi) for j in ok if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: xs[i])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bench.report.stats import welch
 
@@ -267,18 +267,3 @@ def answer_notes() -> list[str]:
         "family, and whether best and runner-up differ by Welch's two-sided t-test over seeds "
         f"(p < {ALPHA:g}; not corrected for multiple comparisons).",
     ]
-
-
-def as_dict(a: Answer) -> dict[str, Any]:
-    """Plain data for templates and CSV."""
-    return {
-        "suite": a.suite,
-        "use": a.use.key,
-        "title": a.use.title,
-        "metric": a.metric,
-        "best": a.best.label,
-        "runner_up": a.runner_up.label if a.runner_up else "",
-        "p": a.p,
-        "significant": bool(math.isfinite(a.p) and a.p < ALPHA),
-        "text": a.text(),
-    }
