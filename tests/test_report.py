@@ -82,6 +82,7 @@ def test_the_cost_section_shows_the_evaluation_time_of_every_metric(report_dir, 
     # the cells are the runs' own eval_seconds.<metric>, averaged over seeds
     runs = pd.read_csv(report_dir / "runs.csv")
     ae = runs[(runs.label == "ae-mlp") & (runs.status == "FINISHED")]
+    assert set(runs.capabilities[runs.label == "vae-mlp"]) == {"likelihood,posterior"}  # names, not a repr
     mean = ae["eval_seconds.ssim"].mean()
     row = next(line for line in section.splitlines() if line.startswith("| ae-mlp"))
     assert fmt_num(mean) in row.split("|")[7]

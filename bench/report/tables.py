@@ -113,9 +113,12 @@ CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
     """A copy whose text cells cannot be read as spreadsheet formulas (OWASP's CSV-injection
     guidance): a text cell starting with ``= + - @``, tab or carriage return gets a leading ``'``.
-    Numbers, and text that is a plain number (``-0.5``), are left as they are."""
+    Numbers, and text that is a plain number (``-0.5``), are left as they are; a set of names
+    (a run's capabilities) is written as its sorted names, comma-separated."""
 
     def cell(v: Any) -> Any:
+        if isinstance(v, frozenset | set):
+            v = ",".join(sorted(map(str, v)))
         if isinstance(v, str) and v.startswith(CSV_FORMULA_START):
             try:
                 float(v)
