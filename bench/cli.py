@@ -54,7 +54,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         n = len(expand(suite))
         print(f"{path}: ok ({len(suite.models)} models x {len(suite.seeds)} seeds = {n} runs)")
         gen = generation_names(e.metrics)
-        where = f" (generation: {e.n_samples} samples vs the first {n_real} {e.reference_split} images)"
+        side = e.inception_pad_to
+        pad = f", padded to {side}x{side} for Inception" if side else ""
+        where = f" (generation: {e.n_samples} samples vs the first {n_real} {e.reference_split} images{pad})"
         print(f"  metrics: {', '.join(e.metrics)}{where if gen else ''}")
     return rc
 

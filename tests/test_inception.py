@@ -72,6 +72,28 @@ def test_fid_through_the_offline_weights_on_a_handful_of_images(weights):
     assert p["feature_layer"] == "2048" and p["resize"] == "tf1-bilinear-299" and p["n_fake"] == 5
 
 
+def test_padding_before_inception_scores_as_images_padded_beforehand(weights):
+    """``eval.inception_pad_to: 32`` (Ghosh et al.'s FID on MNIST padded to 32x32) gives the FID of
+    the same images zero-padded to 32x32 before bench sees them: real and generated images get the
+    same border, and the reference features are cached apart from the unpadded ones."""
+    from bench.data.base import make_image_data
+    from bench.metrics.pixels import pad_images
+
+    data = load_dataset("synthetic", train_size=64, test_size=16)
+    pad = {k: pad_images(getattr(data, k), 32) for k in ("train_x", "test_x")}
+    padded = make_image_data(
+        "synthetic-32", pad["train_x"], data.train_y, pad["test_x"], data.test_y, data.num_classes, "padded"
+    )
+    cpu = torch.device("cpu")
+    small = {"metrics": ["fid"], "n_samples": 5, "n_real": 5}
+    inside = evaluate(BankGAN(data.train_x), data, EvalConfig(**small, inception_pad_to=32), 0, cpu)["fid"]
+    before = evaluate(BankGAN(padded.train_x), padded, EvalConfig(**small), 0, cpu)["fid"]
+    plain = evaluate(BankGAN(data.train_x), data, EvalConfig(**small), 0, cpu)["fid"]
+    assert inside.value == pytest.approx(before.value, rel=1e-6)
+    assert inside.provenance["pad_to"] == 32 and "pad_to" not in plain.provenance
+    assert abs(plain.value - inside.value) > 1e-3 * inside.value  # the border changes what Inception sees
+
+
 def test_damaged_converted_weights_are_converted_again(weights, caplog):
     good = weights.path.read_bytes()
     weights.path.write_bytes(good[: len(good) // 2])  # a conversion cut short

@@ -317,3 +317,25 @@ def test_an_image_set_gives_a_batch_as_its_images_one_by_one():
     assert one_by_one.shape == (10, 3, 5, 4) and torch.equal(one_by_one[:, 1], images[:, 0])
     assert torch.equal(torch.cat(list(DataLoader(s, batch_size=4))), one_by_one)
     assert torch.equal(torch.stack(s.__getitems__([7, 2, 3])), one_by_one[[7, 2, 3]])
+
+
+def test_pad_images_centres_each_image_in_a_zero_border():
+    from bench.metrics.pixels import pad_images
+
+    x = torch.full((2, 3, 28, 27), 255, dtype=torch.uint8)
+    y = pad_images(x, 32)
+    assert y.shape == (2, 3, 32, 32) and y.dtype == torch.uint8
+    assert torch.equal(y[:, :, 2:30, 2:29], x)  # margins 2 / 2 and 2 / 3 (the odd pixel right)
+    assert int(y.sum()) == int(x.sum())  # the border is zeros
+    square = torch.full((1, 1, 28, 28), 7, dtype=torch.uint8)
+    assert torch.equal(pad_images(square, 28), square)  # already that side: unchanged
+    with pytest.raises(ValueError, match="28x27 cannot be padded to 16x16"):
+        pad_images(x, 16)
+
+
+def test_a_padding_smaller_than_the_images_is_refused_with_its_field(write_suite, capsys):
+    from bench.cli import main
+
+    path = write_suite(tiny_suite(eval={"metrics": ["fid_domain"], "inception_pad_to": 24}))
+    assert main(["validate", str(path), "--data"]) == 2
+    assert f"{path}: eval.inception_pad_to: 24 is smaller than the images (28x28)" in capsys.readouterr().err

@@ -35,7 +35,7 @@ from bench.metrics.domain import FEATURE_DIM as DOMAIN_FEATURE_DIM
 from bench.metrics.domain import LAYERS as DOMAIN_LAYERS
 from bench.metrics.domain import TF_NAME as DOMAIN_TF_NAME
 from bench.metrics.domain import classifier, classifier_start
-from bench.metrics.pixels import GREY_TILED, NOISE, to_fidelity_images, to_uint8  # noqa: F401
+from bench.metrics.pixels import GREY_TILED, NOISE, pad_images, to_fidelity_images, to_uint8  # noqa: F401
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -75,6 +75,24 @@ class ImageSet(Dataset):
         return list(to_fidelity_images(self.images[torch.as_tensor(indices)]).unbind(0))
 
 
+class PaddedSet(Dataset):
+    """A dataset of uint8 (3, H, W) images, each with a zero border to ``side`` x ``side``."""
+
+    def __init__(self, inner: Dataset, side: int) -> None:
+        self.inner, self.side = inner, side
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return pad_images(self.inner[i][None], self.side)[0]
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        batch = getattr(self.inner, "__getitems__", None)
+        items = batch(indices) if batch else [self.inner[i] for i in indices]
+        return list(pad_images(torch.stack(items), self.side).unbind(0))
+
+
 # --------------------------------------------------------------------------- extractors
 
 
@@ -88,6 +106,7 @@ class Prepared:
     layers: tuple[str, ...]  # every layer extracted (and cached) in one pass
     dims: dict[str, int]  # each layer's feature size (what a cached entry must have)
     provenance: dict[str, Any] = field(default_factory=dict)
+    pad_to: int | None = None  # a zero border to pad_to x pad_to around every image first
 
     def layer(self, kind: str) -> str:
         return self.extractor.layers[kind]
@@ -127,7 +146,10 @@ def _prepare_inception(cfg: EvalConfig, data: ImageData, device: torch.device) -
     ex = EXTRACTORS.get("inception")
     layers = _layers(ex, w.has_logits)
     dims = {k: INCEPTION_DIMS[k] for k in layers}
-    return Prepared(ex, w.path, w.sha256, layers, dims, {"weights": w.source})
+    prov: dict[str, Any] = {"weights": w.source}
+    if cfg.inception_pad_to:
+        prov["pad_to"] = cfg.inception_pad_to  # the images' side after their zero border
+    return Prepared(ex, w.path, w.sha256, layers, dims, prov, cfg.inception_pad_to)
 
 
 def _inception_missing(cfg: EvalConfig) -> str | None:
@@ -219,6 +241,13 @@ def extract(
         prep.extractor.fidelity_name, str(prep.weights_path), prep.weights_sha256, prep.layers, str(device)
     )
     bs = min(batch_size, prep.extractor.max_batch)
+    if prep.pad_to:  # real and generated images get the same border
+        if isinstance(source, Dataset):
+            source = PaddedSet(source, prep.pad_to)
+        else:
+            from bench.metrics.fidelity import PaddedModel
+
+            source = PaddedModel(source, prep.pad_to)
     cuda = device.type == "cuda"
     with torch.cuda.device(device) if cuda else contextlib.nullcontext():
         if isinstance(source, Dataset):
@@ -261,6 +290,7 @@ class RealImages:
             "resize": prep.extractor.resize,
             "pixels": "uint8 RGB" if self.data.image_shape[0] == 3 else GREY_TILED,
             "torch_fidelity": torch_fidelity_version(),
+            **({"pad_to": prep.pad_to} if prep.pad_to else {}),  # absent: the keys cached before padding
         }
 
 

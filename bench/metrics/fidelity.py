@@ -16,7 +16,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from bench.cache import load_tensors
 from bench.data import to_float
 from bench.metrics.domain import FEATURES, LAYERS, TF_NAME, DomainNet
-from bench.metrics.pixels import NOISE, to_fidelity_images
+from bench.metrics.pixels import NOISE, pad_images, to_fidelity_images
 
 
 class NoiseToImages(GenerativeModelBase):
@@ -49,6 +49,31 @@ class NoiseToImages(GenerativeModelBase):
     @torch.inference_mode()
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return to_fidelity_images(self.decode(self.latent(noise)))
+
+
+class PaddedModel(GenerativeModelBase):
+    """A torch-fidelity generative model whose images get a zero border to ``side`` x ``side``
+    (``eval.inception_pad_to``), as the real images it is compared with."""
+
+    def __init__(self, inner: GenerativeModelBase, side: int):
+        super().__init__()
+        self.inner, self.side = inner, side
+
+    @property
+    def z_size(self) -> int:
+        return self.inner.z_size
+
+    @property
+    def z_type(self) -> str:
+        return self.inner.z_type
+
+    @property
+    def num_classes(self) -> int:
+        return self.inner.num_classes
+
+    @torch.inference_mode()
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        return pad_images(self.inner(noise), self.side)
 
 
 class FeatureExtractorDomain(FeatureExtractorBase):

@@ -41,6 +41,16 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.uint8 else x.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
+def pad_images(x: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, side, side): a zero border around each image, centred (the extra
+    pixel of an odd margin goes right and below). Images already ``side`` wide pass unchanged."""
+    h, w = x.shape[-2:]
+    if h > side or w > side:
+        raise ValueError(f"images of {h}x{w} cannot be padded to {side}x{side}")
+    top, left = (side - h) // 2, (side - w) // 2
+    return torch.nn.functional.pad(x, (left, side - w - left, top, side - h - top))
+
+
 def to_fidelity_images(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) float in [0, 1] or uint8 -> uint8 (B, 3, H, W): what every extractor is fed."""
     x = to_uint8(x)

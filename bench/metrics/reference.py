@@ -33,4 +33,6 @@ def protocol(gen: GenerationEval) -> dict[str, Any]:
         "prc_neighborhood": cfg.prc_neighborhood,
         "isc_splits": cfg.isc_splits,
         "version": VERSION,
+        # set only when padding: reference rows cached before the option keep their keys
+        **({"inception_pad_to": cfg.inception_pad_to} if cfg.inception_pad_to else {}),
     }
