@@ -103,6 +103,21 @@ def test_seeds_that_agree_exactly_show_a_zero_interval():
     assert fmt_mean_ci(0.25, math.nan) == "0.25"  # one seed: no interval
 
 
+def test_three_equal_seeds_summarise_to_a_zero_interval():
+    # np.std of three 0.1 is 1.7e-17, not 0: the cell read "0.1 ± 4.2e-17"
+    rows = [
+        {
+            "suite": "s", "label": "jpeg", "model": "jpeg", "family": "codec", "capabilities": None,
+            "likelihood": "", "seed": seed, "status": "FINISHED", "failure_reason": "", "metric_failures": {},
+            "run_id": f"r{seed}", "start_time": seed, "recon_mse": 0.1,
+        }
+        for seed in range(3)
+    ]  # fmt: skip
+    st = summarise(pd.DataFrame(rows)).stat("s", "jpeg", "recon_mse")
+    assert (st["mean"], st["std"], st["ci95"], st["n"]) == (0.1, 0.0, 0.0, 3)
+    assert fmt_mean_ci(st["mean"], st["ci95"]) == "0.1 ± 0"
+
+
 def _likelihood_runs() -> pd.DataFrame:
     rows = []
     per_label = [

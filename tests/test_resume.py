@@ -362,3 +362,29 @@ def test_a_killed_restart_is_closed_when_the_finished_run_is_skipped(
         f"its bench process ended without closing it (killed); run {done.info.run_id} of the same config "
         "finished and stands"
     )
+
+
+def test_a_skipped_finished_run_leaves_a_restart_attempt_of_another_node_running(
+    tmp_path, write_suite, store
+):
+    """Ray's ``exclusive`` (one attempt per task) says nothing of another ``bench run --restart``:
+    its attempt, training on another node, is not closed when a finished run is skipped."""
+    from bench.run.checkpoint import RunFolder
+    from bench.run.context import RunOptions, StopRequest, SuiteEnv
+    from bench.run.lifecycle import run_or_skip
+    from bench.store.tracking import Tracker
+
+    path = write_suite(small(budget={"steps": 2, "batch_size": 32}))
+    assert main(["run", str(path), "--tracking-uri", store, "--out", str(tmp_path / "rep")]) == 0
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    (done,) = client.search_runs([exp], "tags.`bench.kind` = 'run'")
+    tags = {k: v for k, v in done.data.tags.items() if k.startswith("bench.") or k in ("label", "seed")}
+    live = client.create_run(exp, tags={**tags, "bench.host": "another-node", "bench.pid": "4242"})
+    suite = load_suite(path)
+    (spec,) = expand(suite)
+    ray = RunOptions(exclusive=True)
+    env = SuiteEnv(suite, None, Tracker(store), None, torch.device("cpu"), ray, StopRequest(), None)
+    outcome = run_or_skip(spec, RunFolder(bench_home(store), spec.config_hash), env)
+    assert outcome.skipped and outcome.run_id == done.info.run_id
+    assert client.get_run(live.info.run_id).info.status == "RUNNING"

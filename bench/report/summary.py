@@ -565,6 +565,9 @@ def _long_rows(runs, models, metrics, costs, values, base) -> list[dict[str, Any
             applies = not is_metric or _applies(runs, mod.suite, mod.label, m)
             v = vals(mod.suite, mod.label, m) if applies else pd.Series(dtype=float)
             p = math.nan
+            # seeds that agree exactly (a codec) have no spread, whatever rounding their mean leaves:
+            # np.std of three 0.1 is 1.7e-17
+            agree = len(v) > 1 and v.nunique() == 1 and math.isfinite(v.iloc[0])
             grp = group(mod.suite, mod.label, m)
             # values ranked apart (another likelihood family) are not tested against the baseline's
             vs_base = is_metric and applies and mod.label != base[mod.suite]
@@ -578,9 +581,9 @@ def _long_rows(runs, models, metrics, costs, values, base) -> list[dict[str, Any
                     "family": mod.family,
                     "metric": m,
                     "kind": "metric" if is_metric else "cost",
-                    "mean": float(v.mean()) if len(v) else math.nan,
-                    "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
-                    "ci95": ci_half_width(v, CONFIDENCE),
+                    "mean": float(v.iloc[0]) if agree else float(v.mean()) if len(v) else math.nan,
+                    "std": 0.0 if agree else float(v.std(ddof=1)) if len(v) > 1 else math.nan,
+                    "ci95": 0.0 if agree else ci_half_width(v, CONFIDENCE),
                     "min": float(v.min()) if len(v) else math.nan,
                     "max": float(v.max()) if len(v) else math.nan,
                     "n": len(v),

@@ -73,8 +73,11 @@ def run_or_skip(spec: RunSpec, folder: RunFolder, env: SuiteEnv) -> RunOutcome:
     if finished and not restart:
         folder.clear_checkpoint()
         r = finished[0]
-        for other in runs:  # a later attempt (``--restart``) whose process died: closed, not left RUNNING
-            if other.info.status == "RUNNING" and (options.exclusive or not process_alive(other.data.tags)):
+        # a later attempt (``--restart``) whose process died: closed, not left RUNNING. Only where its
+        # process is known dead: such an attempt is another ``bench run``'s, which ``exclusive`` (one
+        # attempt per Ray task) says nothing of, and it may be training on another node
+        for other in runs:
+            if other.info.status == "RUNNING" and not process_alive(other.data.tags):
                 tracker.close_stale(
                     other,
                     f"its bench process ended without closing it (killed); run {r.info.run_id} of the "
