@@ -137,6 +137,20 @@ def test_sixteen_bit_pngs_are_scaled_to_eight_bits_not_clipped(tmp_path: Path):
     assert torch.equal(rgb.train_x[0], want.expand(3, 8, 8))
 
 
+def test_images_of_32_bit_integers_keep_their_8_bit_levels():
+    """A PIL image of mode "I" (a torchvision dataset may hand one over) whose levels fit in 0..255
+    holds 8-bit levels: kept, not scaled as 16-bit; one with larger levels is 16-bit, scaled."""
+    from PIL import Image
+
+    from bench.data.folders import _to_8bit
+
+    eight = Image.fromarray(np.array([[0, 128, 255]], dtype=np.int32))
+    assert eight.mode == "I"
+    assert np.asarray(_to_8bit(eight)).tolist() == [[0, 128, 255]]
+    wide = Image.fromarray(np.array([[0, 32896, 65535]], dtype=np.int32))
+    assert np.asarray(_to_8bit(wide)).tolist() == [[0, 128, 255]]
+
+
 def test_a_gan_without_the_optional_n_critic_and_after_d_step_trains():
     """The model contract makes ``n_critic`` and ``after_d_step()`` optional for a GAN."""
     from torch import nn

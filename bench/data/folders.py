@@ -84,11 +84,15 @@ def _split_files(folder: Path) -> tuple[list[Path], list[str | None]]:
 
 def _to_8bit(im):
     """A 16-bit greyscale image as 8-bit "L", its levels scaled (0..65535 onto 0..255, rounded).
-    Pillow's own conversion clips them instead: every level above 255 would become white."""
+    Pillow's own conversion clips them instead: every level above 255 would become white. An image
+    of mode "I" (32-bit integers) whose levels all fit in 0..255 holds 8-bit levels: they are kept."""
     import numpy as np
     from PIL import Image
 
-    levels = np.clip(np.asarray(im, dtype=np.float64), 0, 65535)
+    levels = np.asarray(im, dtype=np.float64)
+    if im.mode == "I" and levels.size and levels.min() >= 0 and levels.max() <= 255:
+        return Image.fromarray(levels.astype(np.uint8), mode="L")
+    levels = np.clip(levels, 0, 65535)
     return Image.fromarray(np.rint(levels * (255 / 65535)).astype(np.uint8), mode="L")
 
 
