@@ -193,3 +193,24 @@ def test_a_report_write_that_fails_midway_leaves_the_previous_files_whole(report
         write_report(tracker, ["edges"], out, log_to_store=False)
     assert (out / "report.html").read_bytes() == before["report.html"]
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_store_note_stays_within_mlflow_s_tag_limit():
+    """Many rows pooling runs of different configurations, one warning each: the MLflow description
+    is cut at a line, saying so, before MLflow's 8,000 characters would cut it silently."""
+    from bench.report.write import NOTE_LIMIT, store_note
+
+    rows = [
+        {"suite": "s", "label": f"model-{i:03d}", "model": "ae-mlp", "family": "ae", "capabilities": None,
+         "likelihood": "", "seed": seed, "status": "FINISHED", "failure_reason": "", "metric_failures": {},
+         "config_params": {"budget.steps": str(100 * (seed + 1) + i)}, "run_id": f"r{i}-{seed}",
+         "start_time": seed, "recon_mse": 0.01 * (i + 1) + seed}
+        for i in range(300)
+        for seed in range(2)
+    ]  # fmt: skip
+    short = store_note(summarise(pd.DataFrame(rows[:4])), "now", "report")
+    assert "cut here" not in short and "**Warning:** model-000 pools runs" in short
+    assert "- compression (recon_mse ↓)" in short
+    note = store_note(summarise(pd.DataFrame(rows)), "now", "report")
+    assert len(note) <= NOTE_LIMIT and note.endswith("(cut here: the whole answer is in report.md)\n")
+    assert "- compression (recon_mse ↓)" in note and "**Warning:** model-000 pools runs" in note

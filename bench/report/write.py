@@ -159,14 +159,20 @@ def _write(path: Path, text: str) -> None:
 
 
 NOTE_HEAD = "**What bench's latest report of this suite answers**"
+NOTE_LIMIT = 7900  # characters: MLflow keeps 8,000 of a run tag and cuts the rest silently
 
 
 def store_note(summary: Summary, generated: str, artifact_dir: str) -> str:
     """The description of a suite's parent run and experiment in the MLflow UI: the answer per use,
-    with any warning, and where the whole report is."""
-    warnings = "".join(f"\n**Warning:** {n}\n" for n in pooling_notes(summary))
-    return (
+    then any warning (as the report orders them), and where the whole report is; cut at a line
+    where it would pass MLflow's limit, saying so."""
+    head = (
         f"{NOTE_HEAD} ({generated}; the tables, figures and how each score was computed: "
         f"`{artifact_dir}/report.html` in the artifacts of the suite's run):\n\n"
-        f"{markdown_answers(summary) or '(no runs)'}{warnings}"
     )
+    warnings = "".join(f"\n**Warning:** {n}\n" for n in pooling_notes(summary))
+    text = head + (markdown_answers(summary) or "(no runs)\n") + warnings
+    if len(text) <= NOTE_LIMIT:
+        return text
+    cut = "\n(cut here: the whole answer is in report.md)\n"
+    return text[: text.rfind("\n", 0, NOTE_LIMIT - len(cut)) + 1] + cut
