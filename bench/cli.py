@@ -335,6 +335,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # 1. every run's request is validated (and its data loaded) before anything is computed
     try:
         tracker.check()
+        tracker.check_writable()  # the metrics are logged into the runs: a read-only store computes nothing
         planned = plan_eval(tracker, args.target, metrics, args.set)
     except (TrackingError, RunNotFound, SuiteError, BadRequest) as e:
         _err(str(e))
@@ -344,16 +345,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     # 2. evaluate and log into the same runs, then each experiment's reference row
     code = EXIT_OK
-    for p in planned:
-        failed = {}
-        device = resolve_device(args.device or p.suite.device)
-        results = evaluate_run(tracker, p.run, p.suite, p.data, device, failed)
-        shown = ", ".join(f"{k} {r.value:.4g}" for k, r in results.items()) or "(no metric applies)"
-        print(f"{p.run.name} ({p.run.run_id}): {shown}")
-        for name, f in failed.items():  # the others are logged; this one is tagged with its reason
-            _err(f"run {p.run.name} ({p.run.run_id}): metric {name} failed: {f.reason}\n{f.traceback}")
-            code = EXIT_RUN_FAILED
-    log_references(tracker, planned, args.device)
+    try:
+        for p in planned:
+            failed = {}
+            device = resolve_device(args.device or p.suite.device)
+            results = evaluate_run(tracker, p.run, p.suite, p.data, device, failed)
+            shown = ", ".join(f"{k} {r.value:.4g}" for k, r in results.items()) or "(no metric applies)"
+            print(f"{p.run.name} ({p.run.run_id}): {shown}")
+            for name, f in failed.items():  # the others are logged; this one is tagged with its reason
+                _err(f"run {p.run.name} ({p.run.run_id}): metric {name} failed: {f.reason}\n{f.traceback}")
+                code = EXIT_RUN_FAILED
+        log_references(tracker, planned, args.device)
+    except TrackingError as e:  # the store went away mid-way: the runs keep what they held
+        _err(f"{e}\nthe runs keep their status and earlier metrics; run the same `bench eval` again later")
+        return EXIT_RUN_FAILED
     return code
 
 
@@ -380,8 +385,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     except DataError as e:
         _err(f"dataset: {e}")
         return EXIT_BAD_INPUT
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(out)
+    from bench.files import atomic_write
+
+    # whole or not at all: a sample killed while writing leaves the previous file, never a torn one
+    kind = Image.registered_extensions().get(out.suffix.lower(), "PNG")
+    atomic_write(out, lambda f: Image.fromarray(grid).save(f, format=kind))
     print(f"{args.n} samples of {run.name} ({args.sampler} sampler, seed {args.seed}): {out}")
     return EXIT_OK
 

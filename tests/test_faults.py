@@ -3,6 +3,8 @@ reason, the suite goes on, the report lists it, `bench run` exits 1, and a rerun
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -95,3 +97,51 @@ def test_an_error_inside_a_run_fails_that_run_only(tmp_path, write_suite, store,
     tb = client.download_artifacts(g.info.run_id, "traceback.txt", str(tmp_path))
     assert "discriminator exploded" in open(tb).read()
     assert [r.info.status for r in runs["ae-mlp/seed0"]] == ["FINISHED"]
+
+
+# --------------------------------------------------------------------------- bench eval and sample
+
+
+def test_bench_eval_of_a_suite_computes_for_each_run_the_suite_metrics_of_its_family(
+    tmp_path, write_suite, store, capsys
+):
+    """`bench eval SUITE` without --metrics: a GAN of a suite that asks for psnr gets the metrics
+    that apply to it (none here), not a refusal of the whole request."""
+    models = [{"name": "ae-mlp"}, {"name": "gan-mlp"}]
+    path = write_suite(tiny_suite(models=models, eval={"metrics": ["psnr"]}))
+    assert main(["run", str(path), "--tracking-uri", store, "--out", str(tmp_path / "rep")]) == 0
+    capsys.readouterr()
+    assert main(["eval", "tiny", "--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    assert "gan-mlp/seed0" in out and "(no metric applies)" in out
+    runs = child_runs(store)
+    (ae,) = runs["ae-mlp/seed0"]
+    assert "bench eval" in ae.data.tags["provenance.psnr"]
+    assert [r.info.status for rs in runs.values() for r in rs] == ["FINISHED", "FINISHED"]
+
+
+def test_a_sample_stopped_while_writing_leaves_the_previous_file(tmp_path, write_suite, store, monkeypatch):
+    from PIL import Image
+
+    path = write_suite(tiny_suite(models=[{"name": "vae-mlp"}], eval={"metrics": ["psnr"]}))
+    assert main(["run", str(path), "--tracking-uri", store, "--out", str(tmp_path / "rep")]) == 0
+    (run,) = child_runs(store)["vae-mlp/seed0"]
+    out = tmp_path / "s.png"
+    assert main(["sample", run.info.run_id, "-n", "4", "-o", str(out), "--tracking-uri", store]) == 0
+    before = out.read_bytes()
+    Image.open(out).verify()
+    save = Image.Image.save
+
+    def stopped(self, fp, *args, **kwargs):  # the process stopped halfway through the file
+        save(self, fp, *args, **kwargs)
+        if hasattr(fp, "truncate"):
+            fp.truncate(20)
+        else:
+            Path(fp).write_bytes(Path(fp).read_bytes()[:20])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        main(["sample", run.info.run_id, "-n", "9", "-o", str(out), "--tracking-uri", store])
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.glob(".s.png*")] == []

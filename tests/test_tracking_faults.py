@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
 from bench.cli import build_parser, main
-from bench.store.tracking import Tracker, TrackingLost
+from bench.store.tracking import Tracker, TrackingError, TrackingLost
 from bench.suite import expand, load_suite
 
 REPO = Path(__file__).parent.parent
@@ -77,6 +78,94 @@ def test_transient_failures_are_retried_then_reported_as_lost(tmp_path):
     ):
         tracker.call(fn, 1)
     assert len(calls) >= 2
+
+
+def test_a_read_only_sqlite_store_is_not_retried_as_if_busy(tmp_path):
+    """A read-only store stays read-only: the write fails at once, not after retry_seconds."""
+    import sqlalchemy.exc
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}", retry_seconds=3600)
+    ro = sqlalchemy.exc.OperationalError("INSERT", {}, Exception("attempt to write a readonly database"))
+    fn, calls = flaky(10**6, MlflowException(f"(raised as a result of Query-invoked autoflush) {ro}"))
+    with pytest.raises(MlflowException, match="readonly database"):
+        tracker.call(fn, 1)
+    assert len(calls) == 1
+    fn, calls = flaky(10**6, ro)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        tracker.call(fn, 1)
+    assert len(calls) == 1
+
+
+def test_the_start_up_check_waits_for_a_sqlite_store_another_writer_holds(tmp_path):
+    """A locked sqlite store is busy, not unreachable: the check before training retries it (then
+    goes on), where a store that cannot be reached is still refused at the first attempt."""
+    import sqlalchemy.exc
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}", retry_seconds=3600)
+    locked = sqlalchemy.exc.OperationalError("SELECT", {}, Exception("database is locked"))
+    fn, calls = flaky(2, locked)
+
+    class Client:
+        def search_experiments(self, max_results):
+            return fn(max_results)
+
+    tracker._client = Client()
+    tracker.check()
+    assert len(calls) == 3
+    gone = sqlalchemy.exc.OperationalError("SELECT", {}, Exception("unable to open database"))
+    fn, calls = flaky(10**6, gone)
+    with pytest.raises(TrackingError, match="cannot reach the tracking store .*unable to open database"):
+        tracker.check()
+    assert len(calls) == 1
+
+def test_bench_eval_refuses_a_read_only_store_before_computing(tmp_path, capsys, monkeypatch):
+    """Exit 2 naming the store, as `bench run` does, before any model is loaded or metric computed."""
+    import bench.run.reeval as reeval
+
+    db = tmp_path / "m.db"
+    uri = f"sqlite:///{db}"
+    assert main(["run", str(_tiny(tmp_path)), "--tracking-uri", uri, "--out", str(tmp_path / "rep")]) == 0
+    capsys.readouterr()
+    before = db.read_bytes()
+    monkeypatch.setattr(reeval, "plan_eval", lambda *a: pytest.fail("planned on a read-only store"))
+    if os.geteuid() == 0:  # root writes through file modes: make the file immutable instead
+        if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+            pytest.skip("running as root where chattr +i is not available")
+        undo = ["chattr", "-i", str(db)]
+    else:
+        db.chmod(0o444)
+        undo = ["chmod", "644", str(db)]
+    try:
+        rc = main(["eval", "tiny", "--metrics", "psnr", "--tracking-uri", uri])
+    finally:
+        subprocess.run(undo, check=True)
+    err = capsys.readouterr().err
+    assert rc == 2 and f"the tracking store {uri} is read-only here" in err, err
+    assert db.read_bytes() == before
+
+
+def test_a_store_in_a_folder_bench_cannot_write_is_still_read(tmp_path, capsys, monkeypatch):
+    """The lock that serialises creating a new sqlite store cannot be taken beside an existing store in
+    a read-only folder: a report still reads it."""
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    db = tmp_path / "m.db"
+    uri = f"sqlite:///{db}"
+    assert main(["run", str(_tiny(tmp_path)), "--tracking-uri", uri, "--out", str(tmp_path / "rep")]) == 0
+    capsys.readouterr()
+    shutil.rmtree(tmp_path / ".bench")
+    (tmp_path / ".bench").write_text("")  # no lock file can be made here, whoever runs the test
+    rc = main(["report", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / "rep2")])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "rep2" / "results.csv").is_file()
+
+def _tiny(tmp_path: Path) -> Path:
+    from conftest import tiny_suite
+
+    path = tmp_path / "suite.yaml"
+    budget = {"steps": 2, "batch_size": 32}
+    suite = tiny_suite(models=[{"name": "ae-mlp"}], eval={"metrics": ["psnr"]}, budget=budget)
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
 
 
 def test_a_resumed_run_neither_loses_nor_repeats_logged_steps(tmp_path):

@@ -296,12 +296,13 @@ def plan_eval(
             raise BadRequest(
                 f"{target}: --metrics: {', '.join(unused)} apply to none of the runs' model families"
             )
-    suites = [
-        suite_of_run(
-            r, None if metrics is None else [m for m in metrics if applies(m, r.config["family"])], overrides
-        )
-        for r in runs
-    ]
+    def asked(r: StoredRun) -> list[str]:
+        # a suite's metrics are stored with each of its runs, those of other families included: a
+        # GAN of a suite that asks for psnr is evaluated on the metrics that apply to it, as in `bench run`
+        wanted = r.config["eval"].get("metrics", []) if metrics is None else metrics
+        return [m for m in wanted if applies(m, r.config["family"])]
+
+    suites = [suite_of_run(r, asked(r), overrides) for r in runs]
     problems = list(dict.fromkeys(p for s in suites for p in preflight(s.eval)))
     if problems:
         raise BadRequest("\n".join(f"{target}: eval.metrics: {p}" for p in problems))

@@ -89,10 +89,15 @@ _HTTP_DEFAULTS = {
 _CHECK_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
+_READ_ONLY = "attempt to write a readonly database"
+
+
 def is_transient(e: BaseException) -> bool:
     """Failures worth retrying: the store is busy, restarting, or out of reach for a while."""
     from mlflow.exceptions import MlflowException
 
+    if _READ_ONLY in str(e):  # sqlite: a read-only file, folder or mount stays read-only
+        return False
     if isinstance(e, (ConnectionError, TimeoutError)):
         return True
     try:
@@ -197,7 +202,16 @@ class Tracker:
             return MlflowClient(tracking_uri=self.uri)
         # MLflow creates and migrates the schema of a new sqlite store when it first opens it;
         # two processes doing that at once corrupt it, so opening is serialised by a lock file
-        with locked(db.parent / ".bench" / f"{db.name}.open.lock"):
+        from contextlib import ExitStack
+
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(locked(db.parent / ".bench" / f"{db.name}.open.lock"))
+            except OSError:
+                if not db.is_file():
+                    raise
+                # an existing store in a folder this process cannot write (an archive, a read-only
+                # mount): still read; writing is judged by check_writable and the store itself
             return MlflowClient(tracking_uri=self.uri)
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -242,7 +256,14 @@ class Tracker:
         """Fail fast (before any training) when the store is unreachable: one quick attempt."""
         try:
             with _Env(_CHECK_ENV):
-                self.client.search_experiments(max_results=1)
+                try:
+                    self.client.search_experiments(max_results=1)
+                except Exception as e:
+                    if sqlite_path(self.uri) is None or "database is locked" not in str(e):
+                        raise
+                    # a sqlite store another writer holds is there and busy, not unreachable: it is
+                    # waited for like every busy store (retry_seconds), then refused
+                    self.call(lambda: self.client.search_experiments(max_results=1))  # opening included
         except Exception as e:  # MLflow raises many types for "cannot reach"
             raise TrackingError(
                 redact_uri(f"cannot reach the tracking store {self.uri}: {short_reason(e)}")
