@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,3 +156,22 @@ def file_size_limit():
     yield lambda n: resource.setrlimit(resource.RLIMIT_FSIZE, (n, old_limit[1]))
     resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
     signal.signal(signal.SIGXFSZ, old_handler)
+
+
+@contextlib.contextmanager
+def read_only_file(path: Path):
+    """``path`` read-only for this process until the block ends: chmod 444, or, as root (who
+    writes through file modes), the immutable attribute; the test is skipped where that fails."""
+    import subprocess
+
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("running as root where chattr +i is not available")
+        undo = ["chattr", "-i", str(path)]
+    else:
+        path.chmod(0o444)
+        undo = ["chmod", "644", str(path)]
+    try:
+        yield path
+    finally:
+        subprocess.run(undo, check=True)

@@ -641,28 +641,17 @@ def test_an_empty_tracking_uri_is_refused(write_suite, tmp_path, capsys, monkeyp
 def test_a_read_only_sqlite_store_is_exit_2_at_start_up(
     hostile_store, tmp_path, write_suite, capsys, monkeypatch
 ):
-    import os
     import shutil
-    import subprocess
 
-    from conftest import tiny_suite
+    from conftest import read_only_file, tiny_suite
 
     db = tmp_path / "store.db"
     uri = f"sqlite:///{db}"
     shutil.copyfile(hostile_store.removeprefix("sqlite:///"), db)  # an existing, valid store
-    if os.geteuid() == 0:  # root writes through file modes: make the file immutable instead
-        if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
-            pytest.skip("running as root where chattr +i is not available")
-        undo = ["chattr", "-i", str(db)]
-    else:
-        db.chmod(0o444)
-        undo = ["chmod", "644", str(db)]
-    try:
+    with read_only_file(db):
         monkeypatch.chdir(tmp_path)
         path = write_suite(tiny_suite())
         rc, lines = _cli(["run", str(path), "--tracking-uri", uri], capsys)
-    finally:
-        subprocess.run(undo, check=True)
     assert rc == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"--tracking-uri: the tracking store {uri} is read-only here ("), lines
 

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import torch
 import yaml
-from conftest import tiny_suite
+from conftest import read_only_file, tiny_suite
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
@@ -128,17 +128,8 @@ def test_bench_eval_refuses_a_read_only_store_before_computing(tmp_path, capsys,
     capsys.readouterr()
     before = db.read_bytes()
     monkeypatch.setattr(reeval, "plan_eval", lambda *a: pytest.fail("planned on a read-only store"))
-    if os.geteuid() == 0:  # root writes through file modes: make the file immutable instead
-        if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
-            pytest.skip("running as root where chattr +i is not available")
-        undo = ["chattr", "-i", str(db)]
-    else:
-        db.chmod(0o444)
-        undo = ["chmod", "644", str(db)]
-    try:
+    with read_only_file(db):
         rc = main(["eval", "tiny", "--metrics", "psnr", "--tracking-uri", uri])
-    finally:
-        subprocess.run(undo, check=True)
     err = capsys.readouterr().err
     assert rc == 2 and f"the tracking store {uri} is read-only here" in err, err
     assert db.read_bytes() == before
