@@ -146,16 +146,25 @@ def bench_cache(tmp_path_factory) -> Iterator[Path]:
 
 @pytest.fixture
 def file_size_limit():
-    """``limit(n)``: files this process writes stop at ``n`` bytes (EFBIG, as a full disk stops
-    them with ENOSPC), until the test ends."""
+    """``with limit(n):`` files this process writes stop at ``n`` bytes inside the block (EFBIG, as
+    a full disk stops them with ENOSPC). The limit ends with the block, before pytest writes the
+    test's result (into a log file that may be larger than ``n``)."""
     import resource
     import signal
 
     old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a signal that kills
-    yield lambda n: resource.setrlimit(resource.RLIMIT_FSIZE, (n, old_limit[1]))
-    resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
-    signal.signal(signal.SIGXFSZ, old_handler)
+
+    @contextlib.contextmanager
+    def limit(n: int):
+        old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a signal that kills
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n, old_limit[1]))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+            signal.signal(signal.SIGXFSZ, old_handler)
+
+    yield limit
 
 
 @contextlib.contextmanager

@@ -384,8 +384,7 @@ def test_a_genuine_checkpoint_still_resumes(tmp_path, write_suite, store, monkey
 def test_a_checkpoint_that_cannot_be_written_says_why_and_keeps_the_previous_one(tmp_path, file_size_limit):
     path = tmp_path / "checkpoint.pt"
     save_state({"step": 1, "w": torch.ones(10)}, path)
-    file_size_limit(100_000)
-    with pytest.raises(OSError) as e:  # torch.save's own RuntimeError hid the disk's error
+    with file_size_limit(100_000), pytest.raises(OSError) as e:  # torch.save's RuntimeError hid it
         save_state({"step": 2, "w": torch.ones(100_000)}, path)
     assert e.value.errno == errno.EFBIG and e.value.filename == str(path)
     assert str(e.value) == f"[Errno {errno.EFBIG}] File too large: '{path}'"
@@ -398,8 +397,9 @@ def test_a_run_whose_checkpoint_cannot_be_written_fails_with_the_reason(
 ):
     # an ae-mlp checkpoint (weights and Adam's two moments) is 2.6 MB, what the store holds < 1 MB
     path = write_suite(tiny_suite(models=[{"name": "ae-mlp"}], checkpoint={"every": 2}))
-    file_size_limit(1_500_000)
-    assert main(["run", str(path), "--tracking-uri", store, "--out", str(tmp_path / "rep")]) == 1
+    with file_size_limit(1_500_000):
+        rc = main(["run", str(path), "--tracking-uri", store, "--out", str(tmp_path / "rep")])
+    assert rc == 1
     client = MlflowClient(store)
     (run,) = client.search_runs(
         [client.get_experiment_by_name("tiny").experiment_id], "tags.`bench.kind` = 'run'"
