@@ -203,16 +203,23 @@ def rank(module: str) -> int | None:
     return next((i for i, names in enumerate(LAYERS) if layer in names), None)
 
 
-def test_the_reader_finds_every_kind_of_import(tmp_path):
-    src = tmp_path / "bench" / "run" / "x.py"
+def _source(tmp_path: Path, module: str, *lines: str) -> Path:
+    """A module's source file under ``tmp_path``, as the reader finds it in the package."""
+    src = tmp_path.joinpath(*module.split(".")).with_suffix(".py")
     src.parent.mkdir(parents=True)
-    src.write_text(
-        "from typing import TYPE_CHECKING\n"
-        "from . import y\n"
-        "from ..store import tracking\n"
-        "if TYPE_CHECKING:\n    from bench.report.summary import Summary\n"
-        "def f():\n    import bench.metrics.base\n",
-        encoding="utf-8",
+    src.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return src
+
+
+def test_the_reader_finds_every_kind_of_import(tmp_path):
+    src = _source(
+        tmp_path,
+        "bench.run.x",
+        "from typing import TYPE_CHECKING",
+        "from . import y",
+        "from ..store import tracking",
+        "if TYPE_CHECKING:\n    from bench.report.summary import Summary",
+        "def f():\n    import bench.metrics.base",
     )
     known = {"bench.run.x", "bench.run.y", "bench.store", "bench.store.tracking",
              "bench.report.summary", "bench.metrics.base"}
@@ -222,20 +229,19 @@ def test_the_reader_finds_every_kind_of_import(tmp_path):
 
 
 def test_the_reader_finds_namespace_packages_and_import_calls(tmp_path):
-    src = tmp_path / "bench" / "metrics" / "x.py"
-    src.parent.mkdir(parents=True)
-    src.write_text(
-        "import importlib\n"
-        "from importlib import import_module\n"
-        "import bench.store\n"
-        "from .. import run\n"
-        "def f(name):\n"
-        "    importlib.import_module('bench.report.summary')\n"
-        "    import_module('.y', 'bench.data')\n"
-        "    import_module('..train', package='bench.metrics')\n"
-        "    __import__('bench.cli')\n"
-        "    importlib.import_module(name)  # not a literal: nothing to read\n",
-        encoding="utf-8",
+    src = _source(
+        tmp_path,
+        "bench.metrics.x",
+        "import importlib",
+        "from importlib import import_module",
+        "import bench.store",
+        "from .. import run",
+        "def f(name):",
+        "    importlib.import_module('bench.report.summary')",
+        "    import_module('.y', 'bench.data')",
+        "    import_module('..train', package='bench.metrics')",
+        "    __import__('bench.cli')",
+        "    importlib.import_module(name)  # not a literal: nothing to read",
     )
     mods = {"bench.metrics.x": src, "bench.store.tracking": src, "bench.run": src,
             "bench.report.summary": src, "bench.data.y": src, "bench.train": src, "bench.cli": src}
