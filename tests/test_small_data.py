@@ -265,6 +265,62 @@ def test_the_reference_row_keeps_the_values_that_computed(tmp_path, monkeypatch,
     assert {"fid_domain", "kid_domain"} <= set(tracker.client.get_run(run_id).data.metrics)
 
 
+def test_a_reference_row_killed_while_written_is_completed_and_the_report_reads_a_finished_one(
+    tmp_path, monkeypatch, store
+):
+    import subprocess
+
+    import bench.metrics.generative as generative
+    from bench.report.summary import load_store
+    from bench.run.reference import log_reference
+    from bench.store.tracking import RunLogger, Tracker
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))  # no reference result cached by another test
+    data = make_synthetic(64, 32)
+    cfg = EvalConfig(metrics=["fid_domain", "kid_domain"], n_samples=20, n_real=20, kid_subset_size=10)
+    tracker, client = Tracker(store), mlflow.tracking.MlflowClient(store)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+
+    def killed(self, status="FINISHED"):  # the process dies after the row's values, before it closes it
+        raise KeyboardInterrupt
+
+    def broken(*a, **k):
+        raise RuntimeError("kid broke")
+
+    def rows():
+        exp = client.get_experiment_by_name("refsuite").experiment_id
+        return client.search_runs([exp], "tags.`bench.kind` = 'reference'")
+
+    with monkeypatch.context() as m:
+        m.setattr(RunLogger, "finish", killed)
+        m.setitem(generative.SCORERS, "kid", broken)
+        for _ in range(2):  # two processes: the second starts its own row while the first's is alive
+            with pytest.raises(KeyboardInterrupt):
+                log_reference(tracker, "refsuite", data, cfg, torch.device("cpu"))
+    killed_rows = rows()
+    for r in killed_rows:  # both processes die
+        client.set_tag(r.info.run_id, "bench.pid", str(dead.pid))
+    assert [r.info.status for r in killed_rows] == ["RUNNING", "RUNNING"]
+    assert all("fid_domain" in r.data.metrics and "kid_domain" not in r.data.metrics for r in killed_rows)
+
+    run_id = log_reference(tracker, "refsuite", data, cfg, torch.device("cpu"))
+    after = {r.info.run_id: r for r in rows()}
+    assert len(after) == 2 and run_id in {r.info.run_id for r in killed_rows}  # no third row
+    done = after.pop(run_id)
+    (other,) = after.values()
+    assert done.info.status == "FINISHED" and {"fid_domain", "kid_domain"} <= set(done.data.metrics)
+    assert any(k.startswith("reference.") for k in done.data.params)  # the protocol, logged once
+    assert other.info.status == "KILLED" and run_id in other.data.tags["failure_reason"]
+
+    # a newer row still being written (its process alive) does not replace the finished one in a report
+    live = tracker.start_reference("refsuite", {"bench.reference_key": "another"})
+    live.metrics(0, {"fid_domain": 123.0})
+    assert client.get_run(live.run_id).info.status == "RUNNING"
+    refs = load_store(tracker, ["refsuite"]).references
+    assert list(refs.run_id) == [run_id]
+
+
 # --------------------------------------------------------------------------- degenerate data and codes
 
 

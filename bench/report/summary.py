@@ -201,7 +201,10 @@ def load_store(tracker: Tracker, suites: list[str]) -> StoreData:
 
     ref_rows, prov_rows, label_rows = [], [], []
     for s in suites:
-        refs = sorted(tracker.runs(s, kind="reference"), key=lambda r: r.info.start_time)
+        # the newest complete row; one whose process was killed while writing it only if none is
+        refs = sorted(
+            tracker.runs(s, kind="reference"), key=lambda r: (r.info.status == "FINISHED", r.info.start_time)
+        )
         if refs:
             ref = refs[-1]
             ref_rows.append({"suite": s, "run_id": ref.info.run_id, **ref.data.metrics})

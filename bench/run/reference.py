@@ -17,7 +17,7 @@ from bench.data import ImageData
 from bench.metrics.base import METRICS, Result, failure_reason
 from bench.metrics.generative import GenerationEval, generation_metric, generation_names
 from bench.metrics.reference import protocol
-from bench.store.tracking import RunLogger, Tracker
+from bench.store.tracking import RunLogger, Tracker, process_alive
 from bench.suite import flatten
 
 log = logging.getLogger("bench")
@@ -39,30 +39,43 @@ def log_reference(
     gen = GenerationEval(data, cfg, seed=0, device=device)
     proto = protocol(gen)
     key = content_key(proto)
-    existing = [
-        r
-        for r in tracker.runs(suite_name, kind="reference")
-        if r.data.tags.get("bench.reference_key") == key and r.info.status == "FINISHED"
-    ]
-    if existing and all(n in existing[0].data.metrics for n in names):
-        return existing[0].info.run_id
-    todo = [n for n in names if not existing or n not in existing[0].data.metrics]
+    rows = tracker.runs(suite_name, kind="reference")
+    same = [r for r in rows if r.data.tags.get("bench.reference_key") == key]
+    finished = [r for r in same if r.info.status == "FINISHED"]
+    # a row whose process was killed while writing it: its values are kept, the row completed
+    orphans = [r for r in same if r.info.status == "RUNNING" and not process_alive(r.data.tags)]
+    target = finished[0] if finished else (orphans[0] if orphans else None)
+    for r in orphans:
+        if r is not target:
+            why = "its bench process ended before the row was complete (killed)"
+            tracker.close_stale(r, f"{why}; run {target.info.run_id} holds the row")
+    have = dict(target.data.metrics) if target is not None else {}
+    todo = [n for n in names if n not in have]
+    if target is not None and target.info.status == "FINISHED" and not todo:
+        return target.info.run_id
     results: dict[str, Result] = {}
     for n in todo:  # each metric on its own: one that fails costs the row no other value
         try:
             results[n] = gen.reference_result(generation_metric(n))
         except Exception as e:  # the row accompanies runs that are safe in the store: never lose them
             log.error("the reference row of %s has no %s: %s", suite_name, n, failure_reason(e), exc_info=e)
-    if not results:
-        return existing[0].info.run_id if existing else None
-    if existing:
-        run = RunLogger(tracker, existing[0].info.run_id)
+    if target is None:
+        if not results:
+            return None
+        run = tracker.start_reference(
+            suite_name, {"label": "reference", "family": "data", "model": "data", "bench.reference_key": key}
+        )
+    elif target.info.status == "FINISHED":
+        if results:
+            RunLogger(tracker, target.info.run_id).results(0, results)
+        return target.info.run_id
+    elif not (have or results):  # a killed row with no value, and none computed now
+        tracker.close_stale(target, "its bench process ended before any value of the row was logged (killed)")
+        return None
+    else:
+        run = RunLogger(tracker, target.info.run_id)
+    run.params(flatten(proto, "reference."))  # the same values again where the killed row logged them
+    if results:
         run.results(0, results)
-        return run.run_id
-    run = tracker.start_reference(
-        suite_name, {"label": "reference", "family": "data", "model": "data", "bench.reference_key": key}
-    )
-    run.params(flatten(proto, "reference."))
-    run.results(0, results)
     run.finish("FINISHED")
     return run.run_id

@@ -391,7 +391,7 @@ class Tracker:
         run = self.client.create_run(
             exp,
             run_name="reference",
-            tags={"bench.kind": "reference", "bench.suite": suite_name, **tags},
+            tags={"bench.kind": "reference", "bench.suite": suite_name, **tags, **process_tags()},
         )
         return RunLogger(self, run.info.run_id)
 
