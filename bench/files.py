@@ -8,6 +8,7 @@ Every file bench writes and reads back (checkpoints, cache entries, run folders)
 from __future__ import annotations
 
 import os
+import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,9 +22,14 @@ except ImportError:  # not POSIX: locks are no-ops
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write ``path`` through ``write(file)`` into a temp file, fsync it, and rename it into place."""
+    """Write ``path`` through ``write(file)`` into a temp file, fsync it, and rename it into place.
+
+    The temp file is ``.<name>.<host>.<pid>.tmp``; one left by a killed writer on this host is
+    removed by the next write of the same file (a live writer's, or another host's, is left alone).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _remove_dead_temps(path)
+    tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.tmp")
     try:
         with open(tmp, mode) as f:
             write(f)
@@ -47,6 +53,35 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             os.close(fd)
     except OSError:
         pass
+
+
+_HOST = (platform.node() or "localhost").replace(os.sep, "_")
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Remove the temp files of ``path`` that writers on this host left when they were killed."""
+    prefix = f".{path.name}.{_HOST}."
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix) :].removesuffix(".tmp")
+        if pid.isdigit() and not _process_alive(int(pid)):
+            try:
+                (path.parent / name).unlink()
+            except OSError:  # gone already, or not ours to remove
+                pass
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's process, or no valid pid
+        return pid > 0
+    return pid > 0
 
 
 def _os_error(e: BaseException) -> OSError | None:

@@ -13,6 +13,7 @@ import errno
 import logging
 import math
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -70,9 +71,15 @@ def test_a_write_killed_at_any_moment_leaves_the_previous_checkpoint(tmp_path):
     state = load_state(path)  # whole, and consistent with itself
     assert state["step"] > 0 and torch.equal(state["w"], torch.full((1_000_000,), float(state["step"])))
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "checkpoint.pt"]
-    assert all(name.endswith(".tmp") for name in leftovers)  # at most the killed write's temp file
-    save_state({"step": -1}, path)  # and the next write goes through
+    assert leftovers in ([], [f".checkpoint.pt.{platform.node()}.{writer.pid}.tmp"])  # the killed write's
+    live = tmp_path / f".checkpoint.pt.{platform.node()}.{os.getppid()}.tmp"  # a live writer's
+    other = tmp_path / ".checkpoint.pt.another-host.1.tmp"  # a writer's on another host
+    killed = tmp_path / f".checkpoint.pt.{platform.node()}.{writer.pid}.tmp"
+    for temp in (live, other, killed):
+        temp.write_bytes(b"")
+    save_state({"step": -1}, path)  # the next write goes through, and removes the killed one's temp file
     assert load_state(path)["step"] == -1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["checkpoint.pt", live.name, other.name])
 
 
 def test_a_torn_or_foreign_file_is_refused_not_loaded(tmp_path):
