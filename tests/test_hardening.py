@@ -651,9 +651,11 @@ def test_a_read_only_sqlite_store_is_exit_2_at_start_up(
     with read_only_file(db):
         monkeypatch.chdir(tmp_path)
         path = write_suite(tiny_suite())
+        before = sorted(tmp_path.rglob("*"))
         rc, lines = _cli(["run", str(path), "--tracking-uri", uri], capsys)
     assert rc == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"--tracking-uri: the tracking store {uri} is read-only here ("), lines
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written: no lock file, no run folder
 
 
 # --------------------------------------------------------------------------- reasons

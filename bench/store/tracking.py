@@ -198,7 +198,9 @@ class Tracker:
         from mlflow import MlflowClient
 
         db = sqlite_path(self.uri)
-        if db is None:
+        if db is None or (db.is_file() and not os.access(db, os.W_OK)):
+            # not sqlite, or an existing store this process cannot write (a read-only file or mount):
+            # it has no schema to create, and nothing is written beside it
             return MlflowClient(tracking_uri=self.uri)
         # MLflow creates and migrates the schema of a new sqlite store when it first opens it;
         # two processes doing that at once corrupt it, so opening is serialised by a lock file
