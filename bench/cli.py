@@ -14,6 +14,10 @@ from pathlib import Path
 from bench.files import folder_problem
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+PLUGINS_HELP = (
+    "a folder to import a run's plugin model (module:Class) from; repeatable. Never taken from the "
+    "store: a stored run chooses no code to run"
+)
 
 
 def _err(msg: str) -> None:
@@ -312,6 +316,14 @@ def _print_report_paths(paths: list[Path]) -> None:
     print("        also logged under report/ of the suite's parent run in the tracking store")
 
 
+def _bad_plugin_folders(folders: list[str]) -> bool:
+    """``--plugins`` folders that are not folders, said (exit 2 follows)."""
+    bad = [f for f in folders if not Path(f).expanduser().is_dir()]
+    for f in bad:
+        _err(f"--plugins {f}: not a folder")
+    return bool(bad)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from bench.data import DataError
     from bench.run.context import resolve_device
@@ -328,7 +340,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"--set {key}: bench eval changes eval settings only (--set eval.KEY=VALUE), "
             "and dataset.root where the run's data has moved"
         )
-    if outside:
+    if outside or _bad_plugin_folders(args.plugins):
         return EXIT_BAD_INPUT
     tracker = Tracker(resolve_uri(args.tracking_uri))
     metrics = [m for item in args.metrics for m in item.split(",") if m] if args.metrics else None
@@ -336,7 +348,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         tracker.check()
         tracker.check_writable()  # the metrics are logged into the runs: a read-only store computes nothing
-        planned = plan_eval(tracker, args.target, metrics, args.set)
+        planned = plan_eval(tracker, args.target, metrics, args.set, args.plugins)
     except (TrackingError, RunNotFound, SuiteError, BadRequest) as e:
         _err(str(e))
         return EXIT_BAD_INPUT
@@ -374,11 +386,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     problem = f"{out} is a folder" if out.is_dir() else folder_problem(out.parent)
     if problem:
         _err(f"--out: {problem}")
+    if problem or _bad_plugin_folders(args.plugins):
         return EXIT_BAD_INPUT
     tracker = Tracker(resolve_uri(args.tracking_uri))
     try:
         tracker.check()
-        run, grid = sample_grid(tracker, args.run_id, args.sampler, args.n, args.seed, args.device)
+        run, grid = sample_grid(
+            tracker, args.run_id, args.sampler, args.n, args.seed, args.device, args.plugins
+        )
     except (TrackingError, RunNotFound, UnknownNameError, BadRequest) as e:
         _err(str(e))
         return EXIT_BAD_INPUT
@@ -625,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--tracking-uri")
     ev.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the run's)")
+    ev.add_argument("--plugins", action="append", default=[], metavar="FOLDER", help=PLUGINS_HELP)
     ev.set_defaults(fn=cmd_eval)
 
     sa = sub.add_parser("sample", help="draw a grid of samples from a finished run")
@@ -635,6 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--tracking-uri")
     sa.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the run's)")
+    sa.add_argument("--plugins", action="append", default=[], metavar="FOLDER", help=PLUGINS_HELP)
     sa.set_defaults(fn=cmd_sample)
 
     ls = sub.add_parser("list", help="registered datasets, models and metrics")

@@ -18,13 +18,13 @@ from bench.cli import main
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory):
-    """One tiny `bench run` (a VAE, two seeds), shared: each test damages a file of its own run."""
+    """One tiny `bench run` (a VAE, three seeds), shared: each test damages a file of its own run."""
     tmp = tmp_path_factory.mktemp("damaged")
     path = tmp / "suite.yaml"
     suite = tiny_suite(
         name="damaged",
         models=[{"name": "vae-mlp"}],
-        seeds=[0, 1],
+        seeds=[0, 1, 2],
         budget={"steps": 2, "batch_size": 32},
         eval={"metrics": ["recon_mse"], "batch_size": 64},
     )
@@ -78,6 +78,32 @@ def test_a_config_without_its_fields_is_exit_2_naming_them(stored, capsys):
         assert f"run {run_id} (vae-mlp/seed1): artifact config.json: field 'dataset' is missing" in err, err
         assert "Traceback" not in err
     assert snapshot(client, exp) == before
+    assert not (tmp / "s.png").exists()
+
+
+def test_a_spec_naming_another_model_or_a_step_count_not_whole_is_exit_2(stored, capsys):
+    """model/spec.json must name the model config.json names (a stored file chooses no other
+    model, built-in or plugin), and the run's budget_steps must be a whole number."""
+    tmp, store, client, exp, runs = stored
+    run_id = runs["2"]
+    spec = artifact(client, run_id, "model/spec.json")
+    text = spec.read_text()
+    spec.write_text(json.dumps({**json.loads(text), "model": "os:system"}))
+    before = snapshot(client, exp)
+    for args in (["eval", run_id], ["sample", run_id, "-n", "4", "-o", str(tmp / "s.png")]):
+        assert main([*args, "--tracking-uri", store]) == 2, args
+        err = capsys.readouterr().err
+        assert "field 'model' is 'os:system'; the run's config.json says 'vae-mlp'" in err, err
+    spec.write_text(text)
+    client.log_metric(run_id, "budget_steps", float("nan"), step=10**6)  # the latest value
+    assert main(["eval", run_id, "--tracking-uri", store]) == 2
+    err = capsys.readouterr().err
+    assert f"run {run_id} (vae-mlp/seed2): metric budget_steps must be a whole number: nan" in err, err
+    assert "Traceback" not in err
+    after = snapshot(client, exp)
+    assert after.keys() == before.keys()  # no reference run
+    assert {k: v for k, v in after.items() if k != run_id} == {k: v for k, v in before.items() if k != run_id}
+    assert after[run_id][0].keys() == before[run_id][0].keys()  # no metric logged
     assert not (tmp / "s.png").exists()
 
 

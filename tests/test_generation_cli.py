@@ -164,6 +164,10 @@ def test_bench_sample_draws_a_grid(finished, capsys):
     gan = runs["gan-mlp"].info.run_id
     assert main(["sample", gan, "-o", str(tmp / "x.png"), "--sampler", "gmm", "--tracking-uri", store]) == 2
     assert "applies to ae/vae models" in capsys.readouterr().err
+    for n in ("0", "10001"):  # a grid is 1 to 10,000 images: refused before any model is loaded
+        assert main(["sample", gan, "-n", n, "-o", str(tmp / "x.png"), "--tracking-uri", store]) == 2
+        assert f"-n: a grid holds 1 to 10,000 samples (got {n})" in capsys.readouterr().err
+    assert not (tmp / "x.png").exists()
 
 
 def test_missing_offline_weights_stop_bench_run_before_any_work(

@@ -91,8 +91,14 @@ def test_plugin_and_image_folder_run_evaluate_report_and_resume(project, capsys)
     assert config["plugin"]["file"] == str(project["plugin"].resolve())
     assert config["dataset"]["name"] == "imagefolder"
 
-    # bench eval rebuilds the plugin model from the store (found where the run found it)
-    assert main(["eval", "mine", "--metrics", "ssim", "--tracking-uri", uri]) == 0
+    # bench eval rebuilds the plugin model from the store, importing it from the folder the user names
+    capsys.readouterr()
+    assert main(["eval", "mine", "--metrics", "ssim", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert f"add --plugins {root / 'lib'}" in err
+    assert "ssim" not in tracker.run(tiny_run.info.run_id).data.metrics
+    lib = ["--plugins", str(root / "lib")]
+    assert main(["eval", "mine", "--metrics", "ssim", "--tracking-uri", uri, *lib]) == 0
     assert "ssim" in tracker.run(tiny_run.info.run_id).data.metrics
 
     assert main(["report", "mine", "--tracking-uri", uri, "--out", str(root / "rep2")]) == 0
@@ -168,6 +174,75 @@ def test_an_edited_plugin_is_a_new_run_and_builtin_hashes_do_not_move(project, t
         plugin.write_text(text)
     assert after["tiny"] != before["tiny"]
     assert after["dcgan"] == before["dcgan"]
+
+
+def test_a_stored_run_chooses_no_code_to_run(project, tmp_path, capsys):
+    """The run's config.json and model/spec.json name its plugin's module and folders. Edited to
+    name a module of their own, in the run's own artifact folder: bench eval and bench sample
+    import nothing from there, with or without --plugins."""
+    uri, lib = project["uri"], str(project["root"] / "lib")
+    tiny = next(r for r in model_runs(uri) if r.data.tags["label"] == "tiny")
+    run_id = tiny.info.run_id
+    artifacts = Path(tiny.info.artifact_uri.removeprefix("file://"))
+    assert (artifacts / "config.json").is_file()  # a local artifact store
+    marker = tmp_path / "ran"
+    kept = {name: (artifacts / name).read_text() for name in ("config.json", "model/spec.json")}
+    try:
+        (artifacts / "evil.py").write_text(
+            f"open({str(marker)!r}, 'w').close()\nfrom myplugins.models import TinyVAE\n\n\n"
+            "class M(TinyVAE):\n    pass\n"
+        )
+        for name, text in kept.items():
+            doc = json.loads(text)
+            doc["model"] = "evil:M"
+            if "plugin" in doc:
+                doc["plugin"]["paths"] = [str(artifacts)]
+            else:
+                doc["plugin_paths"] = [str(artifacts)]
+            (artifacts / name).write_text(json.dumps(doc))
+        out = tmp_path / "s.png"
+        for plugins in ([], ["--plugins", lib], ["--plugins", str(artifacts)]):
+            capsys.readouterr()
+            assert main(["eval", run_id, "--metrics", "psnr", "--tracking-uri", uri, *plugins]) == 2, plugins
+            assert main(["sample", run_id, "-o", str(out), "--tracking-uri", uri, *plugins]) == 2
+            err = capsys.readouterr().err
+            assert f"run {run_id} (tiny/seed0): " in err, err
+            if plugins != ["--plugins", str(artifacts)]:
+                assert not marker.exists() and not out.exists(), (plugins, err)
+        # a folder the user names is the user's code: imported, and refused for its source
+        assert "the run was trained with" in err and not out.exists()
+    finally:
+        for name, text in kept.items():
+            (artifacts / name).write_text(text)
+        (artifacts / "evil.py").unlink(missing_ok=True)
+
+
+def test_bench_eval_refuses_a_plugin_edited_since_its_run(project, tmp_path, capsys):
+    """The class's source must have the sha256 the run recorded: else the metrics logged into the
+    run would be another model's."""
+    import shutil
+
+    uri = project["uri"]
+    tiny = next(r for r in model_runs(uri) if r.data.tags["label"] == "tiny")
+    edited = tmp_path / "lib"
+    shutil.copytree(project["root"] / "lib", edited)
+    models = edited / "myplugins" / "models.py"
+    models.write_text(models.read_text() + "\n# tuned since\n")
+    before = dict(tiny.data.metrics)
+    out = tmp_path / "s.png"
+    run_id = tiny.info.run_id
+    for cmd in (["eval", run_id, "--metrics", "psnr"], ["sample", run_id, "-o", str(out)]):
+        capsys.readouterr()
+        assert main([*cmd, "--tracking-uri", uri, "--plugins", str(edited)]) == 2
+        err = capsys.readouterr().err
+        assert f"its source {models.resolve()} has sha256" in err and "the run was trained with" in err, err
+    assert not out.exists() and dict(next(
+        r for r in model_runs(uri) if r.info.run_id == tiny.info.run_id
+    ).data.metrics) == before
+    # the source it was trained with: drawn from
+    assert main(["sample", tiny.info.run_id, "-o", str(out), "--tracking-uri", uri,
+                 "--plugins", str(project["root"] / "lib")]) == 0  # fmt: skip
+    assert out.is_file()
 
 
 def test_builtin_config_hash_ignores_the_new_dataset_keys(write_suite):

@@ -109,6 +109,20 @@ def _import(module: str, paths: Sequence[str]) -> Any:
         sys.dont_write_bytecode = saved_bytecode
 
 
+def locate(module: str, paths: Sequence[str]) -> str | None:
+    """Where ``module`` would be imported from among ``paths`` alone (its file, or its package's
+    folder), found without importing anything; None when it is not there."""
+    importlib.invalidate_caches()
+    spec, search = None, list(paths)
+    for part in module.split("."):
+        spec = importlib.machinery.PathFinder.find_spec(part, search) if search else None
+        if spec is None:
+            return None
+        search = list(spec.submodule_search_locations or [])
+    assert spec is not None
+    return spec.origin if spec.has_location else (search[0] if search else None)
+
+
 def _attr(module: Any, qualname: str, file: str | None) -> Any:
     obj = module
     for part in qualname.split("."):

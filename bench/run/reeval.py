@@ -10,8 +10,11 @@ Neither needs the training set-up.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +25,7 @@ from bench.data import ImageData, from_config
 from bench.metrics import MetricFailure, Result, evaluate
 from bench.metrics.samplers import fit_latent_sampler
 from bench.models import GenerativeModel, build_model
+from bench.models.plugins import is_import_name, locate, resolve
 from bench.store.tracking import METRIC_FAILED_TAG, RunLogger, Tracker
 from bench.suite import SuiteError, apply_overrides, data_errors, validate_suite
 
@@ -46,7 +50,8 @@ CONFIG_FIELDS: dict[str, type] = {
 }  # fmt: skip
 CONFIG_OPTIONAL: dict[str, type] = {"device": str, "plugin": dict}
 SPEC_FIELDS: dict[str, type] = {"model": str, "params": dict, "image_shape": list}
-SPEC_OPTIONAL: dict[str, type] = {"plugin_paths": list}
+SPEC_OPTIONAL: dict[str, type] = {"plugin_paths": list}  # where the run found its code: read by no one
+MAX_SAMPLES = 10_000  # a sample grid's largest size (100 x 100 images)
 TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object", list: "a list"}
 
 
@@ -135,7 +140,10 @@ def _stored(tracker: Tracker, run: Any) -> StoredRun:
         problems.append("field 'plugin.paths' must be a list of strings")
     if problems:
         raise BadArtifact("\n".join(f"{_where(run_id, name, 'config.json')}: {p}" for p in problems))
-    step = int(run.data.metrics.get("budget_steps", 0))
+    step = run.data.metrics.get("budget_steps", 0)
+    if not (isinstance(step, (int, float)) and math.isfinite(step) and step >= 0 and step == int(step)):
+        raise BadArtifact(f"run {run_id} ({name}): metric budget_steps must be a whole number: {step}")
+    step = int(step)
     return StoredRun(
         run.info.run_id,
         run.info.run_name,
@@ -168,8 +176,58 @@ def find_runs(tracker: Tracker, target: str) -> list[StoredRun]:
     return [_stored(tracker, run)]
 
 
+def plugin_folders(run: StoredRun, model: str, plugins: Sequence[str]) -> list[str]:
+    """The folders a stored run's ``module:Class`` model is imported from: those the user names
+    (``--plugins``), never paths a stored artifact names, and only where the module is found in
+    them (located without importing it). A stored run chooses no code to run. Empty for built-in
+    and entry-point models."""
+    if not is_import_name(model):
+        return []
+    where = f"run {run.run_id} ({run.name})"
+    recorded = run.config.get("plugin") if isinstance(run.config.get("plugin"), dict) else {}
+    file = recorded.get("file") if isinstance(recorded.get("file"), str) else None
+    found = f" from {file}" if file else ""
+    if not plugins:
+        module = model.partition(":")[0]
+        # the folder that held its module when the run trained: a suggestion, never searched
+        up = module.count(".") + (2 if file and Path(file).name == "__init__.py" else 1)
+        hint = str(Path(file).parents[up - 1]) if file and len(Path(file).parents) >= up else "FOLDER"
+        raise BadRequest(
+            f"{where}: model {model} is a plugin{found}; bench imports a plugin only from folders "
+            f"you name: add --plugins {hint}"
+        )
+    folders = [str(Path(f).expanduser().resolve()) for f in plugins]
+    if locate(model.partition(":")[0], folders) is None:
+        raise BadRequest(
+            f"{where}: model {model}{found}: its module is not in the folders of --plugins "
+            f"({', '.join(folders)})"
+        )
+    return folders
+
+
+def _check_source(run: StoredRun, model: str, paths: Sequence[str]) -> None:
+    """The plugin class found now has the source the run was trained with (its recorded sha256):
+    else the metrics would be another model's, logged into this run."""
+    from bench.models.plugins import PluginError
+
+    try:
+        entry = resolve(model, paths)
+    except PluginError as e:
+        raise BadRequest(f"run {run.run_id} ({run.name}): model {model}: {e}") from None
+    if entry.plugin is None:
+        return
+    recorded = run.config.get("plugin") if isinstance(run.config.get("plugin"), dict) else {}
+    if entry.plugin.sha256 != recorded.get("sha256"):
+        raise BadRequest(
+            f"run {run.run_id} ({run.name}): model {model}: its source {entry.plugin.file} has sha256 "
+            f"{entry.plugin.sha256[:12]}, the run was trained with {str(recorded.get('sha256'))[:12]}: "
+            "the numbers would be another model's (train it again with bench run)"
+        )
+
+
 def suite_of_run(
-    run: StoredRun, metrics: list[str] | None, overrides: list[str], where: str | None = None
+    run: StoredRun, metrics: list[str] | None, overrides: list[str], where: str | None = None,
+    plugins: Sequence[str] = (),
 ) -> Suite:
     """The run's own settings as a one-model suite, with ``metrics`` and ``--set`` overrides applied,
     fully validated (raises ``SuiteError`` naming the field, before any work)."""
@@ -183,10 +241,11 @@ def suite_of_run(
         "eval": {**c["eval"], **({"metrics": metrics} if metrics is not None else {})},
         "models": [{"name": c["model"], "label": c["label"], **c["params"]}],
     }
-    if "plugin" in c:  # a plugin model: found where the run found it
-        raw["plugins"] = list(c["plugin"].get("paths", []))
+    raw["plugins"] = plugin_folders(run, c["model"], plugins)
     where = where or f"run {run.run_id} ({run.name})"
-    return validate_suite(apply_overrides(raw, overrides, where), where)
+    suite = validate_suite(apply_overrides(raw, overrides, where), where)
+    _check_source(run, c["model"], suite.plugin_paths)
+    return suite
 
 
 def load_data(suite: Suite) -> ImageData:
@@ -194,7 +253,9 @@ def load_data(suite: Suite) -> ImageData:
     return from_config(d)
 
 
-def load_model(tracker: Tracker, run: StoredRun, device: torch.device) -> GenerativeModel:
+def load_model(
+    tracker: Tracker, run: StoredRun, device: torch.device, plugins: Sequence[str] = ()
+) -> GenerativeModel:
     """The run's trained model, rebuilt from its spec and state_dict, in eval mode on ``device``.
     Raises ``BadArtifact`` naming the artifact when either is missing or damaged (or they do not
     fit each other); ``torch.load`` reads tensors only (``weights_only``): the file runs no code."""
@@ -202,13 +263,18 @@ def load_model(tracker: Tracker, run: StoredRun, device: torch.device) -> Genera
     spec = _json_artifact(tracker, run.run_id, run.name, spec_file)
     where = _where(run.run_id, run.name, spec_file)
     problems = _field_problems(spec, SPEC_FIELDS, SPEC_OPTIONAL)
-    shape, paths = spec.get("image_shape"), spec.get("plugin_paths", [])
+    shape = spec.get("image_shape")
     if isinstance(shape, list) and (len(shape) != 3 or not all(_is_size(x) for x in shape)):
         problems.append(f"field 'image_shape' must be 3 positive integers (channels, height, width): {shape}")
-    if isinstance(paths, list) and not all(isinstance(x, str) for x in paths):
-        problems.append("field 'plugin_paths' must be a list of strings")
+    said = run.config["model"]
+    if isinstance(spec.get("model"), str) and spec["model"] != said:
+        problems.append(f"field 'model' is {spec['model']!r}; the run's config.json says {said!r}")
     if problems:
         raise BadArtifact("\n".join(f"{where}: {p}" for p in problems))
+    # the plugin paths it records are where the run found its code; what is imported now is the user's
+    paths = plugin_folders(run, spec["model"], plugins)
+    if paths:
+        _check_source(run, spec["model"], paths)
     try:
         model = build_model(spec["model"], spec["params"], tuple(shape), paths)
     except Exception as e:  # an unknown model, parameters it refuses
@@ -246,7 +312,7 @@ def evaluate_run(
 
     A metric computed clears the run's ``metric_failed.<metric>`` tag; one that raises is tagged
     so (and added to ``failed``) while the others are still computed and logged."""
-    model = load_model(tracker, run, device)
+    model = load_model(tracker, run, device, suite.plugins)
     cfg: EvalConfig = suite.eval
     with numerics.evaluation(model, cfg.precision, device):  # the codes evaluate shares
         fit_latent_sampler(model, data, cfg.batch_size)
@@ -277,11 +343,16 @@ class Planned:
 
 
 def plan_eval(
-    tracker: Tracker, target: str, metrics: list[str] | None, overrides: list[str]
+    tracker: Tracker,
+    target: str,
+    metrics: list[str] | None,
+    overrides: list[str],
+    plugins: Sequence[str] = (),
 ) -> list[Planned]:
     """Find the runs, validate the request for each (a metric that does not apply to a run's family
     is n/a there, as in ``bench run``), load their data, and check the machine has what the
-    metrics need. Raises before anything is computed or written."""
+    metrics need. Raises before anything is computed or written. ``plugins``: the folders plugin
+    models are imported from (``plugin_folders``)."""
     from bench.metrics import METRICS
     from bench.metrics.generative import preflight
 
@@ -302,12 +373,12 @@ def plan_eval(
         wanted = r.config["eval"].get("metrics", []) if metrics is None else metrics
         return [m for m in wanted if applies(m, r.config["family"])]
 
-    suites = [suite_of_run(r, asked(r), overrides) for r in runs]
+    suites = [suite_of_run(r, asked(r), overrides, plugins=plugins) for r in runs]
     problems = list(dict.fromkeys(p for s in suites for p in preflight(s.eval)))
     if problems:
         raise BadRequest("\n".join(f"{target}: eval.metrics: {p}" for p in problems))
-    for r in runs:  # every model's artifacts are read back (BadArtifact) before anything is logged
-        load_model(tracker, r, torch.device("cpu"))
+    for r, s in zip(runs, suites):  # every model's artifacts are read back (BadArtifact) before any log
+        load_model(tracker, r, torch.device("cpu"), s.plugins)
     planned = [Planned(r, s, load_data(s)) for r, s in zip(runs, suites)]
     problems = [  # the data found now is the data each run was trained on (it may have moved: dataset.root)
         f"run {p.run.run_id} ({p.run.name}): dataset: the data at {p.data.source} is not what the run was "
@@ -341,7 +412,13 @@ def log_references(tracker: Tracker, planned: list[Planned], device: str | None 
 
 
 def sample_grid(
-    tracker: Tracker, run_id: str, sampler: str, n: int, seed: int, device: str | None = None
+    tracker: Tracker,
+    run_id: str,
+    sampler: str,
+    n: int,
+    seed: int,
+    device: str | None = None,
+    plugins: Sequence[str] = (),
 ) -> tuple[StoredRun, Any]:
     """``n`` samples of a finished run from a sampler, as an (H, W, 3) uint8 grid (``bench sample``)."""
     import math
@@ -352,8 +429,8 @@ def sample_grid(
     from bench.run.context import resolve_device
 
     chosen = SAMPLERS.get(sampler)
-    if n < 1:
-        raise BadRequest(f"-n: need at least one sample (got {n})")
+    if not 1 <= n <= MAX_SAMPLES:
+        raise BadRequest(f"-n: a grid holds 1 to {MAX_SAMPLES:,} samples (got {n})")
     runs = find_runs(tracker, run_id)
     if len(runs) != 1:
         raise BadRequest(
@@ -366,10 +443,10 @@ def sample_grid(
             f"{run.name} is a {run.config['family']} model"
         )
     try:
-        suite = suite_of_run(run, [], [], _where(run.run_id, run.name, "config.json"))
+        suite = suite_of_run(run, [], [], _where(run.run_id, run.name, "config.json"), plugins)
     except SuiteError as e:  # the run's own stored settings, unchanged: its config.json is damaged
         raise BadArtifact(str(e)) from None
-    model = load_model(tracker, run, resolve_device(device or suite.device))  # before the data: cheaper
+    model = load_model(tracker, run, resolve_device(device or suite.device), suite.plugins)  # before the data
     data = load_data(suite)
     e = suite.eval
     images = draw(model, sampler, n, data, seed, e.gmm_components, GMMOptions.of(e))  # (n, C, H, W) in [0, 1]
