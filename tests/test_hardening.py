@@ -529,6 +529,25 @@ def test_relog_itself_refuses_before_sending(tmp_path, store):
     assert not (tmp_path / "mlflow.db").exists()  # nothing was sent: the store was never opened
 
 
+@pytest.mark.parametrize("kind", ["params", "tags"])
+def test_a_journal_header_with_a_name_the_store_refuses_is_refused_before_the_store(kind, tmp_path, capsys):
+    """The header's params and tags go through MLflow's name rules as every entry's do: a name it
+    refuses is exit 2 naming the line, before any run is created (a later bench run keeps the journal
+    and goes on)."""
+    from bench.cli import main
+    from bench.store.journal import Journal
+
+    folder = tmp_path / "offline"
+    head = {"uri": "x", "run_id": None, "experiment": "relogged", "run_name": "r/seed0"}
+    j = Journal(folder, {**head, kind: {"bad name!?": "1"}})
+    j.add("finish", status="FINISHED")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = main(["relog", str(folder), "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{folder}/journal.jsonl: line 1: the header's {kind} name 'bad name!?'" in err, err
+    assert (folder / "journal.jsonl").is_file() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_relog_of_a_journal_without_credentials_asks_for_them(tmp_path, capsys):
     from bench.cli import main
     from bench.store.journal import Journal

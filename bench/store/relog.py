@@ -121,6 +121,11 @@ def _checked(folder: Path) -> tuple[tuple[int, dict[str, Any]], list[dict[str, A
     """The journal read once and checked: (header line number, header), the entries after it, and
     the artifact files (``check_journal``)."""
     entries = read_entries(folder)
+    head_line, head = entries[0]
+    for kind in ("tags", "params"):  # the header's names, as an entry's: before any run is created
+        problem = entry_problem({"op": kind, kind: head.get(kind) or {}})
+        if problem:
+            raise JournalError(f"{folder / JOURNAL}: line {head_line}: the header's {problem}")
     files = {}
     for i, (lineno, op) in enumerate(entries[1:]):
         problem = entry_problem(op)
