@@ -317,6 +317,15 @@ def forge_learning_rate(state):
         group["lr"] = 1e3
 
 
+def nan_first_weight(state):
+    model = state["trainer"]["model"]
+    model[next(k for k, t in model.items() if t.dim() == 2)][0, 0] = math.nan
+
+
+def inf_adam_moment(state):
+    next(iter(state["trainer"]["step_fn"]["opt"]["state"].values()))["exp_avg_sq"][0] = math.inf
+
+
 DAMAGES = {
     "step is not a number": set_step("abc"),  # was: ValueError, and every rerun the same
     "step is negative": set_step(-1),
@@ -332,6 +341,8 @@ DAMAGES = {
     "Adam moment of another shape": reshape_adam_moment,  # was: the run FAILED, every rerun the same
     "forged learning rate": forge_learning_rate,
     "Adam steps beyond the trainer's": forge_adam_step,
+    "a weight is NaN": nan_first_weight,  # was: resumed, then FAILED, every rerun the same
+    "an Adam moment is infinite": inf_adam_moment,
 }
 
 

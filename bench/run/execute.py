@@ -312,6 +312,17 @@ def load_trainer_state(trainer: Trainer, state: dict, path: Path) -> None:
         trainer.load_state_dict(state)
         for o, groups in zip(optimizers, settings):
             _check_optimizer(o, groups, step, path)
+        # a run whose weights or moments went NaN fails before its next checkpoint: such a file is
+        # damaged or forged, and would fail the resumed run (or score it) on every retry
+        tensors = {**trainer.model.state_dict(), **{
+            f"optimiser {i}'s {name} of parameter {j}": t
+            for i, o in enumerate(optimizers)
+            for j, st in enumerate(o.state.values())
+            for name, t in st.items()
+        }}  # fmt: skip
+        for name, t in tensors.items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CheckpointError(f"{path}: {name} holds values that are not finite")
     except CheckpointError:
         raise
     except Exception as e:  # missing keys, tensors of other shapes, parameter groups of other sizes
