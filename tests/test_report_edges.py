@@ -213,3 +213,223 @@ def test_the_store_note_stays_within_mlflow_s_tag_limit():
     note = store_note(summarise(pd.DataFrame(rows)), "now", "report")
     assert len(note) <= NOTE_LIMIT and note.endswith("(cut here: the whole answer is in report.md)\n")
     assert "- compression (recon_mse ↓)" in note and "**Warning:** model-000 pools runs" in note
+
+
+# --------------------------------------------------------------------------- damaged values in the store
+
+# the stored suite config of each suite below: a valid one with one field damaged (as an edit, a
+# crash mid-write or another tool could leave it), then the fields of it the report warns about
+GOOD_MODELS = "models:\n  - {name: ae-mlp, label: ae-x}\n  - {name: vae-mlp, label: vae-x}\n"
+GOOD_EVAL = "eval: {metrics: [recon_mse, psnr]}\n"
+
+
+def _published(recon_mse: str) -> str:
+    """A models block whose ae-x publishes ``recon_mse`` as given and a sound ``psnr``."""
+    return (
+        "models:\n  - name: ae-mlp\n    label: ae-x\n    reference:\n"
+        f"      recon_mse: {recon_mse}\n"
+        "      psnr: {value: 20.0, pm: 1.0, source: the paper}\n"
+        "  - {name: vae-mlp, label: vae-x}\n"
+    )
+
+
+VALUE = "models.0.reference.recon_mse.value"
+PUB = VALUE.removesuffix("value")
+GOOD = GOOD_MODELS + GOOD_EVAL
+DAMAGED_CONFIGS = {
+    "report-list": (GOOD_MODELS + GOOD_EVAL + "report: [1]\n", ["report"]),
+    "baseline-list": (GOOD_MODELS + GOOD_EVAL + "report: {baseline: [vae-x]}\n", ["report.baseline"]),
+    "eval-text": (GOOD_MODELS + "eval: x\n", ["eval"]),
+    "metrics-number": (GOOD_MODELS + "eval: {metrics: 5}\n", ["eval.metrics"]),
+    "models-text": ("models: x\n" + GOOD_EVAL, ["models"]),
+    "model-entries": (
+        "models:\n  - 1\n  - {name: vae-mlp, label: [v]}\n  - {name: ae-mlp, label: ae-x}\n" + GOOD_EVAL,
+        ["models.0", "models.1.label"],
+    ),
+    "date-out-of-range": (GOOD_MODELS + GOOD_EVAL + "note: 2020-13-45\n", ["the file"]),
+    "value-text": (_published("{value: abc, source: p}") + GOOD_EVAL, [VALUE]),
+    "value-nan": (_published("{value: .nan, source: p}") + GOOD_EVAL, [VALUE]),
+    "value-true": (_published("{value: true, source: p}") + GOOD_EVAL, [VALUE]),
+    "value-huge": (_published(f"{{value: {10**400}, source: p}}") + GOOD_EVAL, [VALUE]),
+    "pm-list": (_published("{value: 0.01, pm: [1], source: p}") + GOOD_EVAL, [PUB + "pm"]),
+    "pm-negative": (_published("{value: 0.01, pm: -1, source: p}") + GOOD_EVAL, [PUB + "pm"]),
+    "published-text": (_published("0.01") + GOOD_EVAL, ["models.0.reference.recon_mse"]),
+    # a protocol is compared as text where it is no number: a YAML date, too
+    "protocol-date": (_published("{value: 0.01, source: p, protocol: {n_fake: 2020-01-01}}") + GOOD_EVAL, []),
+    "protocol-list": (_published("{value: 0.01, source: p, protocol: [1]}") + GOOD_EVAL, [PUB + "protocol"]),
+}
+
+
+def _model_runs(client: MlflowClient, exp: str, runs: list[tuple[str, str, dict[str, float]]]) -> list[str]:
+    """Finished model runs: (label, seed tag, metrics) each; their run ids."""
+    ids = []
+    for label, seed, metrics in runs:
+        family = label.split("-")[0]
+        tags = {"bench.kind": "run", "label": label, "model": label, "family": family, "seed": seed}
+        run = client.create_run(exp, run_name=f"{label}/seed{seed}", tags=tags)
+        for k, v in metrics.items():
+            client.log_metric(run.info.run_id, k, v, step=100)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        ids.append(run.info.run_id)
+    return ids
+
+
+GOOD_RUNS = [
+    ("ae-x", "0", {"recon_mse": 0.010, "psnr": 20.0}),
+    ("ae-x", "1", {"recon_mse": 0.012, "psnr": 19.0}),
+    ("vae-x", "0", {"recon_mse": 0.020, "psnr": 17.0}),
+]
+
+
+def _suite(client: MlflowClient, name: str, config: str | None, env: str | None = None, runs=GOOD_RUNS):
+    """A suite's experiment: its parent run (``config`` as its suite.yaml, ``env`` as its
+    environment.json, each as given) and its model runs; (parent run id, model run ids)."""
+    exp = client.create_experiment(name)
+    parent = client.create_run(exp, run_name=name, tags={"bench.kind": "suite", "bench.suite": name})
+    pid = parent.info.run_id
+    if config is not None:
+        client.log_text(pid, f"name: {name}\n" + config, "suite.yaml")
+    if env is not None:
+        client.log_text(pid, env, "environment.json")
+    client.set_terminated(pid, "FINISHED")
+    return pid, _model_runs(client, exp, runs)
+
+
+HOSTILE_ENV = {
+    "python": "3.11 `</code><b>bold</b>`",
+    "<script>alert(1)</script>": "x",
+    "docs": "[click](javascript:alert(1))",
+    "gpu": None,
+}
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    """One store, a suite per damaged value: (tracker, parent run ids, model run ids per suite)."""
+    import json
+
+    root = tmp_path_factory.mktemp("damaged")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    parents, ids = {}, {}
+    for name, (config, _) in DAMAGED_CONFIGS.items():
+        parents[name], ids[name] = _suite(client, name, config)
+    # seed tags that are no whole number, beside two sound seeds of ae-x
+    bad_seeds = [("ae-x", "zero", {"recon_mse": 9.0}), ("ae-x", "1.0", {"recon_mse": 8.0})]
+    parents["seeds"], ids["seeds"] = _suite(client, "seeds", GOOD, runs=GOOD_RUNS + bad_seeds)
+    # a run that logged metrics named like the report's own fields
+    clash = [("ae-x", "1", {"recon_mse": 0.012, "psnr": 19.0, "status": 0.0, "seed": 7.0, "label": 1.0})]
+    parents["clash"], ids["clash"] = _suite(client, "clash", GOOD, runs=GOOD_RUNS[:1] + clash)
+    exp = client.get_experiment_by_name("clash").experiment_id
+    ref = client.create_run(exp, tags={"bench.kind": "reference"})
+    for k, v in {"recon_mse": 0.001, "suite": 3.0, "run_id": 4.0}.items():
+        client.log_metric(ref.info.run_id, k, v)
+    client.set_terminated(ref.info.run_id, "FINISHED")
+    ids["clash"].append(ref.info.run_id)
+    # bench stopped right after it created the suite run: no model run yet
+    parents["empty"], ids["empty"] = _suite(client, "empty", GOOD_MODELS + GOOD_EVAL, runs=[])
+    env = json.dumps(HOSTILE_ENV)
+    parents["env"], ids["env"] = _suite(client, "env", GOOD_MODELS + GOOD_EVAL, env=env)
+    return Tracker(uri), parents, ids
+
+
+def _report(damaged, suites: list[str], tmp_path: Path, caplog) -> tuple[str, str, list[str]]:
+    """report.md, report.html and the warnings of a report of ``suites``; every file written."""
+    import logging
+
+    tracker, _, _ = damaged
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        _, paths = write_report(tracker, suites, tmp_path / "out", log_to_store=False)
+    names = {p.name for p in paths}
+    assert {"report.md", "results.csv", "runs.csv", "report.html", "summary.csv"} <= names
+    assert all(p.is_file() for p in paths)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    out = tmp_path / "out"
+    return (out / "report.md").read_text(), (out / "report.html").read_text(), warnings
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_CONFIGS))
+def test_a_damaged_field_of_the_stored_suite_config_is_left_out_with_one_warning(
+    damaged, case, tmp_path, caplog
+):
+    """A field of the stored suite.yaml of the wrong type (a list for ``report``, text for ``eval``,
+    a published value that is not a finite number) is read as absent: the report is whole, with one
+    warning per damaged field naming the suite's run and the field (the markdown and the page read
+    the config several times), and published values that are not finite numbers are not shown."""
+    _, parents, _ = damaged
+    md, html, warnings = _report(damaged, [case], tmp_path, caplog)
+    about = [w for w in warnings if "suite.yaml" in w]
+    fields = DAMAGED_CONFIGS[case][1]
+    assert len(about) == len(fields), about
+    for f, w in zip(fields, about):
+        assert f"suite {case}: suite.yaml of run {parents[case]}:" in w
+        assert (f"field {f} " if f != "the file" else "the file ") in w and "goes without it" in w
+    # the tables are there, whatever the config lost
+    assert any(line.startswith("| ae-x") for line in md.splitlines())
+    assert "ae-x" in html
+    published = [line for line in md.splitlines() if line.startswith(f"| {case} | ae-x |")]
+    if case.startswith(("value-", "pm-", "published-")):
+        assert [line.split(" | ")[2] for line in published] == ["`psnr`"]  # the sound value stays
+        assert "20 ± 1" in published[0]
+    if case.startswith("protocol-"):  # the value is sound: shown, placed where its protocol allows
+        assert [line.split(" | ")[2] for line in published] == ["`recon_mse`", "`psnr`"]
+        assert "not comparable: the runs record no n\\_fake" in published[0] or case != "protocol-date"
+
+
+def test_a_run_whose_seed_tag_is_no_number_is_left_out_with_a_warning(damaged, tmp_path, caplog):
+    """``seed=zero`` (or ``1.0``) on a finished run: the run is left out, named in a warning, and
+    the other runs' numbers are as without it (two such runs are not pooled as one unknown seed)."""
+    _, _, ids = damaged
+    md, _, warnings = _report(damaged, ["seeds"], tmp_path, caplog)
+    left_out = [w for w in warnings if "seed tag" in w]
+    assert len(left_out) == 2
+    assert ids["seeds"][3] in left_out[0] + left_out[1] and ids["seeds"][4] in left_out[0] + left_out[1]
+    assert "'zero'" in left_out[0] + left_out[1] and "is left out of the report" in left_out[0]
+    row = next(line for line in md.splitlines() if line.startswith("| ae-x"))
+    assert "| 2 |" in row  # two seeds: 0 and 1
+    assert "0.011 ± " in row  # the mean of 0.010 and 0.012, not of the damaged runs' 9 and 8
+
+
+def test_a_metric_named_like_a_field_of_the_report_does_not_change_the_run(damaged, tmp_path, caplog):
+    """A run that logged metrics named ``status``, ``seed`` and ``label`` is still the finished run
+    of its tags (the metrics are left out, with a warning), not a run that never ended; a reference
+    run's metric named ``suite`` does not move its row out of the suite."""
+    tracker, _, ids = damaged
+    md, _, warnings = _report(damaged, ["clash"], tmp_path, caplog)
+    assert any(ids["clash"][1] in w and "label, seed, status" in w for w in warnings)
+    assert any(ids["clash"][2] in w and "run_id, suite" in w for w in warnings)
+    assert "| real data (reference) | data | — | 0.001 |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| ae-x"))
+    assert "| 2 |" in row and "not ended" not in row
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert sorted(runs.seed[runs.label == "ae-x"]) == [0, 1]
+    assert set(runs.status) == {"FINISHED"}
+
+
+def test_a_suite_without_model_runs_gets_a_whole_report(damaged, tmp_path, caplog):
+    """bench stopped right after it created the suite run: a whole report that says there are no
+    finished runs yet, alone or beside a suite that has runs."""
+    md, html, _ = _report(damaged, ["empty"], tmp_path, caplog)
+    assert "No finished runs yet in: empty" in md and "No finished runs yet in: empty" in html
+    assert "(no runs)" in md and "</html>" in html
+    md, html, _ = _report(damaged, ["report-list", "empty"], tmp_path, caplog)
+    assert "No finished runs yet in: empty" in md and "No finished runs yet in: empty" in html
+    assert "</html>" in html
+
+
+def test_environment_values_are_escaped_in_the_markdown(damaged, tmp_path, caplog):
+    """environment.json of the suite run is read back from the store: its keys and values are text
+    like a label, escaped in report.md (no raw HTML, no link, no code span they could close)."""
+    from bench.report.tables import md_escape
+
+    md, html, _ = _report(damaged, ["env"], tmp_path, caplog)
+    line = next(line for line in md.splitlines() if line.startswith("Environment: "))
+    for raw in ("<script>", "<b>", "</code>", "[click](javascript:"):
+        assert raw not in line
+    assert "`" not in line.replace("\\`", "")  # every backtick escaped: no code span opens or closes
+    for k, v in HOSTILE_ENV.items():
+        if v is not None:
+            assert f"{md_escape(k)} {md_escape(v)}" in line
+    assert "gpu" not in line
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html

@@ -20,6 +20,8 @@ from bench.report.published import PUBLISHED_NOTES, published_rows
 from bench.report.summary import REFERENCE_NAME, Report, Summary, cost_name, fmt_num
 from bench.report.tables import (
     Cell,
+    empty_note,
+    empty_suites,
     has_reference,
     metric_header,
     pooling_notes,
@@ -156,7 +158,8 @@ def context(rep: Report, out_dir: Path) -> dict[str, Any]:
         "tables": [] if s.empty else [_table(s, u, cols) for u, cols in use_tables(s)],
         "notes": table_notes(s) + unmeasured_notes(data, s),
         "pooled": pooling_notes(s, escape=str),
-        "empty_suites": [x for x in data.suites if s.empty or x not in set(s.models.suite)],
+        "empty_suites": empty_suites(data.suites, s),
+        "empty_note": empty_note(empty_suites(data.suites, s)),
         "baselines": s.baselines,
         "failed": s.failed.to_dict("records") if not s.failed.empty else [],
         "figures": [fig(f) for f in rep.figures if f.name not in grid_figs],

@@ -15,7 +15,7 @@ import json
 import math
 from typing import Any
 
-from bench.report.summary import StoreData, Summary, fmt_mean_ci, fmt_num
+from bench.report.summary import StoreData, Summary, fmt_mean_ci, fmt_num, kind_of, shown_value
 from bench.report.tables import md_escape
 
 
@@ -37,10 +37,11 @@ def _same(measured: str, published: Any) -> bool:
     """Whether a provenance field as stored (text; distinct values across runs joined by " | ")
     is the published protocol's value (numbers compared as numbers: 10000 and 10000.0 agree)."""
     if isinstance(published, bool) or not isinstance(published, int | float):
-        return measured == (published if isinstance(published, str) else json.dumps(published))
+        # a value JSON cannot write (a YAML date, a set) compares as its text
+        return measured == (published if isinstance(published, str) else json.dumps(published, default=str))
     try:
         return float(measured) == float(published)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or an integer past the float range
         return False
 
 
@@ -64,7 +65,7 @@ def protocol_check(protocol: dict[str, Any], measured: dict[str, str]) -> tuple[
     shown, differ = [], []
     for key, want in protocol.items():
         got = measured.get(key)
-        want_text = want if isinstance(want, str) else json.dumps(want)
+        want_text = want if isinstance(want, str) else json.dumps(want, default=str)
         shown.append(f"{key} {got if got is not None else '?'}")
         if got is None:
             differ.append(f"the runs record no {key}")
@@ -73,23 +74,63 @@ def protocol_check(protocol: dict[str, Any], measured: dict[str, str]) -> tuple[
     return ", ".join(shown), "; ".join(differ)
 
 
+def _number(value: Any) -> float | None:
+    """A published number as a float; None where it is not a finite number (text, true/false, a
+    list, NaN, infinity, an integer past the float range)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _published(data: StoreData, suite: str, path: str, pub: Any) -> tuple[float, float, dict] | None:
+    """(value, pm, protocol) of one published value of the stored suite config; None, with one
+    warning naming the run and the field, where its value or ± is not a finite number (a ± also not
+    negative) or it is not a mapping: a published value is a number or it is not shown."""
+    if not isinstance(pub, dict):
+        data.config_warning(suite, path, f"is {kind_of(pub)}, not a mapping")
+        return None
+    raw = pub.get("value")
+    value = _number(raw)
+    if value is None:
+        data.config_warning(suite, f"{path}.value", f"is {shown_value(raw)}, not a finite number")
+        return None
+    pm = 0.0 if pub.get("pm") is None else _number(pub.get("pm"))
+    if pm is None or pm < 0:
+        data.config_warning(suite, f"{path}.pm", f"is {shown_value(pub.get('pm'))}, not a finite number ≥ 0")
+        return None
+    protocol = pub.get("protocol")
+    if protocol is not None and not isinstance(protocol, dict):
+        data.config_warning(suite, f"{path}.protocol", f"is {kind_of(protocol)}, not a mapping")
+    return value, pm, protocol if isinstance(protocol, dict) else {}
+
+
 def published_rows(data: StoreData, summary: Summary) -> list[dict[str, Any]]:
     """One row per (suite, model, metric) with a published value in the stored suite config."""
     rows = []
     for suite in data.suites:
-        for m in data.suite_config(suite).get("models") or []:
-            if not isinstance(m, dict) or not isinstance(m.get("reference"), dict):
+        for i, m, label in data.config_models(suite):
+            refs = m.get("reference")
+            if refs is None:
                 continue
-            label = m.get("label") or m.get("name")
-            for metric, pub in m["reference"].items():
-                if not isinstance(pub, dict) or "value" not in pub:
+            if not isinstance(refs, dict):
+                data.config_warning(suite, f"models.{i}.reference", f"is {kind_of(refs)}, not a mapping")
+                continue
+            for metric, pub in refs.items():
+                if not isinstance(metric, str):
+                    data.config_warning(suite, f"models.{i}.reference.{metric}", "is not named by text")
                     continue
+                published = _published(data, suite, f"models.{i}.reference.{metric}", pub)
+                if published is None:
+                    continue
+                value, pm, protocol = published
                 st = summary.stat(suite, label, metric)
                 mean = float(st["mean"]) if st else math.nan
                 ci = float(st["ci95"]) if st else math.nan
                 n = int(st["n"]) if st else 0
-                value, pm = float(pub["value"]), float(pub.get("pm") or 0.0)
-                protocol = pub.get("protocol") if isinstance(pub.get("protocol"), dict) else {}
                 measured_with, differs = protocol_check(
                     protocol, _measured_provenance(data, suite, label, metric)
                 )

@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,36 +87,71 @@ CONFIDENCE = 0.95
 # --------------------------------------------------------------------------- reading the store
 
 
+def _seed(tag: str | None) -> int | None:
+    """A run's ``seed`` tag as a number: -1 where the run has none (a run logged before runs
+    recorded it), None where it is not a whole number bench could have written (``zero``, ``1.5``,
+    ``1_0``, one past the int64 range): a damaged tag, which names no seed the report can group by."""
+    if tag is None:
+        return -1
+    if not isinstance(tag, str) or not SEED_TAG.fullmatch(tag):
+        return None
+    seed = int(tag)
+    return seed if -(2**63) <= seed < 2**63 else None
+
+
+SEED_TAG = re.compile(r"-?[0-9]{1,20}")
+
+
 def _run_rows(suite: str, runs: list[Any]) -> list[dict[str, Any]]:
     rows = []
     for r in runs:
         tags = r.data.tags
-        rows.append(
-            {
-                "suite": suite,
-                "label": tags.get("label", ""),
-                "model": tags.get("model", ""),
-                "family": tags.get("family", ""),
-                # what the model offers beyond its family, as its run recorded it (None: not recorded)
-                "capabilities": _capabilities(tags),
-                # the decoder distribution of a model with a likelihood: its values rank apart
-                "likelihood": tags.get("bench.likelihood", ""),
-                "seed": int(tags.get("seed", -1)),
-                "status": r.info.status,
-                "failure_reason": tags.get("failure_reason", ""),
-                "metric_failures": failed_metrics(tags),  # a finished run's metrics that did not compute
-                # registered metrics the run logged as NaN: left out of the statistics, listed as such
-                "nan_metrics": _nan_metrics(r.data.metrics),
-                # the configuration the run was trained with, less its seed: runs of one label that
-                # differ here are runs of different configurations pooled in one row
-                "config_params": {k: v for k, v in r.data.params.items() if k not in POOLABLE_PARAMS},
-                "config_hash": tags.get("bench.config_hash", ""),
-                "run_id": r.info.run_id,
-                "start_time": r.info.start_time,
-                **{k: _infinite(v) for k, v in r.data.metrics.items()},
-            }
-        )
+        seed = _seed(tags.get("seed"))
+        if seed is None:  # grouped with no seed, it would be pooled wrongly or hide another run
+            log.warning(
+                "suite %s: run %s (%s) is left out of the report: its seed tag %s is not a whole number",
+                suite, r.info.run_id, tags.get("label", "no label"), shown_value(tags.get("seed")),
+            )  # fmt: skip
+            continue
+        row = {
+            "suite": suite,
+            "label": tags.get("label", ""),
+            "model": tags.get("model", ""),
+            "family": tags.get("family", ""),
+            # what the model offers beyond its family, as its run recorded it (None: not recorded)
+            "capabilities": _capabilities(tags),
+            # the decoder distribution of a model with a likelihood: its values rank apart
+            "likelihood": tags.get("bench.likelihood", ""),
+            "seed": seed,
+            "status": r.info.status,
+            "failure_reason": tags.get("failure_reason", ""),
+            "metric_failures": failed_metrics(tags),  # a finished run's metrics that did not compute
+            # registered metrics the run logged as NaN: left out of the statistics, listed as such
+            "nan_metrics": _nan_metrics(r.data.metrics),
+            # the configuration the run was trained with, less its seed: runs of one label that
+            # differ here are runs of different configurations pooled in one row
+            "config_params": {k: v for k, v in r.data.params.items() if k not in POOLABLE_PARAMS},
+            "config_hash": tags.get("bench.config_hash", ""),
+            "run_id": r.info.run_id,
+            "start_time": r.info.start_time,
+        }
+        # a metric named like one of the row's own fields (``status``, ``seed``, ``label``) would
+        # overwrite what the run's tags and state say: such a metric is no result, and is left out
+        clash = sorted(k for k in r.data.metrics if k in row)
+        if clash:
+            log.warning(
+                "suite %s: run %s (%s) logged metrics named like the report's own fields, left out: %s",
+                suite, r.info.run_id, row["label"] or "no label", ", ".join(clash),
+            )  # fmt: skip
+        row |= {k: _infinite(v) for k, v in r.data.metrics.items() if k not in row}
+        rows.append(row)
     return rows
+
+
+def shown_value(value: Any, limit: int = 40) -> str:
+    """A damaged value from the store for a warning: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # run parameters that may differ between the runs of one row: the seed, and where the data was read
@@ -170,27 +206,103 @@ class StoreData:
     # that model is checked against)
     label_provenance: pd.DataFrame = field(default_factory=pd.DataFrame)
 
+    # (suite, field) of the stored suite config already warned about: one warning each per report
+    warned: set[tuple[str, str]] = field(default_factory=set)
+
     def suite_config(self, suite: str) -> dict[str, Any]:
+        """The stored suite config of a suite's latest parent run; {} where there is none or it is
+        not a YAML mapping (then with one warning). Its fields may hold anything: read them with
+        ``config_value`` (or check their types), never as the suite schema says they are."""
         import yaml
 
-        try:
-            cfg = yaml.safe_load(self.configs.get(suite, "")) or {}
-        except yaml.YAMLError:
+        text = self.configs.get(suite)
+        if text is None:
             return {}
-        return cfg if isinstance(cfg, dict) else {}
+        try:
+            cfg = yaml.safe_load(text)
+        except (yaml.YAMLError, ValueError, TypeError, RecursionError) as e:  # a damaged or edited file
+            self.config_warning(suite, "", f"is not YAML ({type(e).__name__})")
+            return {}
+        if cfg is None:
+            return {}
+        if not isinstance(cfg, dict):
+            self.config_warning(suite, "", f"is {kind_of(cfg)}, not a mapping")
+            return {}
+        return cfg
+
+    def config_warning(self, suite: str, path: str, problem: str) -> None:
+        """Warn, once per suite and field, that a field of the stored suite config is damaged and the
+        report goes without it."""
+        if (suite, path) in self.warned:
+            return
+        self.warned.add((suite, path))
+        what = f"field {path}" if path else "the file"
+        log.warning(
+            "suite %s: suite.yaml of run %s: %s %s; the report goes without it",
+            suite, self.parents.get(suite, "?"), what, problem,
+        )  # fmt: skip
+
+    def config_value(self, suite: str, path: str, kind: type, default: Any = None) -> Any:
+        """The field ``path`` (dotted: ``report.baseline``) of the stored suite config where it is
+        a ``kind``; ``default`` where it is absent (or null), and, with one warning naming the run
+        and the field, where it or a mapping above it is of another type."""
+        value: Any = self.suite_config(suite)
+        keys = path.split(".")
+        for i, key in enumerate(keys):
+            if value is None:
+                return default
+            if not isinstance(value, dict):
+                self.config_warning(suite, ".".join(keys[:i]), f"is {kind_of(value)}, not a mapping")
+                return default
+            value = value.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            self.config_warning(suite, path, f"is {kind_of(value)}, not {_KINDS.get(kind, kind.__name__)}")
+            return default
+        return value
+
+    def config_models(self, suite: str) -> list[tuple[int, dict[str, Any], str]]:
+        """(index, entry, label) of each entry of the stored config's ``models`` that is a mapping
+        with a text label (or name); any other entry is left out with one warning."""
+        out = []
+        for i, m in enumerate(self.config_value(suite, "models", list, [])):
+            if not isinstance(m, dict):
+                self.config_warning(suite, f"models.{i}", f"is {kind_of(m)}, not a mapping")
+                continue
+            label = m.get("label") or m.get("name")
+            if not isinstance(label, str):
+                self.config_warning(suite, f"models.{i}.label", f"is {kind_of(label)}, not text")
+                continue
+            out.append((i, m, label))
+        return out
 
     def label_order(self, suite: str) -> list[str]:
         """Model labels in the order of the suite file (then any others, in order of first run)."""
-        models = self.suite_config(suite).get("models") or []
-        order = [m.get("label") or m.get("name") for m in models if isinstance(m, dict)]
+        order = [label for _, _, label in self.config_models(suite)]
         seen = [lab for lab in self.runs.label[self.runs.suite == suite]] if not self.runs.empty else []
         return list(dict.fromkeys([lab for lab in order if lab in seen] + seen))
 
     def baseline(self, suite: str) -> str | None:
         """``report.baseline`` of the stored suite config, else the first model."""
         labels = self.label_order(suite)
-        chosen = (self.suite_config(suite).get("report") or {}).get("baseline")
+        chosen = self.config_value(suite, "report.baseline", str)
         return chosen if chosen in labels else (labels[0] if labels else None)
+
+
+_KINDS = {dict: "a mapping", list: "a list", str: "text", float: "a number", int: "a whole number"}
+
+
+def kind_of(value: Any) -> str:
+    """What a value read from a stored file is, in words: ``a list``, ``text``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    for kind, name in _KINDS.items():
+        if isinstance(value, kind):
+            return name
+    return f"a {type(value).__name__}"
 
 
 def load_store(tracker: Tracker, suites: list[str]) -> StoreData:
@@ -207,7 +319,14 @@ def load_store(tracker: Tracker, suites: list[str]) -> StoreData:
         )
         if refs:
             ref = refs[-1]
-            ref_rows.append({"suite": s, "run_id": ref.info.run_id, **ref.data.metrics})
+            row = {"suite": s, "run_id": ref.info.run_id}
+            clash = sorted(k for k in ref.data.metrics if k in row)
+            if clash:  # would move the row to another "suite": left out, as a model run's are
+                log.warning(
+                    "suite %s: reference run %s logged metrics named like the report's own fields, left "
+                    "out: %s", s, ref.info.run_id, ", ".join(clash),
+                )  # fmt: skip
+            ref_rows.append(row | {k: v for k, v in ref.data.metrics.items() if k not in row})
             prov_rows += _provenance(s, REFERENCE_NAME, ref.data.tags)
         for r in sorted(child[s], key=lambda r: r.info.start_time):
             if r.info.run_id in kept:

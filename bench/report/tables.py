@@ -272,6 +272,23 @@ def table_notes(summary: Summary) -> list[str]:
     return notes
 
 
+def empty_suites(suites: list[str], summary: Summary) -> list[str]:
+    """The suites of a report without a model run in the store (a suite whose parent run exists
+    but whose first run has not started, or whose process stopped before it did)."""
+    have = set() if summary.empty else set(summary.models.suite)
+    return [x for x in suites if x not in have]
+
+
+def empty_note(suites: list[str]) -> str:
+    """What the report says of the suites without a model run ("" where there are none)."""
+    if not suites:
+        return ""
+    return (
+        f"No finished runs yet in: {', '.join(suites)} (the store holds no model run of "
+        f"{'this suite' if len(suites) == 1 else 'these suites'}, finished or not)."
+    )
+
+
 def unmeasured_notes(data: StoreData, summary: Summary) -> list[str]:
     """A line per suite whose stored ``eval.metrics`` name metrics that no run has a value for and
     none failed: a metric not defined for these models as configured leaves no column, so the report
@@ -280,7 +297,7 @@ def unmeasured_notes(data: StoreData, summary: Summary) -> list[str]:
 
     lines = []
     for suite in data.suites:
-        wanted = (data.suite_config(suite).get("eval") or {}).get("metrics") or []
+        wanted = data.config_value(suite, "eval.metrics", list, [])
         v = summary.values
         have = set(v.metric[v.suite == suite]) if not v.empty else set()
         f = summary.failed

@@ -22,6 +22,8 @@ from bench.report.summary import (
 )
 from bench.report.tables import (
     csv_safe,
+    empty_note,
+    empty_suites,
     markdown_answers,
     markdown_tables,
     md_code,
@@ -50,9 +52,9 @@ def _markdown(rep: Report) -> str:
     md += ["## Results", "", markdown_tables(s)]
     md += [f"- {n}" for n in table_notes(s) + unmeasured_notes(data, s)]
     md += published_markdown(data, s)
-    empty = [x for x in data.suites if s.empty or x not in set(s.models.suite)]
+    empty = empty_suites(data.suites, s)
     if empty:
-        md += ["", f"No runs in: {', '.join(empty)}."]
+        md += ["", empty_note(empty)]
     if not s.failed.empty:
         md += [
             "",
@@ -94,8 +96,9 @@ def _markdown(rep: Report) -> str:
             fence = md_fence(config)
             md += ["", f"## Suite `{suite}` (resolved config)", "", f"{fence}yaml", config, fence]
         env = data.environments.get(suite)
-        if env:
-            md += ["", "Environment: " + ", ".join(f"{k} `{v}`" for k, v in env.items() if v is not None)]
+        if env:  # written by the run, read back from the store: text like a label's, escaped
+            pairs = [f"{md_escape(k)} {md_escape(v)}" for k, v in env.items() if v is not None]
+            md += ["", "Environment: " + ", ".join(pairs)]
     return "\n".join(md) + "\n"
 
 
