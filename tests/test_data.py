@@ -139,3 +139,41 @@ def test_fashion_mnist_from_debian_package():
     data = FASHION_MNIST.load(None, download=False)
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
     assert int(data.train_y.max()) == 9 and data.source.startswith(str(FASHION_DIR))
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_an_image_name_that_is_no_regular_file_is_refused_not_read(tmp_path, labelled):
+    """A pipe named like an image, at a split's top or in a class folder: reading it would wait for
+    ever. It is refused, naming it (before: bench validate --data hung)."""
+    import os
+
+    from plugin_fixtures import write_images
+
+    root = write_images(tmp_path / "images", n_train=2, n_test=2, labelled=labelled)
+    fifo = root / "train" / ("circle" if labelled else "") / "x.png"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=f"{fifo}: not a regular file"):
+        load_dataset("imagefolder", root=str(root))
+
+
+def test_a_png_whose_text_chunk_inflates_past_pillow_s_limit_is_a_data_error(tmp_path):
+    """Pillow raises ValueError for a compressed text chunk larger than it will inflate (2 KB on
+    disk, 2 MB inflated): the folder's channels are guessed from that file, so the error names it."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+    from plugin_fixtures import write_images
+
+    root = write_images(tmp_path / "images", n_train=2, n_test=2, labelled=False)
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "PNG")
+    png = buf.getvalue()
+    data = b"k\x00\x00" + zlib.compress(b"a" * (2 * 1024 * 1024))
+    chunk = struct.pack(">I", len(data)) + b"zTXt" + data + struct.pack(">I", zlib.crc32(b"zTXt" + data))
+    at = png.index(b"IDAT") - 4
+    bad = root / "train" / "0-first.png"  # the first file read
+    bad.write_bytes(png[:at] + chunk + png[at:])
+    with pytest.raises(DataError, match=f"{bad}: cannot read the image"):
+        load_dataset("imagefolder", root=str(root))

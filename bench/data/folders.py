@@ -61,12 +61,20 @@ def _split_files(folder: Path) -> tuple[list[Path], list[str | None]]:
         raise DataError(f"{folder}: folder not found (imagefolder reads <root>/train and <root>/test)")
     files: list[Path] = []
     classes: list[str | None] = []
+
+    def image(q: Path) -> bool:  # an image file by its name; one that is no regular file is refused
+        if q.suffix.lower() not in IMAGE_SUFFIXES or q.is_dir():
+            return False
+        if not q.is_file():  # reading a pipe would wait forever, a device never end
+            raise DataError(f"{q}: not a regular file (a pipe, a device or a broken link)")
+        return True
+
     for p in sorted(folder.iterdir()):
         if p.is_dir():
-            inner = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            inner = sorted(q for q in p.rglob("*") if image(q))
             files += inner
             classes += [p.name] * len(inner)
-        elif p.suffix.lower() in IMAGE_SUFFIXES:
+        elif image(p):
             files.append(p)
             classes.append(None)
     if not files:
@@ -131,7 +139,7 @@ def _guess_channels(files: list[Path]) -> int:
             with Image.open(f) as im:
                 if im.mode not in GREY_MODES:
                     return 3
-        except (OSError, Image.DecompressionBombError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # ValueError: a text chunk too large
             raise DataError(f"{f}: cannot read the image ({e})") from None
     return 1
 

@@ -147,7 +147,8 @@ def _entry(cls: Any, origin: str, file: str | None) -> ModelEntry:
     file = _source_file(cls) or file
     if file is None or not os.path.isfile(file):
         raise PluginError(f"{origin}: the class has no source file to hash (define it in a .py file)")
-    doc = (inspect.getdoc(cls) or "").strip().splitlines()
+    # its own docstring: one inherited from GenerativeModel would describe bench's base class
+    doc = inspect.cleandoc(cls.__doc__ or "").strip().splitlines() if "__doc__" in vars(cls) else []
     return ModelEntry(cls, {}, doc[0] if doc else "", PluginSource(file, file_sha256(file), origin))
 
 

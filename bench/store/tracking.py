@@ -566,7 +566,7 @@ def process_alive(tags: dict[str, str]) -> bool:
     try:
         pid = int(tags.get("bench.pid", ""))
         os.kill(pid, 0)
-    except (ValueError, ProcessLookupError):
+    except (ValueError, OverflowError, ProcessLookupError):  # no pid, or none a process can have
         return False
     except PermissionError:
         return True
