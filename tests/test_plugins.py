@@ -457,3 +457,18 @@ def test_a_plugin_that_exits_on_import_is_refused_and_no_bytecode_is_left(tmp_pa
         assert f"{suite}: models.0.name: " in err and expect in err, err
     assert not (tmp_path / "__pycache__").exists()
     assert sys.dont_write_bytecode is False  # restored after the import
+
+
+def test_a_plugin_without_a_docstring_of_its_own_has_no_description(tmp_path):
+    """`bench list` describes a plugin by its class's first docstring line: not by the docstring
+    of bench's GenerativeModel, which a class without one inherits."""
+    from bench.models.plugins import resolve
+
+    write_plugin(tmp_path / "lib", package="undocumented")
+    (tmp_path / "lib" / "undocumented" / "bare.py").write_text(
+        "from undocumented.models import TinyVAE\n\n\nclass Bare(TinyVAE):\n    pass\n"
+    )
+    paths = [str(tmp_path / "lib")]
+    documented = resolve("undocumented.models:TinyVAE", paths)
+    assert documented.description == "A small MLP VAE from the user's own folder."
+    assert resolve("undocumented.bare:Bare", paths).description == ""

@@ -457,3 +457,16 @@ def test_a_journal_whose_header_a_kill_tore_gets_its_header_again(left, tmp_path
     Journal(tmp_path, header).add("metrics", values={"loss": 3.0}, step=3, timestamp=3)
     head, *rest = read_journal(tmp_path)
     assert head["op"] == "run" and head["uri"] == "http://store" and [e["step"] for e in rest] == [3]
+
+
+def test_a_pid_tag_no_process_can_have_is_a_dead_process():
+    """A run's pid tag past the range of pids (a damaged tag) names no live process: the run it
+    tags is closed like any other left RUNNING, instead of every `bench run` failing on it."""
+    import platform
+
+    from bench.store.tracking import process_alive, process_tags
+
+    here = platform.node()
+    assert process_alive(process_tags())
+    for pid in ("9" * 20, "-1" + "0" * 25, "zero", ""):
+        assert not process_alive({"bench.host": here, "bench.pid": pid}), pid
