@@ -83,7 +83,7 @@ def _prepare_run(args: argparse.Namespace):
     except SuiteError as e:
         _err(str(e))
         raise BadInput from None
-    from bench.run.context import device_problem
+    from bench.run.context import device_problem, local_folder_problem
 
     if args.device:
         problem = device_problem(args.device)
@@ -113,6 +113,10 @@ def _prepare_run(args: argparse.Namespace):
     problem = check_tracking_uri(uri)  # the same answer as `bench validate`, whatever gave the URI
     if problem:
         _err(f"{where}: {problem}")
+        raise BadInput
+    problem = local_folder_problem(uri)  # where checkpoints, journals and the cache go
+    if problem:
+        _err(problem)
         raise BadInput
     # 2. data and store must be there before a run is created
     try:

@@ -162,10 +162,14 @@ def lock_holder(path: Path) -> str:
 
 
 def folder_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be (made) a folder to write into: it, or a folder above it, is a file."""
+    """Why ``path`` cannot be (made) a folder to write into: it, or a folder above it, is a file,
+    or the nearest folder there is cannot be written into by this process (permissions, a
+    read-only mount). Nothing is written to find out."""
     for p in (path, *path.parents):
         if p.exists() or p.is_symlink():
             if not p.is_dir():
                 return f"{p} exists and is not a folder" if p == path else f"{p} is a file, not a folder"
+            if not os.access(p, os.W_OK | os.X_OK):
+                return f"{p} cannot be written into here"
             return None
     return None

@@ -758,3 +758,42 @@ def test_credentials_reach_no_file_a_run_writes(hostile_store, tmp_path, write_s
     assert any(p.name == "run.json" for p in written) and (tmp_path / "rep" / "report.md").exists()
     for p in written + [db]:
         assert b"s3cret" not in p.read_bytes(), p
+
+
+@pytest.mark.parametrize("variable", ["BENCH_HOME", "BENCH_CACHE_DIR"])
+def test_a_run_folder_or_cache_that_is_a_file_is_exit_2_before_the_store(
+    variable, tmp_path, write_suite, capsys, monkeypatch
+):
+    """Checkpoints and journals go under $BENCH_HOME, cached features under $BENCH_CACHE_DIR: set to a
+    file, a run would fail at its first checkpoint, a metric at its cache, after the store held a
+    RUNNING suite run. Refused first, naming the variable; nothing written."""
+    from conftest import tiny_suite
+
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite())
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setenv(variable, str(afile))
+    before = sorted(tmp_path.rglob("*"))
+    rc, lines = _cli(["run", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"], capsys)
+    assert rc == 2 and lines == [f"{variable}={afile}: {afile} exists and is not a folder"], lines
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_report_folder_that_cannot_be_written_into_is_exit_2_before_any_run(
+    tmp_path, write_suite, capsys, monkeypatch
+):
+    """An --out whose nearest folder this process cannot write (permissions, a read-only mount)
+    was found only after training, when the report was written: now before anything is."""
+    from conftest import read_only_file, tiny_suite
+
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite())
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only_file(locked):
+        before = sorted(tmp_path.rglob("*"))
+        store = f"sqlite:///{tmp_path / 'm.db'}"
+        rc, lines = _cli(["run", str(path), "--tracking-uri", store, "--out", str(locked / "rep")], capsys)
+        assert sorted(tmp_path.rglob("*")) == before
+    assert rc == 2 and lines == [f"--out: {locked} cannot be written into here"], lines

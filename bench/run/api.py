@@ -51,7 +51,7 @@ def run(
     from bench.metrics.generative import preflight
     from bench.report import write_report
     from bench.report.summary import load_store, results_table, summarise
-    from bench.run.context import device_problem, resolve_device
+    from bench.run.context import device_problem, local_folder_problem, resolve_device
     from bench.run.driver import run_suite
     from bench.run.executors import LocalExecutor
     from bench.run.progress import default_hooks
@@ -72,6 +72,9 @@ def run(
     problem = None if out is None else folder_problem(Path(out))
     if problem:  # the report is written after training: a folder it cannot be is refused first
         raise SuiteError(where, [FieldError("out", problem)])
+    problem = local_folder_problem(uri)  # where checkpoints, journals and the cache go
+    if problem:
+        raise SuiteError(where, [FieldError("environment", problem)])
     data = from_config(s.dataset)  # DataError before any run exists
     problems = data_errors(s, data)  # the metrics' sizes against the real splits
     if problems:

@@ -38,6 +38,26 @@ def device_problem(name: str) -> str | None:
     return None
 
 
+def local_folder_problem(uri: str) -> str | None:
+    """Why a folder bench writes beside a run cannot be written into: the run folders
+    (checkpoints, journals: ``$BENCH_HOME``, else ``.bench`` beside a sqlite store) or the cache
+    (``$BENCH_CACHE_DIR``, else ``~/.cache/bench``), with the setting that names it. Checked before
+    any run exists: a run would otherwise fail at its first checkpoint, or a metric at its cache."""
+    import os
+
+    from bench.cache import cache_dir
+    from bench.files import folder_problem
+    from bench.run.checkpoint import bench_home
+
+    for name, path in (("BENCH_HOME", bench_home(uri)), ("BENCH_CACHE_DIR", cache_dir())):
+        problem = folder_problem(path)
+        if problem:
+            set_by = os.environ.get(name)
+            where = f"{name}={set_by}" if set_by else f"{path} (set {name} to choose another)"
+            return f"{where}: {problem}"
+    return None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
