@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.files import folder_problem
 
@@ -670,6 +672,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _ClosedPipeSafe:
+    """Standard output that a reader may close (``bench run ... | head``): what is written after
+    it did is dropped, so the command still finishes its work and exits with its own code."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._closed = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                self._stream.write(text)
+            except BrokenPipeError:
+                self._closed = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._closed = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def release(self) -> None:
+        """After a closed pipe: what the stream still buffers goes nowhere, not into an error at exit."""
+        if self._closed:
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            except (OSError, ValueError, AttributeError):  # not a file descriptor (a test's capture)
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -679,7 +715,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "tracking_uri", None) is not None and not args.tracking_uri.strip():
         _err("--tracking-uri: empty; give a tracking URI, or leave the flag out for the default store")
         return EXIT_BAD_INPUT
-    return args.fn(args)
+    stdout = sys.stdout
+    sys.stdout = safe = _ClosedPipeSafe(stdout)
+    try:
+        return args.fn(args)
+    finally:
+        sys.stdout = stdout
+        safe.release()
 
 
 if __name__ == "__main__":

@@ -150,3 +150,17 @@ def test_bench_eval_changes_eval_settings_only(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "--set dataset.test_size: bench eval changes eval settings only" in err
     assert "eval.n_samples" not in err and not (tmp_path / "none.db").exists()
+
+
+def test_output_cut_short_by_its_reader_is_no_failure():
+    """`bench list | head -1`: the reader closes the pipe; bench finishes with its own exit code,
+    and no BrokenPipeError traceback (before: exit 1 and a traceback)."""
+    import subprocess
+    import sys
+
+    code = "import sys; from bench.cli import main; sys.exit(main(['list']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"datasets:")
+    proc.stdout.close()  # as head does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
