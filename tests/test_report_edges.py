@@ -433,3 +433,25 @@ def test_environment_values_are_escaped_in_the_markdown(damaged, tmp_path, caplo
             assert f"{md_escape(k)} {md_escape(v)}" in line
     assert "gpu" not in line
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_a_report_folder_written_again_holds_that_report_alone(report, tmp_path):
+    """Files an earlier report wrote that this one does not (a reference.csv, a figure of metrics
+    these runs lack) are removed: they would be read as part of it. Other files are the user's."""
+    import shutil
+
+    from bench.report.figures import FIGURE_NAMES
+
+    _, _, _, made = report
+    tracker = Tracker(f"sqlite:///{made.parent / 'mlflow.db'}")
+    out = Path(shutil.copytree(made, tmp_path / "out"))
+    planted = [out / n for n in (*FIGURE_NAMES, "reference.csv")]
+    for p in planted:
+        if not p.exists():
+            p.write_bytes(b"an earlier report's")
+    (out / "notes.txt").write_text("mine")
+    _, paths = write_report(tracker, ["edges"], out, log_to_store=False)
+    written = {p.name for p in paths}
+    assert {p.name for p in planted if p.exists()} == written & {p.name for p in planted}
+    assert len(written & {p.name for p in planted}) < len(planted)  # some were stale, and are gone
+    assert (out / "notes.txt").read_text() == "mine"

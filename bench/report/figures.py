@@ -456,6 +456,13 @@ def image_panel(images: list[GridImage], s: Summary, path: Path, title: str, cap
     return FigureFile(path.name, title, caption)
 
 
+# every figure a report may hold, in its order: one a report does not draw is not left in its folder
+FIGURE_NAMES = (
+    "dots.png", "curves.png", "losses.png", "rate_distortion.png", "quality_vs_cost.png", "samples.png",
+    "reconstructions.png",
+)  # fmt: skip
+
+
 def make_figures(rep: Report, out_dir: Path) -> tuple[list[FigureFile], list[str]]:
     """Draw every figure that these runs support; return them and a note for each one skipped."""
     jobs = [
@@ -487,6 +494,7 @@ def make_figures(rep: Report, out_dir: Path) -> tuple[list[FigureFile], list[str
             ),
         ),
     ]
+    assert tuple(name for name, _ in jobs) == FIGURE_NAMES
     figures, notes = [], []
     for name, draw in jobs:
         try:

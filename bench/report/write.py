@@ -143,6 +143,10 @@ def write_report(
     if not data.references.empty:
         paths.append(out_dir / "reference.csv")
         _write(paths[-1], csv_safe(data.references).to_csv(index=False))
+    # a folder written again holds this report alone: a figure or reference.csv of an earlier report
+    # that this one does not have would be read as part of it
+    for stale in {out_dir / n for n in (*figures.FIGURE_NAMES, "reference.csv")} - set(paths):
+        stale.unlink(missing_ok=True)
 
     if log_to_store:
         artifact_dir = "report" if len(suites) == 1 else f"report/{'+'.join(suites)}"
