@@ -172,3 +172,22 @@ def test_several_suites_in_one_report(store, tmp_path):
     res = pd.read_csv(tmp_path / "results.csv")
     assert res.shape[0] == 6 + 1 and res.reference.sum() == 1  # synth2 has no reference run
     assert "Suite <code>synth2</code>" in html  # both configs
+
+
+@pytest.mark.parametrize(
+    ("present", "chosen"),
+    [
+        (["recon_mse", "fid_gmm", "nll_bpd"], "fid_gmm"),  # autoencoders scored on GMM samples alone
+        (["fid_domain_gmm", "fid_domain"], "fid_domain"),  # the model's own sampler first
+        (["recon_mse", "nll_bpd"], None),  # a likelihood is no sample quality: no figure
+    ],
+)
+def test_the_quality_against_cost_figure_takes_the_generation_use_s_metric(present, chosen):
+    """The answer's generation line and the figure agree: a suite whose only generation metric is
+    a `_gmm` one got the answer but "Not drawn: no generation metric"."""
+    from types import SimpleNamespace
+
+    from bench.report.figures import main_generation_metric
+
+    long = pd.DataFrame({"metric": present, "mean": [1.0] * len(present)})
+    assert main_generation_metric(SimpleNamespace(metrics=present, long=long)) == chosen

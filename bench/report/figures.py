@@ -396,12 +396,20 @@ def _finite(v: pd.Series) -> pd.Series:
 
 def main_generation_metric(s: Summary) -> str | None:
     """The metric of the quality-against-cost figure: the first headline generation metric
-    present (registry order), else the first metric present that applies to GANs."""
+    present (registry order), else the first metric present that applies to GANs, else the first
+    sample-quality metric of the generation use present (a suite of autoencoders scored on their
+    GMM samples alone: ``fid_gmm``); never a likelihood."""
     from bench.metrics import METRICS
+    from bench.report.uses import USES
 
     present = [m for m in s.metrics if s.long["mean"][s.long.metric == m].notna().any()]
     headline = [m for m in present if METRICS.get(m).headline]
-    return next(iter(headline), None) or next((m for m in present if "gan" in METRICS.get(m).families), None)
+    generation = next(u for u in USES if u.key == "generation").metrics
+    return (
+        next(iter(headline), None)
+        or next((m for m in present if "gan" in METRICS.get(m).families), None)
+        or next((m for m in generation if m in present and not m.startswith("nll_")), None)
+    )
 
 
 def quality_vs_cost(rep: Report, path: Path) -> FigureFile:
