@@ -48,8 +48,12 @@ def local_folder_problem(uri: str) -> str | None:
     from bench.cache import cache_dir
     from bench.files import folder_problem
     from bench.run.checkpoint import bench_home
+    from bench.store.tracking import sqlite_path
 
+    db = sqlite_path(uri)
     for name, path in (("BENCH_HOME", bench_home(uri)), ("BENCH_CACHE_DIR", cache_dir())):
+        if name == "BENCH_HOME" and not os.environ.get(name) and db and folder_problem(db.parent):
+            continue  # the run folders go beside a store that cannot be there: the store's check says so
         problem = folder_problem(path)
         if problem:
             set_by = os.environ.get(name)
