@@ -11,15 +11,16 @@ import re
 import types
 import typing
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from functools import partial
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
     StrictBool,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,21 +32,10 @@ BIG = 10**12  # larger budgets or sizes are typos, not plans
 _EXPONENT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")
 
 
-def number_kind(annotation: Any) -> type | None:
-    """int or float when a field holds a number (or None), else None."""
-    if annotation in (int, float):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        kinds = {a for a in typing.get_args(annotation) if a is not type(None)}
-        if len(kinds) == 1 and next(iter(kinds)) in (int, float):
-            return next(iter(kinds))
-    return None
-
-
 def strict_number(kind: type | None, v: Any) -> Any:
-    """A number field's input, strictly: a boolean (``true``) or numeric text (``"10"``, ``10_0``)
+    """A number's input, strictly: a boolean (``true``) or numeric text (``"10"``, ``10_0``)
     is refused rather than read as a number; ``1e3`` (text to YAML 1.1) is read as the number it
-    writes, an integer field taking it only when it is a whole number."""
+    writes, an integer taking it only when it is a whole number."""
     if kind is None:
         return v
     if isinstance(v, bool):
@@ -69,14 +59,104 @@ def strict_number(kind: type | None, v: Any) -> Any:
     raise ValueError(f"expected a number, got the text {v!r} (write numbers in decimal digits, unquoted)")
 
 
+def strict_bool(v: Any) -> Any:
+    """A boolean's input, strictly: only ``true`` or ``false``, never ``1``, ``0`` or text."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        raise ValueError(f"Input should be a valid boolean, true or false (got the text {v!r})")
+    if isinstance(v, (int, float)):
+        raise ValueError(f"Input should be a valid boolean, true or false (got the number {v})")
+    raise ValueError("Input should be a valid boolean, true or false")
+
+
+_STRICT_INT = BeforeValidator(partial(strict_number, int))
+_STRICT_FLOAT = BeforeValidator(partial(strict_number, float))
+_STRICT_BOOL = BeforeValidator(strict_bool)
+_STRICT_MARKS = (_STRICT_INT, _STRICT_FLOAT, _STRICT_BOOL)
+
+
+def strict_annotation(annotation: Any) -> Any:
+    """``annotation`` with every position that holds a number or a boolean checked strictly
+    (``strict_number``, ``strict_bool``): the field itself and every element of its lists, tuples,
+    sets and dict values, every member of its unions and ``Optional``, inside ``Annotated``, and
+    ``Literal`` choices of numbers. Returns ``annotation`` itself where nothing changes."""
+    if annotation is bool:
+        return Annotated[bool, _STRICT_BOOL]
+    if annotation is int:
+        return Annotated[int, _STRICT_INT]
+    if annotation is float:
+        return Annotated[float, _STRICT_FLOAT]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        inner, meta = annotation.__origin__, annotation.__metadata__
+        if any(m in _STRICT_MARKS for m in meta):
+            return annotation  # already strict (a field inherited from a strict class)
+        new = strict_annotation(inner)
+        return annotation if new is inner else Annotated[(new, *meta)]
+    if origin is Literal:
+        kinds = {type(a) for a in args}
+        if kinds and kinds <= {int, float}:
+            return Annotated[annotation, _STRICT_FLOAT if float in kinds else _STRICT_INT]
+        if kinds == {bool}:
+            return Annotated[annotation, _STRICT_BOOL]
+        return annotation
+    if origin is None or not args:
+        return annotation
+    new_args = tuple(a if a is Ellipsis else strict_annotation(a) for a in args)
+    if all(n is a for n, a in zip(new_args, args)):
+        return annotation
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[new_args]  # noqa: UP007  (X | Y takes two, not a tuple)
+    return origin[new_args]
+
+
 class Strict(BaseModel):
+    """A section of a suite (or a model's parameters): unknown keys are errors, floats are finite,
+    and every number and boolean, in lists, tuples, dicts and unions too, is read strictly
+    (``strict_annotation``): ``true`` is no number, ``1`` or ``"yes"`` no boolean, ``"10"`` no number."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    @field_validator("*", mode="before")
     @classmethod
-    def _strict_numbers(cls, v: Any, info: ValidationInfo) -> Any:
-        field = cls.model_fields.get(info.field_name or "")
-        return strict_number(number_kind(field.annotation) if field else None, v)
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._make_strict()
+
+    @classmethod
+    def _make_strict(cls) -> None:
+        """Every field's annotation through ``strict_annotation``, and the schema built again if one
+        changed. A class whose annotations pydantic could not resolve yet (a forward reference) is
+        made strict when ``model_rebuild`` completes it."""
+        if not getattr(cls, "__pydantic_fields_complete__", True):  # the attribute: pydantic 2.10 on
+            return
+        changed = False
+        for field in cls.model_fields.values():
+            new = strict_annotation(field.annotation)
+            if new is not field.annotation:
+                field.annotation = new
+                changed = True
+        if changed:
+            cls.model_rebuild(force=True)
+
+    @classmethod
+    def model_rebuild(
+        cls,
+        *,
+        force: bool = False,
+        raise_errors: bool = True,
+        _parent_namespace_depth: int = 2,
+        _types_namespace: Any = None,
+    ) -> bool | None:
+        done = super().model_rebuild(
+            force=force,
+            raise_errors=raise_errors,
+            _parent_namespace_depth=_parent_namespace_depth + 1,  # this frame is one more
+            _types_namespace=_types_namespace,
+        )
+        if done:
+            cls._make_strict()
+        return done
 
 
 # A field added after runs were stored carries this marker: at its default (which reproduces the

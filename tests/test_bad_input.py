@@ -330,6 +330,127 @@ def test_a_key_that_is_not_text_in_a_set_value_is_a_field_error(tmp_path, write_
         assert f"keys must be text, not {kind}" in lines[0]
 
 
+# --------------------------------------------------------------------------- strict numbers and booleans
+
+# a suite whose {dataset}, {seeds} and {model} are filled in as YAML text (a dump would quote 10_0)
+STRICT_SUITE = """name: strict
+dataset: {{name: synthetic, train_size: 256, test_size: 64{dataset}}}
+budget: {{steps: 6, batch_size: 32}}
+seeds: {seeds}
+device: cpu
+eval: {{metrics: [{metric}]}}
+models:
+  - {{name: {model}}}
+"""
+
+
+def strict_suite(dataset: str = "", seeds: str = "[0]", model: str = "vae-mlp") -> str:
+    metric = "fid" if model.startswith("gan") else "recon_mse"
+    return STRICT_SUITE.format(dataset=dataset, seeds=seeds, model=model, metric=metric)
+
+
+@pytest.mark.parametrize(
+    "text, loc, message",
+    [
+        (strict_suite(seeds="[0, 10_0]"), "seeds.1", "expected a number, got the text '10_0'"),
+        (strict_suite(seeds="[0, 010]"), "seeds.1", "expected a number, got the text '010'"),
+        (strict_suite(seeds="[true, 2]"), "seeds.0", "expected a number, got the boolean true"),
+        (strict_suite(seeds='[1, "2"]'), "seeds.1", "expected a number, got the text '2'"),
+        (strict_suite(model="vae-mlp, hidden: [1_28, 64]"), "models.0.hidden.0", "got the text '1_28'"),
+        (strict_suite(model="vae-mlp, hidden: [64, true]"), "models.0.hidden.1", "got the boolean true"),
+        # 64.0 is a whole number, taken as 64 in a list as in a scalar field: one error, for "64"
+        (strict_suite(model='vae-mlp, hidden: ["64", 64.0]'), "models.0.hidden.0", "got the text '64'"),
+        (strict_suite(", channels: true"), "dataset.channels", "expected a number, got the boolean true"),
+        (strict_suite(", binarize: 1"), "dataset.binarize", "true or false (got the number 1)"),
+        (strict_suite(', binarize: "yes"'), "dataset.binarize", "true or false (got the text 'yes')"),
+        (strict_suite(model="gan-mlp, d_batch_norm: 0"), "models.0.d_batch_norm", "(got the number 0)"),
+        (strict_suite(model="jpeg, quality: true"), "models.0.quality", "got the boolean true"),
+    ],
+    ids=[
+        "seed-underscore",
+        "seed-octal",
+        "seed-boolean",
+        "seed-text",
+        "width-underscore",
+        "width-boolean",
+        "width-text",
+        "literal-channels-boolean",
+        "bool-field-number",
+        "bool-field-text",
+        "model-bool-param-number",
+        "codec-param-boolean",
+    ],
+)
+def test_numbers_and_booleans_are_strict_in_lists_literals_and_bool_fields(
+    text, loc, message, tmp_path, monkeypatch, capsys
+):
+    """The strict-number rule holds at every position of a field, list elements and Literal choices
+    included, and a boolean field takes true or false only: one line naming the element, exit 2."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = tmp_path / "suite.yaml"
+    path.write_text(text)
+    store = tmp_path / "store" / "mlflow.db"
+    for verb in (
+        ["run", "--tracking-uri", f"sqlite:///{store}", "--out", str(tmp_path / "rep")],
+        ["validate"],
+    ):
+        rc, lines = run_cli([verb[0], str(path), *verb[1:]], capsys)
+        assert rc == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(f"{path}: {loc}: ") and message in lines[0], lines
+    assert not (tmp_path / "store").exists() and not (tmp_path / "rep").exists()
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "item, loc, message",
+    [
+        ("seeds.0=10_0", "seeds.0", "expected a number, got the text '10_0'"),
+        ("seeds=[0, true]", "seeds.1", "expected a number, got the boolean true"),
+        ("models.0.hidden.1=true", "models.0.hidden.1", "expected a number, got the boolean true"),
+        ("models.0.hidden.1='16'", "models.0.hidden.1", "expected a number, got the text '16'"),
+        ("dataset.channels=true", "dataset.channels", "expected a number, got the boolean true"),
+        ("dataset.binarize=1", "dataset.binarize", "true or false (got the number 1)"),
+    ],
+)
+def test_set_values_get_the_strict_rule_too(item, loc, message, tmp_path, capsys):
+    path = tmp_path / "suite.yaml"
+    path.write_text(strict_suite(model="vae-mlp, hidden: [64, 32]"))
+    rc, lines = run_cli(["validate", str(path), "--set", item], capsys)
+    assert rc == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"{path}: {loc}: ") and message in lines[0], lines
+
+
+def test_a_plain_number_set_into_a_list_element_is_taken(tmp_path):
+    from bench.suite import load_suite
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(strict_suite(seeds="[0, 1]", model="vae-mlp, hidden: [64, 32]"))
+    suite = load_suite(path, ["models.0.hidden.1=16", "seeds.1=7"])
+    assert suite.models[0].params["hidden"] == [64, 16] and suite.seeds == [0, 7]
+
+
+def test_list_elements_take_whole_numbers_as_scalar_fields_do(tmp_path):
+    """``64.0`` and ``1e2`` are whole numbers (docs/reliability.md): taken by an integer field and by
+    a list of integers alike; ``64.5`` is refused by both."""
+    from bench.suite import SuiteError, expand, load_suite
+
+    path = tmp_path / "suite.yaml"
+    whole = "vae-mlp, hidden: [64.0, 1e2], latent_dim: 8.0"
+    path.write_text(strict_suite(seeds="[0, 1e0, 2.0]", model=whole))
+    suite = load_suite(path)
+    assert suite.seeds == [0, 1, 2]
+    assert expand(suite)[0].params["hidden"] == [64, 100] and expand(suite)[0].params["latent_dim"] == 8
+    path.write_text(strict_suite(model="vae-mlp, hidden: [64.5], latent_dim: 8.5"))
+    with pytest.raises(SuiteError) as e:
+        load_suite(path)
+    lines = str(e.value).splitlines()
+    assert sorted(line.split(": ")[1] for line in lines) == ["models.0.hidden.0", "models.0.latent_dim"]
+    assert all("fractional part" in line for line in lines), lines
+
+
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_an_empty_idx_split_is_a_data_error_naming_the_file(split, tmp_path):
     fake_mnist(tmp_path, n_train=20, n_test=5)

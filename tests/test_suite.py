@@ -94,3 +94,48 @@ def test_run_specs_resolve_variant_defaults(write_suite):
     )
     other = load_suite(write_suite(tiny_suite(models=[{"name": "vae-conv", "label": "beta4", "beta": 2}])))
     assert expand(other)[0].config_hash != spec.config_hash
+
+
+def test_strict_numbers_reach_every_position_of_an_annotation():
+    """The ``Strict`` base (suite sections and model ``Params``) reads a number or a boolean
+    strictly wherever the annotation puts one: dict values, tuples, unions, ``Optional``,
+    ``Annotated`` and ``Literal`` choices; each error names the element's path."""
+    from typing import Annotated, Literal
+
+    from pydantic import Field, ValidationError
+
+    from bench.models import ModelParams
+    from bench.suite import pydantic_errors
+
+    class Params(ModelParams):
+        sizes: dict[str, int] = {}
+        pair: tuple[int, float] | None = None
+        either: int | list[bool] = 0
+        choice: list[Literal[1, 3]] = []
+        bounded: Annotated[list[Annotated[float, Field(gt=0)]], Field(max_length=3)] = []
+
+    ok = Params(sizes={"a": 1, "b": "1e3"}, pair=(2, 3), either=[True, False], choice=[3.0], bounded=[0.5, 2])
+    assert ok.sizes == {"a": 1, "b": 1000} and ok.pair == (2, 3.0) and ok.choice == [3]
+    bad = {
+        "sizes": {"a": True, "b": "010"},
+        "pair": ("2", False),
+        "choice": [1, True],
+        "bounded": ["0.5", 0],
+        "lr": "0.1",
+    }
+    with pytest.raises(ValidationError) as e:
+        Params(**bad)
+    found = {err.loc: err.msg for err in pydantic_errors(e.value)}
+    assert found == {
+        "sizes.a": "expected a number, got the boolean true",
+        "sizes.b": "expected a number, got the text '010' (write numbers in decimal digits, unquoted)",
+        "pair.0": "expected a number, got the text '2' (write numbers in decimal digits, unquoted)",
+        "pair.1": "expected a number, got the boolean false",
+        "choice.1": "expected a number, got the boolean true",
+        "bounded.0": "expected a number, got the text '0.5' (write numbers in decimal digits, unquoted)",
+        "bounded.1": "Input should be greater than 0",
+        "lr": "expected a number, got the text '0.1' (write numbers in decimal digits, unquoted)",
+    }, found
+    with pytest.raises(ValidationError) as e:
+        Params(either=[1, "true"])
+    assert {err.loc.split(".")[-1] for err in pydantic_errors(e.value)} >= {"0", "1"}

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field
 from torch import nn
 
-from bench.config import number_kind, strict_number
+from bench.config import Strict
 from bench.registry import Registry
 
 Family = Literal["ae", "vae", "gan", "codec"]
@@ -49,8 +49,9 @@ def widths_field(description: str) -> Any:
     return Field(None, max_length=MAX_LAYERS, description=description)
 
 
-class ModelParams(BaseModel):
-    """Parameters common to every model: the optimiser (Adam) settings."""
+class ModelParams(Strict):
+    """Parameters common to every model: the optimiser (Adam) settings. Numbers and booleans are
+    read as strictly as the suite's own sections (``bench.config.Strict``), in lists too."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # finite floats only
 
@@ -58,12 +59,6 @@ class ModelParams(BaseModel):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _strict_numbers(cls, v: Any, info: ValidationInfo) -> Any:  # as the suite's own sections
-        field = cls.model_fields.get(info.field_name or "")
-        return strict_number(number_kind(field.annotation) if field else None, v)
 
 
 class GenerativeModel(nn.Module):

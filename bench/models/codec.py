@@ -12,12 +12,13 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from bench.config import Strict
 from bench.models.base import GenerativeModel, register
 
 
-class ImageCodecParams(BaseModel):
+class ImageCodecParams(Strict):
     """A codec has no optimiser; only the lossy codecs have a parameter (``quality``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
