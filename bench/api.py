@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,11 +18,11 @@ from torch import nn
 
 from bench import numerics
 from bench.config import BudgetConfig, DatasetConfig, EvalConfig, Suite
-from bench.data import ImageData, dataset_problem, from_config
+from bench.data import ImageData, config_problems, dataset_problem, from_config
 from bench.metrics import METRICS, Result, data_problems
 from bench.metrics.pixels import unit_images
 from bench.models import GenerativeModel, ModelParams
-from bench.suite import FieldError, SuiteError, pydantic_errors
+from bench.suite import IMAGEFOLDER_NEEDS_ROOT, FieldError, SuiteError, pydantic_errors
 
 # --------------------------------------------------------------------------- evaluate
 
@@ -55,18 +56,34 @@ class CallableGenerator(GenerativeModel):
 
 
 def _dataset_config(dataset: str | Mapping[str, Any] | DatasetConfig | ImageData) -> DatasetConfig | None:
-    """The ``dataset`` section a request names (None for data loaded by the caller)."""
-    if isinstance(dataset, DatasetConfig | ImageData):
-        return dataset if isinstance(dataset, DatasetConfig) else None
-    try:
-        cfg = DatasetConfig(**({"name": dataset} if isinstance(dataset, str) else dataset))
-    except ValidationError as e:  # as a suite's dataset section: each problem with its field
-        raise SuiteError("bench.evaluate", pydantic_errors(e, ("dataset",))) from None
-    except TypeError as e:  # not a mapping
-        raise SuiteError("bench.evaluate", [FieldError("dataset", str(e))]) from None
+    """The ``dataset`` section a request names (None for data loaded by the caller), checked as
+    ``bench validate`` checks a suite's: a ``SuiteError`` with the field of each problem. An image
+    folder's ``root`` must name a folder (a request for one that is not there is a bad request);
+    what is in the folder is read later, and a problem there is a ``DataError``."""
+    if isinstance(dataset, ImageData):
+        return None
+    if isinstance(dataset, DatasetConfig):
+        cfg = dataset
+    else:
+        try:
+            cfg = DatasetConfig(**({"name": dataset} if isinstance(dataset, str) else dataset))
+        except ValidationError as e:  # as a suite's dataset section: each problem with its field
+            raise SuiteError("bench.evaluate", pydantic_errors(e, ("dataset",))) from None
+        except TypeError as e:  # not a mapping
+            raise SuiteError("bench.evaluate", [FieldError("dataset", str(e))]) from None
     problem = dataset_problem(cfg.name)
     if problem:
         raise SuiteError("bench.evaluate", [FieldError("dataset.name", problem)])
+    errors = [FieldError(loc, msg) for loc, msg in config_problems(cfg)]
+    if cfg.name == "imagefolder":
+        if cfg.root is None:
+            errors.append(FieldError("dataset.root", IMAGEFOLDER_NEEDS_ROOT))
+        elif not Path(cfg.root).expanduser().is_dir():
+            where = Path(cfg.root).expanduser()
+            msg = f"{where}: folder not found (imagefolder reads <root>/train and <root>/test)"
+            errors.append(FieldError("dataset.root", msg))
+    if errors:
+        raise SuiteError("bench.evaluate", errors)
     return cfg
 
 
@@ -75,12 +92,12 @@ def _check(request: Suite, names: list[str], model: GenerativeModel, data: Image
     so no models and an empty budget, none of its kinds set), then their sizes against the data's
     splits."""
     problems = [
-        FieldError(f"metrics.{i}", p)
+        FieldError(f"eval.metrics.{i}", p)
         for i, m in enumerate(names)
         if METRICS.get(m).applies_to_model(model)
         for p in METRICS.get(m).check(request)
     ]
-    problems += [FieldError(f"metrics.{i}", p) for i, p in data_problems(request.eval, data, [model])]
+    problems += [FieldError(f"eval.metrics.{i}", p) for i, p in data_problems(request.eval, data, [model])]
     if problems:
         raise SuiteError("bench.evaluate", problems)
 
@@ -114,7 +131,7 @@ def evaluate(
     except Exception as e:
         raise SuiteError("bench.evaluate", [FieldError("eval", str(e))]) from None
     unknown = [
-        FieldError(f"metrics.{i}", METRICS.unknown_message(m))
+        FieldError(f"eval.metrics.{i}", METRICS.unknown_message(m))
         for i, m in enumerate(names)
         if m not in METRICS
     ]

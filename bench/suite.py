@@ -425,6 +425,9 @@ def _model_errors(models: list[Any], paths: list[str]) -> tuple[list[FieldError]
     return errors, entries
 
 
+IMAGEFOLDER_NEEDS_ROOT = "an imagefolder dataset needs root: a folder with train/ and test/"
+
+
 def _semantic_errors(suite: Suite) -> list[FieldError]:
     """Checks that need the registries: names, model parameters, metric applicability."""
     from bench.data import config_problems, dataset_problem
@@ -435,9 +438,7 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
     if problem:
         errors.append(FieldError("dataset.name", problem))
     elif suite.dataset.name == "imagefolder" and suite.dataset.root is None:
-        errors.append(
-            FieldError("dataset.root", "an imagefolder dataset needs root: a folder with train/ and test/")
-        )
+        errors.append(FieldError("dataset.root", IMAGEFOLDER_NEEDS_ROOT))
     base = Path(suite._folder or ".")
     for i, folder in enumerate(suite.plugins):
         if not (base / Path(folder).expanduser()).is_dir():
@@ -478,6 +479,7 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
         for problem in metric.check(suite):
             errors.append(FieldError(f"eval.metrics.{i}", problem))
     errors += _plugin_method_errors(suite, entries)
+    errors += _shape_errors(suite, config_shapes(suite.dataset))  # nets that cannot take its images
 
     if suite.report.baseline is not None and suite.report.baseline not in labels:
         errors.append(FieldError("report.baseline", f"{suite.report.baseline!r} is not a model label"))
@@ -496,12 +498,13 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
 
 def data_errors(suite: Suite, data: ImageData) -> list[FieldError]:
     """What the suite asks that its loaded data cannot give (``bench run`` and ``bench validate
-    --data``, before anything is trained): metric settings against the real split sizes."""
+    --data``, before anything is trained): models whose nets cannot take its images, metrics that
+    need labels it lacks, metric settings against the real split sizes."""
     from bench.metrics.base import data_problems
     from bench.models.plugins import resolve
 
     classes = [resolve(m.name, suite.plugin_paths).cls for m in suite.models]
-    errors = []
+    errors = _shape_errors(suite, [data.image_shape])
     n = len(data.train_x)
     if n < 2 and any(c.family != "codec" for c in classes):
         errors.append(
@@ -521,8 +524,88 @@ def data_errors(suite: Suite, data: ImageData) -> list[FieldError]:
         )
     if suite.budget.batch_size == 1:
         errors += _batch_norm_errors(suite, data)
+    errors += _label_errors(suite, data, classes)
     errors += [FieldError(f"eval.metrics.{i}", msg) for i, msg in data_problems(suite.eval, data, classes)]
     return errors
+
+
+# the images of a built-in dataset before dataset.image_size / dataset.channels convert them
+FIXED_SHAPES: dict[str, tuple[int, int, int]] = {
+    "mnist": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "synthetic": (1, 28, 28),
+}
+
+
+def config_shapes(dataset: DatasetConfig) -> list[tuple[int, int, int]]:
+    """The image shapes (C, H, W) a dataset section can give, known without reading its data: the
+    sides from ``image_size`` (a square crop) or a built-in dataset's fixed shape, the channels
+    from ``channels``, the built-in shape, or either of 1 and 3. Empty when the sides are unknown
+    (an image folder or a torchvision dataset without ``image_size``)."""
+    fixed = FIXED_SHAPES.get(dataset.name)
+    if dataset.image_size is not None:
+        h = w = dataset.image_size
+    elif fixed is not None:
+        h, w = fixed[1:]
+    else:
+        return []
+    if dataset.channels is not None:
+        channels = [dataset.channels]
+    else:
+        channels = [fixed[0]] if fixed is not None else [1, 3]
+    return [(c, h, w) for c in channels]
+
+
+def _shape_errors(suite: Suite, shapes: list[tuple[int, int, int]]) -> list[FieldError]:
+    """Models that cannot be built for any of ``shapes`` (the images they will get): each built
+    without memory (on the meta device); a backbone (or a plugin) that refuses the shape raises
+    ``ImageShapeError``. Other failures to build are left to the run, which names them."""
+    import warnings
+
+    import torch
+
+    from bench.models.nets import ImageShapeError
+    from bench.models.plugins import build_model
+
+    out = []
+    for i, m in enumerate(suite.models):
+        problems = []
+        for shape in shapes:
+            try:  # quietly: a library a model imports as it is built may warn (compressai)
+                with torch.device("meta"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    build_model(m.name, m.params, shape, suite.plugin_paths)
+            except ImageShapeError as e:
+                problems.append((shape, str(e)))
+            except Exception:  # not a shape this check knows: the run reports it
+                pass
+        if shapes and len(problems) == len(shapes):  # whatever the channels, it cannot be built
+            (c, h, w), msg = problems[0]
+            where = f"{h}x{w} images" + (f" of {c} channel{'s' * (c > 1)}" if len(shapes) == 1 else "")
+            out.append(FieldError(f"models.{i}", f"{m.display} cannot be built for {where}: {msg}"))
+    return out
+
+
+def _label_errors(suite: Suite, data: ImageData, classes: list[type]) -> list[FieldError]:
+    """Metrics that need class labels (probe, kNN, the domain classifier's) asked of data without
+    labels of two classes or more: they could never have a value, so they are errors, not n/a."""
+    from bench.metrics import METRICS
+
+    if data.has_labels:
+        return []
+    has = "a single class" if data.num_classes == 1 else "no class labels"
+    out = []
+    for i, name in enumerate(suite.eval.metrics):
+        metric = METRICS.get(name)
+        if metric.needs_labels and any(metric.applies_to_model(c) for c in classes):
+            out.append(
+                FieldError(
+                    f"eval.metrics.{i}",
+                    f"{name} needs class labels of two classes or more and the data has {has} (an image "
+                    "folder's labels are its class subfolders): it could never have a value",
+                )
+            )
+    return out
 
 
 def _batch_norm_errors(suite: Suite, data: ImageData) -> list[FieldError]:

@@ -117,6 +117,67 @@ def test_evaluate_names_the_field_of_a_bad_request(dataset, options, expected):
     assert "\n" not in str(e.value)  # one line per problem, no pydantic dump
 
 
+def test_evaluate_names_dataset_root_as_bench_validate_does(write_suite, tmp_path, capsys):
+    """An image folder without root, or with a root that is no folder, is a bad request: a
+    SuiteError naming dataset.root (before: a DataError), with the line `bench validate` prints."""
+    path = write_suite(tiny_suite(dataset={"name": "imagefolder"}))
+    assert main(["validate", str(path)]) == 2
+    validate_line = capsys.readouterr().err.strip()
+    assert validate_line.startswith(f"{path}: dataset.root: ")
+    with pytest.raises(SuiteError) as e:
+        bench.evaluate(_images(0.5), {"name": "imagefolder"}, ["fid_domain"], n_samples=8)
+    assert str(e.value) == "bench.evaluate" + validate_line.removeprefix(str(path))
+    assert [err.loc for err in e.value.errors] == ["dataset.root"]
+
+    missing = tmp_path / "no-such-images"
+    for root in (missing, path):  # nothing there; a file
+        dataset = {"name": "imagefolder", "root": str(root)}
+        with pytest.raises(SuiteError) as e:
+            bench.evaluate(_images(0.5), dataset, ["fid_domain"], n_samples=8)
+        assert str(e.value).startswith(f"bench.evaluate: dataset.root: {dataset['root']}: folder not found")
+        assert [err.loc for err in e.value.errors] == ["dataset.root"]
+    assert not missing.exists()
+
+
+def test_evaluate_keeps_data_error_for_a_folder_whose_images_cannot_be_read(tmp_path):
+    from bench.data import DataError
+
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png: cannot read the image"):
+        bench.evaluate(_images(0.5), {"name": "imagefolder", "root": str(tmp_path)}, ["fid"], n_samples=8)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "metrics", "options", "expected"),
+    [
+        ("synthetic", ["fid", "fid_domian"], {}, "bench.evaluate: eval.metrics.1: unknown metric 'fid_domi"),
+        (
+            {"name": "synthetic", "train_size": 64, "test_size": 64},
+            ["is_domain"],
+            {"isc_splits": 30},
+            r"bench.evaluate: eval.metrics.0: is_domain: eval.isc_splits (30) is larger",
+        ),
+        (
+            {"name": "synthetic", "train_size": 8, "test_size": 8},
+            ["recon_mse", "knn_acc"],
+            {},
+            "bench.evaluate: eval.metrics.1: knn_acc: the 10-nearest-neighbour",
+        ),
+    ],
+)
+def test_evaluate_names_a_metric_by_its_eval_metrics_field(dataset, metrics, options, expected):
+    """As a suite's metrics are named: eval.metrics.<i> (before: metrics.<i>)."""
+    from bench.models import build_model
+
+    model = build_model("ae-mlp", {}, (1, 28, 28))
+    with pytest.raises(SuiteError) as e:
+        bench.evaluate(model, dataset, metrics, n_samples=20, **options)
+    assert str(e.value).startswith(expected)
+    assert all(err.loc.startswith("eval.metrics.") for err in e.value.errors)
+
+
 def test_sixteen_bit_pngs_are_scaled_to_eight_bits_not_clipped(tmp_path: Path):
     from PIL import Image
 

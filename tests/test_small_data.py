@@ -140,7 +140,7 @@ def test_bench_evaluate_checks_the_request_before_any_work():
     data = make_synthetic(8, 3)
     with pytest.raises(SuiteError) as e:
         bench.evaluate(model, data, ["recon_mse", "knn_acc"], n_samples=20)
-    assert str(e.value).startswith("bench.evaluate: metrics.1: knn_acc: the 10-nearest-neighbour")
+    assert str(e.value).startswith("bench.evaluate: eval.metrics.1: knn_acc: the 10-nearest-neighbour")
     # the static checks bench validate runs: isc_splits above n_samples, IS without logits
     with pytest.raises(SuiteError, match=r"metrics.0: is_domain: eval.isc_splits \(30\) is larger"):
         bench.evaluate(model, make_synthetic(64, 64), ["is_domain"], n_samples=20, isc_splits=30)

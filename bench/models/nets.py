@@ -6,6 +6,11 @@ A backbone builds four networks for a given image shape:
   discriminator()         (B, C, H, W)           -> (B,) logits / critic values
   generator(z_dim)        (B, z_dim)             -> (B, C, H, W) in [0, 1]
 Every image-producing network ends in a map onto [0, 1], so every model speaks one pixel range.
+Each backbone checks the image shape it is asked to build for (``check_sides``) and raises
+``ImageShapeError`` at construction for one its nets cannot take (``mlp`` and ``ghosh`` take any
+side, ``infogan`` multiples of 4, ``dcgan`` of 16): ``bench validate`` (from the
+suite where it gives the shape, else with ``--data``) and ``bench run`` report it as a ``models.<i>``
+error before anything is written, instead of a shape mismatch at the first step.
 """
 
 from __future__ import annotations
@@ -21,6 +26,22 @@ from torch import nn
 from bench.registry import Registry
 
 Shape = tuple[int, int, int]
+
+
+class ImageShapeError(ValueError):
+    """Images of a shape a backbone (or a model) cannot be built for, raised when the model is
+    constructed. A plugin model may raise it too: ``bench validate`` and ``bench run`` then report
+    its message as a ``models.<i>`` error before anything is trained."""
+
+
+def check_sides(name: str, shape: Shape, multiple: int) -> None:
+    """Raise ``ImageShapeError`` unless H and W of ``shape`` (C, H, W) are multiples of ``multiple``."""
+    _, h, w = shape
+    if h % multiple or w % multiple or h < multiple or w < multiple:
+        raise ImageShapeError(
+            f"the {name} backbone needs H and W divisible by {multiple} (images are {h}x{w}); "
+            f"set dataset.image_size to a multiple of {multiple}, or choose another backbone"
+        )
 
 
 class Reshape(nn.Module):
@@ -94,8 +115,9 @@ class InfoGAN(ConvTrunk):
     D: conv64(4,s2) lReLU conv128(4,s2) BN lReLU FC1024 BN lReLU FC1
     G: FC1024 BN ReLU FC(7*7*128) BN ReLU deconv64(4,s2) BN ReLU deconv1(4,s2) sigmoid
     The encoder of the conv autoencoders is D's trunk with a ``out_dim`` head, the decoder is G.
-    Works for any H, W divisible by 4. ``bn_momentum``/``bn_eps`` set every batch norm (compare_gan:
-    0.001 / 0.001); ``g_activation`` "lrelu" puts leaky ReLU 0.2 in G, as compare_gan's code does.
+    Works for any H, W divisible by 4 (others: ``ImageShapeError``). ``bn_momentum``/``bn_eps`` set
+    every batch norm (compare_gan: 0.001 / 0.001); ``g_activation`` "lrelu" puts leaky ReLU 0.2 in G,
+    as compare_gan's code does.
     """
 
     d_batch_norm: bool = True
@@ -111,6 +133,7 @@ class InfoGAN(ConvTrunk):
         return nn.LeakyReLU(0.2) if self.g_activation == "lrelu" else nn.ReLU()
 
     def _trunk(self, shape: Shape, out_dim: int) -> nn.Module:
+        check_sides("infogan", shape, 4)  # as G, whose two stride-2 deconvs give 4 * (H // 4) rows
         c, h, w = shape
         bn = self.d_batch_norm
         k = self.width
@@ -128,6 +151,7 @@ class InfoGAN(ConvTrunk):
         )
 
     def generator(self, shape: Shape, z_dim: int) -> nn.Module:
+        check_sides("infogan", shape, 4)
         c, h, w = shape
         k = self.width
         return nn.Sequential(
@@ -272,14 +296,15 @@ class DCGAN(ConvTrunk):
     D: conv64(4,s2) lReLU, conv128(4,s2) BN lReLU, conv256(4,s2) BN lReLU, FC1
     G: FC(H/16 * W/16 * 448) BN ReLU, deconv256(4,s2) BN ReLU, deconv128(4,s2) ReLU,
        deconv64(4,s2) ReLU, deconvC(4,s2) tanh (mapped onto [0, 1])
-    For 32x32 the generator starts at 2x2, for 64x64 at 4x4; H and W must be divisible by 16
-    (the discriminator works for any multiple of 8). The encoder of the autoencoders is D's trunk
-    with an ``out_dim`` head, the decoder is G.
+    For 32x32 the generator starts at 2x2, for 64x64 at 4x4; H and W must be divisible by 16 for
+    every net of the backbone (others: ``ImageShapeError``), as a GAN and an autoencoder both build
+    G. The encoder of the autoencoders is D's trunk with an ``out_dim`` head, the decoder is G.
     """
 
     d_batch_norm: bool = True
 
     def _trunk(self, shape: Shape, out_dim: int) -> nn.Module:
+        check_sides("dcgan", shape, 16)
         c, h, w = shape
         bn = self.d_batch_norm
         return nn.Sequential(
@@ -296,9 +321,8 @@ class DCGAN(ConvTrunk):
         )
 
     def generator(self, shape: Shape, z_dim: int) -> nn.Module:
+        check_sides("dcgan", shape, 16)
         c, h, w = shape
-        if h % 16 or w % 16:
-            raise ValueError(f"the dcgan backbone needs H and W divisible by 16 (images are {h}x{w})")
         h0, w0 = h // 16, w // 16
         return nn.Sequential(
             nn.Linear(z_dim, 448 * h0 * w0, bias=False),
