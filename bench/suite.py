@@ -666,6 +666,12 @@ def check_tracking_uri(uri: str) -> str | None:
 
     A folder (a plain path or ``file://``) is MLflow's file store, which MLflow 3 refuses unless
     ``MLFLOW_ALLOW_FILE_STORE=true``: ``bench validate`` and ``bench run`` give the same answer."""
+    m = re.match(r"^sqlite(\+\w+)?://(/?)(.*)$", uri)
+    if m and (not m.group(2) or m.group(3).split("?")[0] in ("", ":memory:")):
+        return (
+            f"{uri!r} is a sqlite store in memory, which ends with the process and every result in it: "
+            "name a file, sqlite:///path/to/mlflow.db"
+        )
     if re.match(r"^(sqlite|postgresql|mysql|mssql)(\+\w+)?://", uri):
         return None
     if re.match(r"^(https?|databricks)://", uri):

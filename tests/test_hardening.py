@@ -797,3 +797,19 @@ def test_a_report_folder_that_cannot_be_written_into_is_exit_2_before_any_run(
         rc, lines = _cli(["run", str(path), "--tracking-uri", store, "--out", str(locked / "rep")], capsys)
         assert sorted(tmp_path.rglob("*")) == before
     assert rc == 2 and lines == [f"--out: {locked} cannot be written into here"], lines
+
+
+@pytest.mark.parametrize("uri", ["sqlite://", "sqlite:///", "sqlite:///:memory:"])
+def test_a_sqlite_store_in_memory_is_exit_2_before_any_run(uri, tmp_path, write_suite, capsys, monkeypatch):
+    """An in-memory sqlite store ends with the process: the runs trained into it, reported as
+    FINISHED with exit 0, were gone (and the next `bench run` trained them again)."""
+    from conftest import tiny_suite
+
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tiny_suite())
+    before = sorted(tmp_path.rglob("*"))
+    rc, lines = _cli(["run", str(path), "--tracking-uri", uri], capsys)
+    assert rc == 2 and len(lines) == 1 and "is a sqlite store in memory" in lines[0], lines
+    assert sorted(tmp_path.rglob("*")) == before
+    rc, lines = _cli(["validate", str(path), "--set", f"tracking.uri='{uri}'"], capsys)
+    assert rc == 2 and any("tracking.uri" in x and "in memory" in x for x in lines), lines
