@@ -136,8 +136,8 @@ class Strict(BaseModel):
             if new is not field.annotation:
                 field.annotation = new
                 changed = True
-        if changed:
-            cls.model_rebuild(force=True)
+        if changed:  # a field whose model is not complete yet is completed by pydantic at first use
+            cls.model_rebuild(force=True, raise_errors=False)
 
     @classmethod
     def model_rebuild(

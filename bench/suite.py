@@ -496,7 +496,7 @@ def _semantic_errors(suite: Suite) -> list[FieldError]:
     return errors
 
 
-def data_errors(suite: Suite, data: ImageData) -> list[FieldError]:
+def data_errors(suite: Suite, data: ImageData, labels: bool = True) -> list[FieldError]:
     """What the suite asks that its loaded data cannot give (``bench run`` and ``bench validate
     --data``, before anything is trained): models whose nets cannot take its images, metrics that
     need labels it lacks, metric settings against the real split sizes."""
@@ -524,7 +524,8 @@ def data_errors(suite: Suite, data: ImageData) -> list[FieldError]:
         )
     if suite.budget.batch_size == 1:
         errors += _batch_norm_errors(suite, data)
-    errors += _label_errors(suite, data, classes)
+    if labels:  # not for what a stored run already asked (bench eval): those stay n/a, as they were
+        errors += _label_errors(suite, data, classes)
     errors += [FieldError(f"eval.metrics.{i}", msg) for i, msg in data_problems(suite.eval, data, classes)]
     return errors
 

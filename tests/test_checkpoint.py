@@ -319,7 +319,7 @@ def forge_learning_rate(state):
 
 def nan_first_weight(state):
     model = state["trainer"]["model"]
-    model[next(k for k, t in model.items() if t.dim() == 2)][0, 0] = math.nan
+    model[next(k for k, t in model.items() if k.endswith(".weight") and t.dim() == 2)][0, 0] = math.nan
 
 
 def inf_adam_moment(state):

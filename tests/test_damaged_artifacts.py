@@ -81,11 +81,24 @@ def test_a_config_without_its_fields_is_exit_2_naming_them(stored, capsys):
     assert not (tmp / "s.png").exists()
 
 
-def test_a_spec_naming_another_model_or_a_step_count_not_whole_is_exit_2(stored, capsys):
-    """model/spec.json must name the model config.json names (a stored file chooses no other
-    model, built-in or plugin), and the run's budget_steps must be a whole number."""
+def test_a_spec_naming_another_model_or_a_step_count_not_whole_is_exit_2(stored, capsys, monkeypatch):
+    """model/spec.json must name the model config.json names, and config.json's params no model
+    (a stored file chooses no other model, built-in or plugin), and the run's budget_steps must be
+    a whole number."""
     tmp, store, client, exp, runs = stored
     run_id = runs["2"]
+    config = artifact(client, run_id, "config.json")
+    kept = config.read_text()
+    monkeypatch.chdir(tmp)  # a module of that name where the suite's own folder would be searched
+    (tmp / "evilmod.py").write_text(f"open({str(tmp / 'ran')!r}, 'w').close()\n")
+    doc = json.loads(kept)
+    config.write_text(json.dumps({**doc, "params": {**doc["params"], "name": "evilmod:X"}}))
+    for args in (["eval", run_id], ["sample", run_id, "-n", "4", "-o", str(tmp / "s.png")]):
+        assert main([*args, "--tracking-uri", store]) == 2, args
+        err = capsys.readouterr().err
+        assert "artifact config.json: field 'params' holds name, which are no model parameters" in err, err
+    assert not (tmp / "ran").exists()
+    config.write_text(kept)
     spec = artifact(client, run_id, "model/spec.json")
     text = spec.read_text()
     spec.write_text(json.dumps({**json.loads(text), "model": "os:system"}))

@@ -139,3 +139,23 @@ def test_strict_numbers_reach_every_position_of_an_annotation():
     with pytest.raises(ValidationError) as e:
         Params(either=[1, "true"])
     assert {err.loc.split(".")[-1] for err in pydantic_errors(e.value)} >= {"0", "1"}
+
+
+def test_a_params_class_holding_a_model_completed_later_still_imports(tmp_path, monkeypatch):
+    """A plugin's Params whose field is a pydantic model with a forward reference to a class defined
+    after it: strictness must not rebuild it before that class exists (it raised at import)."""
+    import importlib
+
+    (tmp_path / "fwdparams.py").write_text(
+        "from typing import Optional\n"
+        "from pydantic import BaseModel\n"
+        "from bench.models import ModelParams\n\n\n"
+        "class Sub(BaseModel):\n    later: Optional['Later'] = None\n\n\n"
+        "class P(ModelParams):\n    sub: Optional[Sub] = None\n    n: int = 1\n\n\n"
+        "class Later(BaseModel):\n    y: int = 0\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("fwdparams")
+    assert mod.P(sub={"later": {"y": 1}}).sub.later.y == 1
+    with pytest.raises(ValueError, match="expected a number, got the boolean true"):
+        mod.P(n=True)

@@ -286,3 +286,30 @@ def test_every_shipped_suite_stays_valid(capsys):
     assert suites
     for path in suites:
         assert run_cli(["validate", str(path)], capsys) == (0, []), path
+
+
+def test_bench_eval_of_a_stored_run_s_own_label_metrics_leaves_them_n_a(tmp_path, write_suite, capsys):
+    """A run stored before label metrics on unlabelled data were refused asks for them in its
+    config.json: `bench eval RUN` evaluates the rest (those stay n/a, as they were); naming them
+    with --metrics is refused."""
+    import json
+    from urllib.parse import unquote, urlparse
+
+    from mlflow import MlflowClient
+
+    flat = write_folder(tmp_path / "flat", classes=None)
+    path = write_suite(folder_suite(flat, ["recon_mse"], [{"name": "ae-mlp"}]))
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    assert run_cli(["run", str(path), "--tracking-uri", uri, "--out", str(tmp_path / "rep")], capsys)[0] == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    (run,) = client.search_runs([exp], "tags.`bench.kind` = 'run'")
+    config = Path(unquote(urlparse(run.info.artifact_uri).path)) / "config.json"
+    doc = json.loads(config.read_text())
+    doc["eval"]["metrics"] = ["recon_mse", "probe_acc"]  # as an earlier version stored it
+    config.write_text(json.dumps(doc))
+    rc, lines = run_cli(["eval", run.info.run_id, "--tracking-uri", uri], capsys)
+    assert rc == 0, lines
+    assert "probe_acc" not in client.get_run(run.info.run_id).data.metrics
+    rc, lines = run_cli(["eval", run.info.run_id, "--metrics", "probe_acc", "--tracking-uri", uri], capsys)
+    assert rc == 2 and "probe_acc needs class labels" in lines[0], lines

@@ -40,7 +40,8 @@ class ImageData:
     @property
     def has_labels(self) -> bool:
         """Whether the images carry class labels a classifier can learn: two classes or more (a
-        folder of one class has nothing to tell apart; its label metrics are n/a)."""
+        folder of one class has nothing to tell apart: a suite asking for its label metrics is
+        refused, bench.evaluate leaves them n/a)."""
         return self.num_classes >= 2
 
     @property

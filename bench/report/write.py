@@ -146,7 +146,8 @@ def write_report(
     # a folder written again holds this report alone: a figure or reference.csv of an earlier report
     # that this one does not have would be read as part of it
     for stale in {out_dir / n for n in (*figures.FIGURE_NAMES, "reference.csv")} - set(paths):
-        stale.unlink(missing_ok=True)
+        if stale.is_file():
+            stale.unlink()
 
     if log_to_store:
         artifact_dir = "report" if len(suites) == 1 else f"report/{'+'.join(suites)}"

@@ -41,8 +41,8 @@ def device_problem(name: str) -> str | None:
 def local_folder_problem(uri: str) -> str | None:
     """Why a folder bench writes beside a run cannot be written into: the run folders
     (checkpoints, journals: ``$BENCH_HOME``, else ``.bench`` beside a sqlite store) or the cache
-    (``$BENCH_CACHE_DIR``, else ``~/.cache/bench``), with the setting that names it. Checked before
-    any run exists: a run would otherwise fail at its first checkpoint, or a metric at its cache."""
+    ``$BENCH_CACHE_DIR`` when set, with the setting that names it. Checked before any run exists:
+    a run would otherwise fail at its first checkpoint, or a metric at its cache."""
     import os
 
     from bench.cache import cache_dir
@@ -54,6 +54,8 @@ def local_folder_problem(uri: str) -> str | None:
     for name, path in (("BENCH_HOME", bench_home(uri)), ("BENCH_CACHE_DIR", cache_dir())):
         if name == "BENCH_HOME" and not os.environ.get(name) and db and folder_problem(db.parent):
             continue  # the run folders go beside a store that cannot be there: the store's check says so
+        if name == "BENCH_CACHE_DIR" and not os.environ.get(name):
+            continue  # the default cache is needed by some metrics only: the one that needs it says so
         problem = folder_problem(path)
         if problem:
             set_by = os.environ.get(name)

@@ -313,8 +313,9 @@ def load_trainer_state(trainer: Trainer, state: dict, path: Path) -> None:
         for o, groups in zip(optimizers, settings):
             _check_optimizer(o, groups, step, path)
         # a run whose weights or moments went NaN fails before its next checkpoint: such a file is
-        # damaged or forged, and would fail the resumed run (or score it) on every retry
-        tensors = {**trainer.model.state_dict(), **{
+        # damaged or forged, and would fail the resumed run (or score it) on every retry. Buffers
+        # are not checked: a model may hold an infinite one (a mask) on purpose
+        tensors = {**dict(trainer.model.named_parameters()), **{
             f"optimiser {i}'s {name} of parameter {j}": t
             for i, o in enumerate(optimizers)
             for j, st in enumerate(o.state.values())

@@ -135,6 +135,9 @@ def _stored(tracker: Tracker, run: Any) -> StoredRun:
     run_id, name = run.info.run_id, run.info.run_name
     config = _json_artifact(tracker, run_id, name, "config.json")
     problems = _field_problems(config, CONFIG_FIELDS, CONFIG_OPTIONAL)
+    entry_keys = sorted({"name", "label", "reference"} & set(config.get("params") or {}))
+    if isinstance(config.get("params"), dict) and entry_keys:  # a model's parameters never name a model
+        problems.append(f"field 'params' holds {', '.join(entry_keys)}, which are no model parameters")
     paths = config.get("plugin", {}).get("paths", []) if isinstance(config.get("plugin"), dict) else []
     if not isinstance(paths, list) or not all(isinstance(x, str) for x in paths):
         problems.append("field 'plugin.paths' must be a list of strings")
@@ -191,7 +194,9 @@ def plugin_folders(run: StoredRun, model: str, plugins: Sequence[str]) -> list[s
         module = model.partition(":")[0]
         # the folder that held its module when the run trained: a suggestion, never searched
         up = module.count(".") + (2 if file and Path(file).name == "__init__.py" else 1)
-        hint = str(Path(file).parents[up - 1]) if file and len(Path(file).parents) >= up else "FOLDER"
+        hint = str(Path(file).parents[up - 1]) if file and len(Path(file).parents) >= up else None
+        if hint is None or locate(module, [hint]) is None:  # the class lies elsewhere than its module
+            hint = f"FOLDER (the folder module {module.split('.')[0]} is in)"
         raise BadRequest(
             f"{where}: model {model} is a plugin{found}; bench imports a plugin only from folders "
             f"you name: add --plugins {hint}"
@@ -239,7 +244,8 @@ def suite_of_run(
         "seeds": [c["seed"]],
         "device": c.get("device", "auto"),
         "eval": {**c["eval"], **({"metrics": metrics} if metrics is not None else {})},
-        "models": [{"name": c["model"], "label": c["label"], **c["params"]}],
+        # the model is config.json's "model", whatever its "params" hold (checked in _stored)
+        "models": [{**c["params"], "name": c["model"], "label": c["label"]}],
     }
     raw["plugins"] = plugin_folders(run, c["model"], plugins)
     where = where or f"run {run.run_id} ({run.name})"
@@ -391,7 +397,7 @@ def plan_eval(
     problems = [  # the metrics' sizes against the runs' real splits
         f"run {p.run.run_id} ({p.run.name}): {e.loc}: {e.msg}"
         for p in planned
-        for e in data_errors(p.suite, p.data)
+        for e in data_errors(p.suite, p.data, labels=metrics is not None)
     ]
     if problems:
         raise BadRequest("\n".join(dict.fromkeys(problems)))
