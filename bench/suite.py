@@ -558,20 +558,28 @@ def config_shapes(dataset: DatasetConfig) -> list[tuple[int, int, int]]:
 
 
 def _shape_errors(suite: Suite, shapes: list[tuple[int, int, int]]) -> list[FieldError]:
-    """Models that cannot be built for any of ``shapes`` (the images they will get): each built
-    without memory (on the meta device); a backbone (or a plugin) that refuses the shape raises
-    ``ImageShapeError``. Other failures to build are left to the run, which names them."""
+    """Models that cannot be built for any of ``shapes`` (the images they will get): a built-in
+    model by its backbone's rule (``shape_problem``), a plugin built without memory (on the meta
+    device), refusing the shape with ``ImageShapeError``. Other failures to build are left to the
+    run, which names them."""
     import warnings
 
     import torch
 
-    from bench.models.nets import ImageShapeError
-    from bench.models.plugins import build_model
+    from bench.models.nets import ImageShapeError, shape_problem
+    from bench.models.plugins import build_model, resolve
 
     out = []
     for i, m in enumerate(suite.models):
         problems = []
-        for shape in shapes:
+        try:  # a name or parameters other checks refuse: left to them
+            entry = resolve(m.name, suite.plugin_paths)
+            backbone = getattr(entry.make_params(m.params), "backbone", None)
+        except Exception:
+            continue
+        if entry.plugin is None:  # built in: its backbone's rule; nothing built, no compiler imported
+            problems = [(s, p) for s in shapes if backbone and (p := shape_problem(backbone, s))]
+        for shape in shapes if entry.plugin is not None else ():
             try:  # quietly: a library a model imports as it is built may warn (compressai)
                 with torch.device("meta"), warnings.catch_warnings():
                     warnings.simplefilter("ignore")

@@ -133,7 +133,7 @@ class InfoGAN(ConvTrunk):
         return nn.LeakyReLU(0.2) if self.g_activation == "lrelu" else nn.ReLU()
 
     def _trunk(self, shape: Shape, out_dim: int) -> nn.Module:
-        check_sides("infogan", shape, 4)  # as G, whose two stride-2 deconvs give 4 * (H // 4) rows
+        check_sides("infogan", shape, SIDE_MULTIPLE["infogan"])  # as G: two stride-2 deconvs
         c, h, w = shape
         bn = self.d_batch_norm
         k = self.width
@@ -151,7 +151,7 @@ class InfoGAN(ConvTrunk):
         )
 
     def generator(self, shape: Shape, z_dim: int) -> nn.Module:
-        check_sides("infogan", shape, 4)
+        check_sides("infogan", shape, SIDE_MULTIPLE["infogan"])
         c, h, w = shape
         k = self.width
         return nn.Sequential(
@@ -304,7 +304,7 @@ class DCGAN(ConvTrunk):
     d_batch_norm: bool = True
 
     def _trunk(self, shape: Shape, out_dim: int) -> nn.Module:
-        check_sides("dcgan", shape, 16)
+        check_sides("dcgan", shape, SIDE_MULTIPLE["dcgan"])
         c, h, w = shape
         bn = self.d_batch_norm
         return nn.Sequential(
@@ -321,7 +321,7 @@ class DCGAN(ConvTrunk):
         )
 
     def generator(self, shape: Shape, z_dim: int) -> nn.Module:
-        check_sides("dcgan", shape, 16)
+        check_sides("dcgan", shape, SIDE_MULTIPLE["dcgan"])
         c, h, w = shape
         h0, w0 = h // 16, w // 16
         return nn.Sequential(
@@ -349,6 +349,18 @@ BACKBONES.add("mlp", MLP)
 BACKBONES.add("infogan", InfoGAN)
 BACKBONES.add("ghosh", Ghosh)
 BACKBONES.add("dcgan", DCGAN)
+# what H and W must be multiples of, for the backbones that constrain them (``check_sides``)
+SIDE_MULTIPLE = {"infogan": 4, "dcgan": 16}
+
+
+def shape_problem(backbone: str, shape: Shape) -> str | None:
+    """Why ``backbone``'s nets cannot be built for images of ``shape``, else None: the check its
+    constructors make, without building anything (``bench validate`` of built-in models)."""
+    try:
+        check_sides(backbone, shape, SIDE_MULTIPLE.get(backbone, 1))
+    except ImageShapeError as e:
+        return str(e)
+    return None
 
 
 def make_backbone(name: str, **options) -> MLP | InfoGAN | Ghosh | DCGAN:
