@@ -35,7 +35,9 @@ PROBE = textwrap.dedent(
     during = libc.mallinfo2()
     libc.free(block)
     after = libc.mallinfo2()
-    print(applied, during.hblkhd - before.hblkhd, after.arena - before.arena, size)
+    # kept: the heap's free memory once the block is freed (a block placed partly in free memory
+    # the heap already had grows the heap by less than its size)
+    print(applied, during.hblkhd - before.hblkhd, after.fordblks, size)
     """
 )
 
