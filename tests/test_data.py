@@ -177,3 +177,22 @@ def test_a_png_whose_text_chunk_inflates_past_pillow_s_limit_is_a_data_error(tmp
     bad.write_bytes(png[:at] + chunk + png[at:])
     with pytest.raises(DataError, match=f"{bad}: cannot read the image"):
         load_dataset("imagefolder", root=str(root))
+
+
+def test_images_that_would_not_fit_in_memory_are_a_data_error_before_they_are_made(tmp_path, monkeypatch):
+    """synthetic at image_size 1024 with 20,000 images asked for 21 GB and more: the allocation
+    failed with a traceback, or the kernel killed the process. The need is said first."""
+    from plugin_fixtures import write_images
+
+    import bench.data.base as base
+
+    monkeypatch.setattr(base, "available_memory", lambda: 50 * 2**20)  # 50 MiB left
+    need = "2,048 images of 1x256x256 need about 768 MiB of memory to make; this machine has 50 MiB available"
+    with pytest.raises(DataError, match=f"dataset.image_size 256: {need}"):
+        load_dataset("synthetic", train_size=2048, test_size=512, image_size=256)
+    root = write_images(tmp_path / "images", n_train=2, n_test=2)
+    with pytest.raises(DataError, match=r"dataset.image_size 4096: 8 images of 3x4096x4096 need about"):
+        load_dataset("imagefolder", root=str(root), image_size=4096)
+    monkeypatch.setattr(base, "available_memory", lambda: None)  # unknown: not refused
+    small = load_dataset("synthetic", train_size=16, test_size=8, image_size=32)
+    assert small.train_x.shape == (16, 1, 32, 32)

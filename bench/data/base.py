@@ -13,6 +13,36 @@ from dataclasses import dataclass, field, replace
 import torch
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_problem(n: int, shape: tuple[int, int, int], bytes_per_value: float = 1.0) -> str | None:
+    """Why ``n`` images of ``shape`` (C, H, W) cannot be held here, at ``bytes_per_value`` per pixel
+    value (what making them takes at its peak), else None: said before the allocation that would
+    fail, or wake the kernel's out-of-memory killer."""
+    c, h, w = shape
+    need, have = n * c * h * w * bytes_per_value, available_memory()
+    if have is None or need <= have:
+        return None
+
+    def size(b: float) -> str:
+        return f"{b / 2**30:.1f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
+
+    return (
+        f"{n:,} images of {c}x{h}x{w} need about {size(need)} of memory to make; this machine has "
+        f"{size(have)} available"
+    )
+
+
 class DataError(RuntimeError):
     """A dataset could not be found, read or verified. The message names the file."""
 

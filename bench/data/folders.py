@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from bench.data.base import DataError, ImageData, make_image_data
+from bench.data.base import DataError, ImageData, make_image_data, memory_problem
+
+RESIZE_BYTES_PER_VALUE = 6  # a uint8 output value and its float32 working copy, with room
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Pillow's modes of 16-bit greyscale (a 16-bit PNG opens as one of these, "I" in older Pillow)
@@ -34,6 +36,10 @@ def fit_images(x: torch.Tensor, image_size: int | None, channels: int | None) ->
     if channels is not None and x.shape[1] != channels:
         x = x.repeat(1, 3, 1, 1) if channels == 3 else TF.rgb_to_grayscale(x[:, :3], num_output_channels=1)
     if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
+        # the resize's output and its float working copies: refused before, not killed during
+        problem = memory_problem(len(x), (x.shape[1], image_size, image_size), RESIZE_BYTES_PER_VALUE)
+        if problem:
+            raise DataError(f"dataset.image_size {image_size}: {problem}")
         if min(x.shape[-2:]) != image_size:
             x = TF.resize(x, [image_size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
         x = TF.center_crop(x, [image_size, image_size])
@@ -162,6 +168,9 @@ def load_imagefolder(
         raise DataError(f"{base / 'test'}: classes {', '.join(unknown)} have no images in train/")
     index = {c: i for i, c in enumerate(names)}
     ch = channels or _guess_channels(train_f + test_f)
+    problem = image_size and memory_problem(len(train_f) + len(test_f), (ch, image_size, image_size), 2)
+    if problem:  # each image read, then all of them stacked
+        raise DataError(f"{base}: dataset.image_size {image_size}: {problem}")
     arrays, wide = {}, False
     for split, files, cls in (("train", train_f, train_c), ("test", test_f, test_c)):
         arrays[f"{split}_x"], split_wide = _read_images(files, ch, image_size)
