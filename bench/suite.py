@@ -128,10 +128,9 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 # integers are decimal digits: YAML 1.1's 0x10, 010 (octal), 10_0 and 1:30 (base 60) stay text, so
-# the schema refuses them instead of reading another number than the one the reader sees; so do
-# floats written 1_0.5 or 1:30.0, and a boolean is true or false: YAML 1.1's yes, no, on and off
-# stay text (a label "no" is the text no, and binarize: yes is refused, not read as true)
-_REDEFINED = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")
+# the schema refuses them instead of reading another number than the one the reader sees; so do the
+# floats 1_0.5 and 1:30.0 (YAML 1.1's other floats, and its booleans yes/no/on/off, are unchanged)
+_REDEFINED = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 _BoundedLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in _REDEFINED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -139,13 +138,13 @@ _BoundedLoader.yaml_implicit_resolvers = {
 _BoundedLoader.add_implicit_resolver(
     "tag:yaml.org,2002:int", re.compile(r"^[-+]?(0|[1-9][0-9]*)$"), list("-+0123456789")
 )
-_BoundedLoader.add_implicit_resolver(
+_BoundedLoader.add_implicit_resolver(  # PyYAML's float without its underscores and base 60
     "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    re.compile(
+        r"^(?:[-+]?[0-9]+\.[0-9]*(?:[eE][-+][0-9]+)?|\.[0-9]+(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
-)
-_BoundedLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
 
