@@ -472,3 +472,33 @@ def test_a_plugin_without_a_docstring_of_its_own_has_no_description(tmp_path):
     documented = resolve("undocumented.models:TinyVAE", paths)
     assert documented.description == "A small MLP VAE from the user's own folder."
     assert resolve("undocumented.bare:Bare", paths).description == ""
+
+
+def test_a_namespace_folder_named_by_plugins_does_not_let_a_package_elsewhere_be_imported(
+    tmp_path, monkeypatch
+):
+    """A folder without __init__.py in a --plugins folder is a namespace portion: Python's import
+    takes a regular package of the same name from anywhere on sys.path instead. A stored run naming
+    that module is refused before anything is imported, as is one naming bench's own modules or an
+    installed package's."""
+    from bench.run.reeval import BadRequest, StoredRun, plugin_folders
+
+    (tmp_path / "mine" / "shadow").mkdir(parents=True)  # e.g. a tests/ folder without __init__.py
+    elsewhere = tmp_path / "elsewhere" / "shadow"
+    elsewhere.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    (elsewhere / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
+
+    def run(model: str) -> StoredRun:
+        return StoredRun("r1", "x/seed0", {"model": model}, 0, {}, {}, None)
+
+    with pytest.raises(BadRequest, match=f"importing shadow would take {elsewhere / '__init__.py'}"):
+        plugin_folders(run("shadow:Model"), "shadow:Model", [str(tmp_path / "mine")])
+    (tmp_path / "mine" / "bench").mkdir()
+    (tmp_path / "mine" / "bench" / "models.py").write_text("")
+    (tmp_path / "mine" / "json.py").write_text("")
+    for name in ("bench.models:GenerativeModel", "json:JSONDecoder"):
+        with pytest.raises(BadRequest, match=f"the name {name.split('.')[0].split(':')[0]} is that of"):
+            plugin_folders(run(name), name, [str(tmp_path / "mine")])
+    assert not marker.exists()

@@ -123,6 +123,38 @@ def locate(module: str, paths: Sequence[str]) -> str | None:
     return spec.origin if spec.has_location else (search[0] if search else None)
 
 
+def import_origin(module: str, paths: Sequence[str]) -> str | None:
+    """Where importing ``module`` with ``paths`` first, then ``sys.path`` (as ``_import`` does),
+    would take it from: its file, or its package's folder; found without importing anything. A
+    regular package anywhere on ``sys.path`` wins over a namespace folder of the same name in
+    ``paths``, as in Python's own import (a module of that name imported from elsewhere is dropped
+    first, as ``_import`` does)."""
+    importlib.invalidate_caches()
+    search = list(paths) + [p for p in sys.path if p not in paths]
+    spec = None
+    for part in module.split("."):
+        spec = importlib.machinery.PathFinder.find_spec(part, search) if search else None
+        if spec is None:
+            return None
+        search = list(spec.submodule_search_locations or [])
+    assert spec is not None
+    return spec.origin if spec.has_location else (search[0] if search else None)
+
+
+def installed_module(top: str) -> str | None:
+    """Where an imported top-level module ``top`` lies when it is bench's own, the standard
+    library's or an installed package's (under ``sys.prefix`` or ``sys.base_prefix``), else None:
+    a name a plugin found in a folder would replace (``_import`` drops it first)."""
+    loaded = sys.modules.get(top)
+    if loaded is None:
+        return None
+    where = _module_file(loaded) or next(iter(getattr(loaded, "__path__", [])), None)
+    if where is None:  # built into the interpreter
+        return top
+    roots = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(__file__).resolve().parents[1]}
+    return where if any(Path(where).resolve().is_relative_to(r) for r in roots) else None
+
+
 def _attr(module: Any, qualname: str, file: str | None) -> Any:
     obj = module
     for part in qualname.split("."):

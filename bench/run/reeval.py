@@ -25,7 +25,7 @@ from bench.data import ImageData, from_config
 from bench.metrics import MetricFailure, Result, evaluate
 from bench.metrics.samplers import fit_latent_sampler
 from bench.models import GenerativeModel, build_model
-from bench.models.plugins import is_import_name, locate, resolve
+from bench.models.plugins import import_origin, installed_module, is_import_name, locate, resolve
 from bench.store.tracking import METRIC_FAILED_TAG, RunLogger, Tracker
 from bench.suite import SuiteError, apply_overrides, data_errors, validate_suite
 
@@ -202,10 +202,23 @@ def plugin_folders(run: StoredRun, model: str, plugins: Sequence[str]) -> list[s
             f"you name: add --plugins {hint}"
         )
     folders = [str(Path(f).expanduser().resolve()) for f in plugins]
-    if locate(model.partition(":")[0], folders) is None:
+    module = model.partition(":")[0]
+    if locate(module, folders) is None:
         raise BadRequest(
             f"{where}: model {model}{found}: its module is not in the folders of --plugins "
             f"({', '.join(folders)})"
+        )
+    taken = installed_module(module.split(".")[0])
+    if taken is not None:  # bench's own modules, the standard library's or a package's: never replaced
+        raise BadRequest(f"{where}: model {model}: the name {module.split('.')[0]} is that of {taken}")
+    # what the import would really take: a package of that name elsewhere on sys.path wins over a
+    # folder without __init__.py here, and would run code no one named
+    origin = import_origin(module, folders)
+    inside = origin is not None and any(Path(origin).resolve().is_relative_to(f) for f in folders)
+    if not inside:
+        raise BadRequest(
+            f"{where}: model {model}: importing {module} would take {origin}, outside the folders of "
+            f"--plugins ({', '.join(folders)}); bench imports nothing else"
         )
     return folders
 
