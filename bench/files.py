@@ -166,7 +166,11 @@ def folder_problem(path: Path) -> str | None:
     or the nearest folder there is cannot be written into by this process (permissions, a
     read-only mount). Nothing is written to find out."""
     for p in (path, *path.parents):
-        if p.exists() or p.is_symlink():
+        try:
+            there = p.exists() or p.is_symlink()
+        except OSError as e:  # a folder above it this process cannot enter
+            return f"{p} cannot be looked at here ({e.strerror})"
+        if there:
             if not p.is_dir():
                 return f"{p} exists and is not a folder" if p == path else f"{p} is a file, not a folder"
             if not os.access(p, os.W_OK | os.X_OK):

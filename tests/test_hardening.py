@@ -813,3 +813,15 @@ def test_a_sqlite_store_in_memory_is_exit_2_before_any_run(uri, tmp_path, write_
     assert sorted(tmp_path.rglob("*")) == before
     rc, lines = _cli(["validate", str(path), "--set", f"tracking.uri='{uri}'"], capsys)
     assert rc == 2 and any("tracking.uri" in x and "in memory" in x for x in lines), lines
+
+
+def test_a_folder_under_one_this_process_cannot_enter_is_a_problem_not_a_traceback(monkeypatch):
+    """Path.exists raises PermissionError (Python 3.11) for a path under a folder the process
+    cannot enter (`BENCH_HOME=/root/x` for another user): said as the folder's problem."""
+    from bench.files import folder_problem
+
+    def refused(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", refused)
+    assert folder_problem(Path("/root/x/y")) == "/root/x/y cannot be looked at here (Permission denied)"
