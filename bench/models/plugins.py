@@ -109,28 +109,15 @@ def _import(module: str, paths: Sequence[str]) -> Any:
         sys.dont_write_bytecode = saved_bytecode
 
 
-def locate(module: str, paths: Sequence[str]) -> str | None:
-    """Where ``module`` would be imported from among ``paths`` alone (its file, or its package's
-    folder), found without importing anything; None when it is not there."""
+def locate(module: str, paths: Sequence[str], then_sys_path: bool = False) -> str | None:
+    """Where ``module`` would be imported from among ``paths`` (then ``sys.path`` with
+    ``then_sys_path``, as ``_import`` searches): its file, or its package's folder; found without
+    importing anything; None when it is not there. With ``sys.path`` searched too, a regular
+    package anywhere on it wins over a namespace folder of the same name in ``paths``, as in
+    Python's own import (a module of that name imported from elsewhere is dropped first, as
+    ``_import`` does)."""
     importlib.invalidate_caches()
-    spec, search = None, list(paths)
-    for part in module.split("."):
-        spec = importlib.machinery.PathFinder.find_spec(part, search) if search else None
-        if spec is None:
-            return None
-        search = list(spec.submodule_search_locations or [])
-    assert spec is not None
-    return spec.origin if spec.has_location else (search[0] if search else None)
-
-
-def import_origin(module: str, paths: Sequence[str]) -> str | None:
-    """Where importing ``module`` with ``paths`` first, then ``sys.path`` (as ``_import`` does),
-    would take it from: its file, or its package's folder; found without importing anything. A
-    regular package anywhere on ``sys.path`` wins over a namespace folder of the same name in
-    ``paths``, as in Python's own import (a module of that name imported from elsewhere is dropped
-    first, as ``_import`` does)."""
-    importlib.invalidate_caches()
-    search = list(paths) + [p for p in sys.path if p not in paths]
+    search = list(paths) + ([p for p in sys.path if p not in paths] if then_sys_path else [])
     spec = None
     for part in module.split("."):
         spec = importlib.machinery.PathFinder.find_spec(part, search) if search else None

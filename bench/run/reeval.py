@@ -25,7 +25,7 @@ from bench.data import ImageData, from_config
 from bench.metrics import MetricFailure, Result, evaluate
 from bench.metrics.samplers import fit_latent_sampler
 from bench.models import GenerativeModel, build_model
-from bench.models.plugins import import_origin, installed_module, is_import_name, locate, resolve
+from bench.models.plugins import installed_module, is_import_name, locate, resolve
 from bench.store.tracking import METRIC_FAILED_TAG, RunLogger, Tracker
 from bench.suite import SuiteError, apply_overrides, data_errors, validate_suite
 
@@ -213,7 +213,7 @@ def plugin_folders(run: StoredRun, model: str, plugins: Sequence[str]) -> list[s
         raise BadRequest(f"{where}: model {model}: the name {module.split('.')[0]} is that of {taken}")
     # what the import would really take: a package of that name elsewhere on sys.path wins over a
     # folder without __init__.py here, and would run code no one named
-    origin = import_origin(module, folders)
+    origin = locate(module, folders, then_sys_path=True)
     inside = origin is not None and any(Path(origin).resolve().is_relative_to(f) for f in folders)
     if not inside:
         raise BadRequest(
