@@ -105,7 +105,7 @@ def test_the_m_step_gives_the_weighted_covariances_whatever_blocks_the_codes_are
         i, j = torch.arange(400)[:, None], torch.arange(5)[None, :]
         resp[(j > 0) & (i % (j + 2) != 0)] = 1e-30
         assert (resp > gmm._NEGLIGIBLE).sum(0).tolist() == [400, 134, 100, 80, 67]
-    weights, means, chol = gmm._m_step(x, resp, reg=1e-6)
+    weights, means, chol = gmm._m_step(x, resp.T.contiguous(), reg=1e-6)
     nk = resp.sum(0)
     torch.testing.assert_close(weights, nk / 400)
     torch.testing.assert_close(means, resp.T @ x / nk[:, None])
@@ -130,3 +130,80 @@ def test_a_row_without_a_finite_log_density_normalises_as_logsumexp_does():
     lp = torch.tensor([[-math.inf, -math.inf], [0.0, math.inf], [-1.0, -2.0]], dtype=torch.float64)
     _, norm = gmm._normalise(lp.clone())
     assert torch.equal(norm, torch.logsumexp(lp, 1))
+
+
+def test_normalising_along_the_first_dimension_is_normalising_the_transpose():
+    lp = torch.randn(500, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 300
+    resp, norm = gmm._normalise(lp.clone())
+    resp_t, norm_t = gmm._normalise(lp.T.contiguous(), dim=0)
+    torch.testing.assert_close(resp_t, resp.T, rtol=1e-14, atol=1e-300)
+    torch.testing.assert_close(norm_t, norm, rtol=1e-14, atol=0)
+
+
+def overlapping(n: int, k: int, d: int, seed: int) -> torch.Tensor:
+    """k correlated Gaussians in d dimensions whose means lie a few standard deviations apart."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(k, d, generator=g, dtype=torch.float64) * 3
+    a = torch.randn(k, d, d, generator=g, dtype=torch.float64) / d**0.5 + torch.eye(d, dtype=torch.float64)
+    mix = torch.randint(k, (n,), generator=g)
+    eps = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return means[mix] + torch.einsum("nij,nj->ni", a[mix], eps)
+
+
+@pytest.mark.parametrize("margin", [40.0, 3.0])
+def test_the_screened_e_step_leaves_out_only_pairs_below_the_margin(monkeypatch, margin):
+    """EM steps on overlapping components: at every step the screened E-step's log-densities equal
+    the dense ones wherever it computed them, and every pair it left out lies more than the margin
+    below its code's best component (checked against the dense values, with the margin cut to 3
+    nats, where a bound that is not one would show). Most steps leave most pairs out."""
+    monkeypatch.setattr(gmm, "SCREEN_NATS", margin)
+    x64 = overlapping(4000, 8, 6, 0)
+    x64 = x64 - x64.mean(0)
+    xc = x64.float()
+    estep = gmm._EStep(xc)
+    g = torch.Generator().manual_seed(0)
+    shares = torch.nn.functional.one_hot(gmm.kmeans(x64, 8, g), 8).double().T.contiguous()
+    weights, means, chol = gmm._m_step(x64, shares, 1e-6)
+    left_out = []
+    for _ in range(30):
+        lp = estep(weights, means, chol)
+        dense = gmm._log_prob(xc, weights, means, chol).T
+        computed = torch.isfinite(lp)
+        torch.testing.assert_close(lp[computed], dense[computed], rtol=1e-5, atol=1e-3)
+        below = dense.amax(0, keepdim=True) - dense  # nats below each code's best component
+        assert (below[~computed] > margin - 1e-3).all()
+        left_out.append((~computed).float().mean().item())
+        shares, _ = gmm._normalise(lp.double(), dim=0)
+        weights, means, chol = gmm._m_step(x64, shares, 1e-6)
+    assert left_out[0] == 0  # the first step computes every pair
+    assert sum(share > 0.5 for share in left_out) >= 20, left_out
+
+
+def test_a_screened_fit_is_the_dense_fit(monkeypatch):
+    """The same codes fitted with the screen and without it: the same steps, the same fit."""
+    x = overlapping(6000, 10, 8, 1)
+    screened = fit_em(x, 10, 0)
+    monkeypatch.setattr(gmm, "DENSE_SHARE", -1.0)  # every step dense
+    dense = fit_em(x, 10, 0)
+    assert screened.n_iter == dense.n_iter
+    assert screened.log_likelihood == pytest.approx(dense.log_likelihood, rel=1e-10)
+    torch.testing.assert_close(screened.means, dense.means, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(screened.chol, dense.chol, rtol=1e-6, atol=1e-8)
+
+
+def test_a_component_no_code_is_near_is_computed_at_every_code():
+    """Nine clusters far apart and a tenth component far from them all: the screen would leave
+    every pair of the tenth out, and its shares, however small, would all be 0 where the dense
+    step gives them."""
+    g = torch.Generator().manual_seed(2)
+    centres = torch.randn(9, 4, generator=g, dtype=torch.float64) * 40
+    x = (centres[torch.arange(2000) % 9] + torch.randn(2000, 4, generator=g, dtype=torch.float64)).float()
+    weights = torch.full((10,), 0.1, dtype=torch.float64)
+    means = torch.cat([centres, torch.full((1, 4), 1000.0, dtype=torch.float64)])
+    chol = torch.eye(4, dtype=torch.float64).expand(10, 4, 4).clone()
+    estep = gmm._EStep(x)
+    estep(weights, means, chol)
+    lp = estep(weights, means, chol)
+    assert torch.isfinite(lp[9]).all()
+    torch.testing.assert_close(lp[9], gmm._log_prob(x, weights, means, chol)[:, 9], rtol=1e-5, atol=1e-3)
+    assert torch.isfinite(lp[:9]).float().mean() < 0.3  # elsewhere the screen left most pairs out
