@@ -54,6 +54,34 @@ def test_ssim_is_one_for_perfect_reconstruction_and_drops_with_error(data):
     assert perfect == pytest.approx(1.0, abs=1e-5) and worse < 0.95
 
 
+class Blur(Shift):
+    """A fake autoencoder whose reconstruction differs from x by more than a constant: each pixel
+    mixed with its right-hand neighbour, so SSIM varies from image to image."""
+
+    def reconstruct(self, x):
+        return (0.7 * x + 0.3 * torch.roll(x, 1, -1) + self.delta).clamp(0, 1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("values", [1 << 16, 5 * 28 * 28 * 3, 1])
+def test_ssim_is_the_mean_of_torchmetrics_per_image_values(monkeypatch, channels, values):
+    """Images are handed to torchmetrics side by side as the channels of one image, a run of
+    SSIM_VALUES pixel values at a time (all 40 at once; runs of 5 or 15 with a short last run;
+    one image a time): the result is still the mean of each image's own SSIM."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    import bench.metrics.reconstruction as reconstruction
+
+    monkeypatch.setattr(reconstruction, "SSIM_VALUES", values)
+    data = load_dataset("synthetic", train_size=64, test_size=40, channels=channels)
+    model = Blur(0.02)
+    x = data.test_x.float() / 255
+    per_image = structural_similarity_index_measure(model.reconstruct(x), x, data_range=1.0, reduction="none")
+    assert per_image.std() > 0.01  # the images' values differ, so a wrong weighting would show
+    expected = per_image.double().mean().item()
+    assert run(model, data, ["ssim"])["ssim"].value == pytest.approx(expected, rel=1e-6)
+
+
 def test_metrics_do_not_depend_on_eval_batch_size(data):
     a = run(Shift(0.05), data, ["recon_mse", "psnr", "ssim"], batch_size=7)
     b = run(Shift(0.05), data, ["recon_mse", "psnr", "ssim"], batch_size=500)

@@ -13,7 +13,7 @@ import torch
 from bench.metrics.base import RECONSTRUCTING_FAMILIES, EvalContext, Result, register_metric
 from bench.models.vae import gaussian_kl
 
-SSIM_VALUES = 1 << 16  # pixel values per SSIM call
+SSIM_VALUES = 1 << 17  # pixel values per SSIM call (2^16: 0.22 s, 2^18: 0.14 s in the measurement below)
 
 
 @register_metric(
@@ -57,18 +57,22 @@ def ssim(ctx: EvalContext) -> Result:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     rec, ref = ctx.reconstructions, ctx.test_images
-    # per-image values, so any chunk gives the same; chunks of about 2^16 pixel values keep the
-    # convolution's inputs in cache (28x28 images: 2.1x faster than chunks of 500 on 2 CPU cores)
-    bs = max(1, SSIM_VALUES // ref[0].numel())
-    per_image = torch.cat(
-        [
-            structural_similarity_index_measure(
-                rec[i : i + bs], ref[i : i + bs], data_range=1.0, reduction="none"
-            )
-            for i in range(0, len(ref), bs)
-        ]
-    )
-    return Result(per_image.double().mean().item(), {**ctx.recon_provenance, "impl": "torchmetrics"})
+    n, c, h, w = ref.shape
+    # torchmetrics computes SSIM channel by channel (a depthwise Gaussian window, the same
+    # constants) and an image's value is the mean of its map over channels and pixels. So a run
+    # of images laid side by side as the channels of one image gives the mean of their values,
+    # and each call takes about SSIM_VALUES pixel values that way: its depthwise convolution runs
+    # over many channels at once, where one channel at a time ran several times slower (10,000
+    # 28x28 images: 0.16 s against 0.6 s on a 2-core Intel Xeon with AMX)
+    run = max(1, SSIM_VALUES // ref[0].numel())
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(0, n, run):
+        m = len(ref[i : i + run])
+        value = structural_similarity_index_measure(
+            rec[i : i + m].reshape(1, m * c, h, w), ref[i : i + m].reshape(1, m * c, h, w), data_range=1.0
+        )
+        total += value.double().cpu() * m
+    return Result((total / n).item(), {**ctx.recon_provenance, "impl": "torchmetrics"})
 
 
 def _rate_provenance(ctx: EvalContext) -> dict:
