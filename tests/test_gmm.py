@@ -207,3 +207,26 @@ def test_a_component_no_code_is_near_is_computed_at_every_code():
     assert torch.isfinite(lp[9]).all()
     torch.testing.assert_close(lp[9], gmm._log_prob(x, weights, means, chol)[:, 9], rtol=1e-5, atol=1e-3)
     assert torch.isfinite(lp[:9]).float().mean() < 0.3  # elsewhere the screen left most pairs out
+
+
+def test_the_bound_on_the_best_components_distance_follows_its_move():
+    """Ten unit-covariance components 100 apart but for component 1, 9 from component 0: at
+    component 0's codes component 1 lies 40.5 nats below, beyond the margin, and is left out. When
+    component 0 moves 3 away from its codes, towards component 1, the gap shrinks to 36 nats, so
+    those pairs must be computed: the best component's distance is bounded from above by its move."""
+    centres = torch.zeros(10, 2, dtype=torch.float64)
+    centres[:, 0] = torch.arange(10) * 100.0
+    centres[1, 0] = 9.0
+    x = centres[torch.arange(2000) % 10].float()
+    weights = torch.full((10,), 0.1, dtype=torch.float64)
+    chol = torch.eye(2, dtype=torch.float64).expand(10, 2, 2).clone()
+    estep = gmm._EStep(x)
+    estep(weights, centres, chol)
+    codes = torch.arange(2000) % 10 == 0
+    moved = centres.clone()
+    moved[0, 0] = 3.0
+    lp = estep(weights, moved, chol)
+    dense = gmm._log_prob(x, weights, moved, chol).T
+    assert (dense[0, codes] - dense[1, codes]).max() < gmm.SCREEN_NATS
+    assert torch.isfinite(lp[1, codes]).all()
+    assert not torch.isfinite(lp).all()  # elsewhere pairs are left out

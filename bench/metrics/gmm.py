@@ -141,9 +141,10 @@ def _log_prob(x: Tensor, weights: Tensor, means: Tensor, chol: Tensor, chunk: in
 
 
 # The screened E-step (``_EStep``). A component whose log-density at a code lies more than this many
-# nats below that of the code's best component has a share of it below e^-40 (4e-18): the K - 1
-# such shares a row can hold add less than half a float64 ulp to the row's sum, which holds a 1.
-# The margin is also far above the float32 rounding of the distances the bounds start from.
+# nats below that of the code's best component has a share of it below e^-40 (4.2e-18): the K - 1
+# such shares a row can hold move the row's sum, which holds a 1, by less than (K - 1) * 4.2e-18
+# (under half a float64 ulp for up to 27 components). The margin is also far above the float32
+# rounding of the distances the bounds start from.
 SCREEN_NATS = 40.0
 # beyond this share of all (code, component) pairs left to compute, the dense product is cheaper
 DENSE_SHARE = 0.4
@@ -165,7 +166,13 @@ class _EStep:
     computed exactly, one component at a time, and their bounds reset. The first step, and any
     step where more than ``DENSE_SHARE`` of the pairs remain, is dense. In a fit to 60,000 64-d
     vae-conv codes in 10 components, 16% of the pairs remained on average, and the fit took the
-    same 65 steps to the same likelihood, 1.35 times as fast (docs/performance.md)."""
+    same 65 steps to the same likelihood, 1.35 times as fast (docs/performance.md).
+
+    Left out: a nearly dead component's parameters. The shares left out are each below 4.2e-18,
+    so where a component's shares sum to less than about n * 1e-15 they are a real part of that
+    sum, and its mean and covariance differ from the dense step's (its weight is then below
+    1e-15, and the likelihood does not move). A component no code is near at all is computed in
+    full, as below."""
 
     def __init__(self, x: Tensor) -> None:
         self.x = x  # float32 (n, d)
