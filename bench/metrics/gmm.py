@@ -172,7 +172,7 @@ class _EStep:
     so where a component's shares sum to less than about n * 1e-15 they are a real part of that
     sum, and its mean and covariance differ from the dense step's (its weight is then below
     1e-15, and the likelihood does not move). A component no code is near at all is computed in
-    full, as below."""
+    full (``_pairs``)."""
 
     def __init__(self, x: Tensor) -> None:
         self.x = x  # float32 (n, d)
